@@ -1,0 +1,262 @@
+// Package proto is the wire contract shared by the controller, the agent and hyperctl: the
+// JSON types of the HyperSDK API document plus the fleet's own (agents, leases). It holds
+// validation and nothing else.
+package proto
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// JobStatus is the lifecycle state of a job: pending → running → completed | failed | cancelled.
+type JobStatus string
+
+const (
+	StatusPending   JobStatus = "pending"
+	StatusRunning   JobStatus = "running"
+	StatusCompleted JobStatus = "completed"
+	StatusFailed    JobStatus = "failed"
+	StatusCancelled JobStatus = "cancelled"
+)
+
+// AllStatuses lists every status in lifecycle order (used by metrics and indexes).
+var AllStatuses = []JobStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+
+// Terminal reports whether no further transition can happen.
+func (s JobStatus) Terminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// Valid reports whether s is one of the known statuses.
+func (s JobStatus) Valid() bool {
+	for _, k := range AllStatuses {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}
+
+// Progress stages reported by the migration pipeline.
+const (
+	StageQueued     = "queued"
+	StageConnecting = "connecting"
+	StagePreparing  = "preparing"
+	StageConversion = "conversion"
+	StageDefining   = "defining"
+	StageCompleted  = "completed"
+)
+
+// RedactedPassword replaces every password in anything the system shows.
+const RedactedPassword = "********"
+
+// Source is where the VM lives.
+type Source struct {
+	Type       string `json:"type"`
+	VCenterURL string `json:"vcenter_url"`
+	Username   string `json:"username"`
+	Password   string `json:"password"`
+	Datacenter string `json:"datacenter,omitempty"`
+	// Insecure skips certificate verification of the vCenter; Thumbprint pins its
+	// certificate (SHA-1 or SHA-256 hex, colon separated) instead.
+	Insecure   bool   `json:"insecure,omitempty"`
+	Thumbprint string `json:"thumbprint,omitempty"`
+}
+
+// Destination is where the VM goes.
+type Destination struct {
+	Type       string `json:"type"`
+	LibvirtURI string `json:"libvirt_uri,omitempty"`
+}
+
+// Options tune how a job runs. Zero values mean the documented default.
+type Options struct {
+	ConversionMethod       string            `json:"conversion_method,omitempty"` // auto|vddk|https|nfc
+	OutputFormat           string            `json:"output_format,omitempty"`     // qcow2|raw
+	NetworkMapping         map[string]string `json:"network_mapping,omitempty"`
+	Shutdown               bool              `json:"shutdown,omitempty"`
+	ShutdownTimeoutSeconds int               `json:"shutdown_timeout_seconds,omitempty"`
+	PowerOff               bool              `json:"power_off,omitempty"`
+	RemoveCDROM            bool              `json:"remove_cdrom,omitempty"`
+	DiskBus                string            `json:"disk_bus,omitempty"` // virtio|sata|scsi
+	GuestConversion        bool              `json:"guest_conversion,omitempty"`
+	StartAfter             bool              `json:"start_after,omitempty"`
+	TargetAgent            string            `json:"target_agent,omitempty"`
+	MaxAttempts            int               `json:"max_attempts,omitempty"`
+}
+
+// JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
+type JobDefinition struct {
+	ID          string      `json:"id,omitempty"`
+	Name        string      `json:"name,omitempty"`
+	VMPath      string      `json:"vm_path"`
+	Source      Source      `json:"source"`
+	Destination Destination `json:"destination"`
+	Options     Options     `json:"options"`
+	CreatedAt   time.Time   `json:"created_at,omitzero"`
+	// ScheduleID names the schedule whose firing created the job, if any.
+	ScheduleID string `json:"schedule_id,omitempty"`
+}
+
+// Redacted returns a copy safe to show anyone: the password is masked.
+func (d JobDefinition) Redacted() JobDefinition {
+	if d.Source.Password != "" {
+		d.Source.Password = RedactedPassword
+	}
+	if d.Options.NetworkMapping != nil {
+		m := make(map[string]string, len(d.Options.NetworkMapping))
+		for k, v := range d.Options.NetworkMapping {
+			m[k] = v
+		}
+		d.Options.NetworkMapping = m
+	}
+	return d
+}
+
+// Progress is always present on a job (zeros while pending) so a client can read
+// progress.percent_complete at any time.
+type Progress struct {
+	Stage           string  `json:"stage"`
+	PercentComplete float64 `json:"percent_complete"`
+	CurrentBytes    int64   `json:"current_bytes"`
+	TotalBytes      int64   `json:"total_bytes"`
+	BytesPerSecond  float64 `json:"bytes_per_second"`
+	ETASeconds      float64 `json:"eta_seconds"`
+	Message         string  `json:"message,omitempty"`
+}
+
+// JobResult is what a completed migration produced.
+type JobResult struct {
+	DomainName string   `json:"domain_name,omitempty"`
+	DomainUUID string   `json:"domain_uuid,omitempty"`
+	LibvirtURI string   `json:"libvirt_uri,omitempty"`
+	Disks      []string `json:"disks,omitempty"`
+}
+
+// Job is the job status document of the API (GET /jobs/{id}, query results, job_update).
+type Job struct {
+	Definition      JobDefinition `json:"definition"`
+	Status          JobStatus     `json:"status"`
+	Progress        Progress      `json:"progress"`
+	SubmittedAt     time.Time     `json:"submitted_at"`
+	StartedAt       *time.Time    `json:"started_at"`
+	CompletedAt     *time.Time    `json:"completed_at,omitempty"`
+	UpdatedAt       time.Time     `json:"updated_at"`
+	Error           *string       `json:"error"`
+	Agent           string        `json:"agent,omitempty"`
+	Attempt         int           `json:"attempt"`
+	CancelRequested bool          `json:"cancel_requested,omitempty"`
+	PendingReason   string        `json:"pending_reason,omitempty"`
+	Warnings        []string      `json:"warnings,omitempty"`
+	Result          *JobResult    `json:"result,omitempty"`
+}
+
+// Redacted returns a copy with the password masked.
+func (j Job) Redacted() Job {
+	j.Definition = j.Definition.Redacted()
+	return j
+}
+
+// SubmitResponse answers POST /jobs/submit.
+type SubmitResponse struct {
+	JobID   string `json:"job_id"`
+	Message string `json:"message"`
+}
+
+// StatusList accepts either one status ("running") or a list (["running","pending"]):
+// the API document shows a string, older clients send a list.
+type StatusList []JobStatus
+
+func (s *StatusList) UnmarshalJSON(b []byte) error {
+	var one JobStatus
+	if err := json.Unmarshal(b, &one); err == nil {
+		if one == "" {
+			*s = nil
+		} else {
+			*s = StatusList{one}
+		}
+		return nil
+	}
+	var many []JobStatus
+	if err := json.Unmarshal(b, &many); err != nil {
+		return &json.UnmarshalTypeError{Value: "status", Type: nil, Field: "status"}
+	}
+	*s = many
+	return nil
+}
+
+// QueryRequest is the body of POST /jobs/query. No filter means every job.
+type QueryRequest struct {
+	All    bool       `json:"all,omitempty"`
+	JobIDs []string   `json:"job_ids,omitempty"`
+	Status StatusList `json:"status,omitempty"`
+	VMPath string     `json:"vm_path,omitempty"`
+	Agent  string     `json:"agent,omitempty"`
+	Limit  int        `json:"limit,omitempty"`
+	Offset int        `json:"offset,omitempty"`
+	// Cursor continues a previous query after its last job (next_cursor of the answer);
+	// unlike offset it costs O(limit) however deep the page.
+	Cursor string `json:"cursor,omitempty"`
+}
+
+// Query limits.
+const (
+	DefaultQueryLimit = 100
+	MaxQueryLimit     = 1000
+)
+
+// QueryResponse answers POST /jobs/query. Total counts every job matching the filter,
+// NextCursor is set when more remain.
+type QueryResponse struct {
+	Jobs       []Job  `json:"jobs"`
+	Total      int    `json:"total"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// CancelRequest is the body of POST /jobs/cancel: by ids, by status, or both.
+type CancelRequest struct {
+	JobIDs []string  `json:"job_ids,omitempty"`
+	Status JobStatus `json:"status,omitempty"`
+}
+
+// CancelResponse answers POST /jobs/cancel. Count is how many jobs the request cancelled
+// (or, for running ones, asked their agent to stop).
+type CancelResponse struct {
+	Message  string   `json:"message"`
+	Count    int      `json:"count"`
+	NotFound []string `json:"not_found,omitempty"`
+	Skipped  []string `json:"skipped,omitempty"`
+}
+
+// ErrorResponse is every error body: {"error": "..."}.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// MessageResponse is a plain {"message": "..."} answer.
+type MessageResponse struct {
+	Message string `json:"message"`
+}
+
+// HealthResponse answers GET /health.
+type HealthResponse struct {
+	Status string `json:"status"`
+}
+
+// StatusResponse answers GET /status.
+type StatusResponse struct {
+	TotalJobs     int `json:"total_jobs"`
+	PendingJobs   int `json:"pending_jobs"`
+	RunningJobs   int `json:"running_jobs"`
+	CompletedJobs int `json:"completed_jobs"`
+	FailedJobs    int `json:"failed_jobs"`
+	CancelledJobs int `json:"cancelled_jobs"`
+	WorkerCount   int `json:"worker_count"`
+	ActiveWorkers int `json:"active_workers"`
+	// Beyond the document: which node answered and who leads.
+	NodeID   string `json:"node_id,omitempty"`
+	Leader   string `json:"leader,omitempty"`
+	Version  string `json:"version,omitempty"`
+	UptimeS  int64  `json:"uptime_seconds"`
+	RaftRole string `json:"raft_state,omitempty"`
+}

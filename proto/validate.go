@@ -1,0 +1,182 @@
+package proto
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// ErrInvalid marks a validation failure; the API maps it to 400.
+var ErrInvalid = errors.New("invalid request")
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, a...))
+}
+
+// Known option values.
+var (
+	ConversionMethods = []string{"auto", "vddk", "https", "nfc"}
+	OutputFormats     = []string{"qcow2", "raw"}
+	DiskBuses         = []string{"virtio", "sata", "scsi"}
+)
+
+func oneOf(v string, allowed []string) bool {
+	for _, a := range allowed {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks a submitted job definition. It does not contact anything.
+func (d *JobDefinition) Validate() error {
+	if strings.TrimSpace(d.VMPath) == "" {
+		return invalid("vm_path is required")
+	}
+	if len(d.VMPath) > 1024 {
+		return invalid("vm_path is longer than 1024 characters")
+	}
+	if strings.ContainsAny(d.VMPath, "\x00\n\r") {
+		return invalid("vm_path contains control characters")
+	}
+	if err := d.Source.Validate(); err != nil {
+		return err
+	}
+	switch d.Destination.Type {
+	case "kvm":
+	case "":
+		return invalid("destination.type is required (kvm)")
+	default:
+		return invalid("destination.type %q is not supported (kvm)", d.Destination.Type)
+	}
+	if u := d.Destination.LibvirtURI; u != "" {
+		if _, err := url.Parse(u); err != nil || !strings.Contains(u, ":") {
+			return invalid("destination.libvirt_uri %q is not a libvirt URI", u)
+		}
+	}
+	return d.Options.Validate()
+}
+
+// Validate checks the source section.
+func (s *Source) Validate() error {
+	switch s.Type {
+	case "vsphere":
+	case "":
+		return invalid("source.type is required (vsphere)")
+	default:
+		return invalid("source.type %q is not supported (vsphere)", s.Type)
+	}
+	if strings.TrimSpace(s.VCenterURL) == "" {
+		return invalid("source.vcenter_url is required")
+	}
+	if _, err := ParseVCenterURL(s.VCenterURL); err != nil {
+		return invalid("source.vcenter_url: %v", err)
+	}
+	if s.Username == "" {
+		return invalid("source.username is required")
+	}
+	if s.Password == "" {
+		return invalid("source.password is required")
+	}
+	if s.Password == RedactedPassword {
+		return invalid("source.password is the redaction mask; send the real password")
+	}
+	return nil
+}
+
+// ParseVCenterURL accepts "vcenter.example.com", "host:port" or a full https URL and returns
+// the SDK URL (https://host[:port]/sdk) without credentials.
+func ParseVCenterURL(raw string) (*url.URL, error) {
+	s := strings.TrimSpace(raw)
+	if !strings.Contains(s, "://") {
+		s = "https://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("not a URL")
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return nil, fmt.Errorf("scheme %q is not https", u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("no host")
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("credentials belong in username/password, not in the URL")
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/sdk"
+	}
+	return u, nil
+}
+
+// Validate checks the options section.
+func (o *Options) Validate() error {
+	if o.ConversionMethod != "" && !oneOf(o.ConversionMethod, ConversionMethods) {
+		return invalid("options.conversion_method %q is not one of %s", o.ConversionMethod, strings.Join(ConversionMethods, "|"))
+	}
+	if o.OutputFormat != "" && !oneOf(o.OutputFormat, OutputFormats) {
+		return invalid("options.output_format %q is not one of %s", o.OutputFormat, strings.Join(OutputFormats, "|"))
+	}
+	if o.DiskBus != "" && !oneOf(o.DiskBus, DiskBuses) {
+		return invalid("options.disk_bus %q is not one of %s", o.DiskBus, strings.Join(DiskBuses, "|"))
+	}
+	if o.ShutdownTimeoutSeconds < 0 || o.ShutdownTimeoutSeconds > 86400 {
+		return invalid("options.shutdown_timeout_seconds must be between 0 and 86400")
+	}
+	if o.MaxAttempts < 0 || o.MaxAttempts > 100 {
+		return invalid("options.max_attempts must be between 0 and 100")
+	}
+	for k, v := range o.NetworkMapping {
+		if k == "" || v == "" {
+			return invalid("options.network_mapping has an empty name")
+		}
+	}
+	return nil
+}
+
+// Validate checks a query.
+func (q *QueryRequest) Validate() error {
+	for _, s := range q.Status {
+		if !s.Valid() {
+			return invalid("status %q is not one of pending|running|completed|failed|cancelled", s)
+		}
+	}
+	if q.Limit < 0 {
+		return invalid("limit must not be negative")
+	}
+	if q.Limit > MaxQueryLimit {
+		return invalid("limit must be at most %d", MaxQueryLimit)
+	}
+	if q.Offset < 0 {
+		return invalid("offset must not be negative")
+	}
+	if q.Offset > 0 && q.Cursor != "" {
+		return invalid("use either offset or cursor, not both")
+	}
+	if len(q.JobIDs) > MaxQueryLimit {
+		return invalid("at most %d job_ids", MaxQueryLimit)
+	}
+	return nil
+}
+
+// Validate checks a cancel request.
+func (c *CancelRequest) Validate() error {
+	if len(c.JobIDs) == 0 && c.Status == "" {
+		return invalid("job_ids or status is required")
+	}
+	if c.Status != "" && c.Status != StatusPending && c.Status != StatusRunning {
+		return invalid("status %q cannot be cancelled (pending|running)", c.Status)
+	}
+	if len(c.JobIDs) > 10000 {
+		return invalid("at most 10000 job_ids")
+	}
+	for _, id := range c.JobIDs {
+		if id == "" {
+			return invalid("job_ids contains an empty id")
+		}
+	}
+	return nil
+}
