@@ -1,0 +1,388 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// DefaultMaxAttempts is used when a job was stored without one (the leader normally stamps it).
+const DefaultMaxAttempts = 3
+
+// Apply applies one encoded command at raft index idx and returns its response: a value
+// or an error (never panics on malformed input: a bad entry must not halt the cluster).
+func (s *State) Apply(idx uint64, data []byte) any {
+	defer s.appliedIndex.Store(idx)
+	if len(data) == 0 {
+		return fmt.Errorf("%w: empty entry", ErrBadCommand)
+	}
+	t, body := CommandType(data[0]), data[1:]
+	switch t {
+	case CmdSubmitJob:
+		var c SubmitJob
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applySubmit(idx, []proto.JobDefinition{c.Definition})
+	case CmdSubmitBatch:
+		var c SubmitBatch
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applySubmit(idx, c.Definitions)
+	case CmdCancelJobs:
+		var c CancelJobs
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyCancel(idx, c)
+	case CmdLeaseGrant:
+		var c LeaseGrant
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyLeaseGrant(idx, c)
+	case CmdLeaseExpire:
+		var c LeaseExpire
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyLeaseExpire(idx, c)
+	case CmdProgress:
+		var c ProgressReport
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyProgress(idx, c)
+	case CmdComplete:
+		var c CompleteReport
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyComplete(idx, c)
+	case CmdFail:
+		var c FailReport
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		return s.applyFail(idx, c)
+	case CmdRegisterNode:
+		var c NodeInfo
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		if c.ID == "" {
+			return fmt.Errorf("%w: register_node without id", ErrBadCommand)
+		}
+		s.mu.Lock()
+		s.nodes[c.ID] = c
+		s.mu.Unlock()
+		return nil
+	case CmdRemoveNode:
+		var c RemoveNode
+		if err := decode(body, &c); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		delete(s.nodes, c.ID)
+		s.mu.Unlock()
+		return nil
+	}
+	return fmt.Errorf("%w: %d", ErrUnknownCmd, t)
+}
+
+func decode(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	return nil
+}
+
+// applySubmit stores new jobs. The whole batch is checked first so a batch is applied
+// entirely or not at all.
+func (s *State) applySubmit(idx uint64, defs []proto.JobDefinition) any {
+	s.mu.Lock()
+	seen := make(map[string]bool, len(defs))
+	for i := range defs {
+		id := defs[i].ID
+		if id == "" {
+			s.mu.Unlock()
+			return fmt.Errorf("%w: job without id", ErrBadCommand)
+		}
+		if _, ok := s.jobs[id]; ok || seen[id] {
+			s.mu.Unlock()
+			return fmt.Errorf("job %s: %w", id, ErrExists)
+		}
+		seen[id] = true
+	}
+	created := make([]*proto.Job, 0, len(defs))
+	for _, d := range defs {
+		if d.Options.MaxAttempts <= 0 {
+			d.Options.MaxAttempts = DefaultMaxAttempts
+		}
+		j := &proto.Job{
+			Definition:  d,
+			Status:      proto.StatusPending,
+			Progress:    proto.Progress{Stage: proto.StageQueued},
+			SubmittedAt: d.CreatedAt,
+			UpdatedAt:   d.CreatedAt,
+		}
+		s.insert(j)
+		created = append(created, j)
+	}
+	s.mu.Unlock()
+	for _, j := range created {
+		s.events.publish(Event{Kind: EventJobSubmitted, Job: j, Index: idx})
+	}
+	return len(created)
+}
+
+func (s *State) applyCancel(idx uint64, c CancelJobs) any {
+	s.mu.Lock()
+	var res CancelResult
+	var evs []Event
+	cancel := func(e *entry) {
+		j := e.job
+		switch j.Status {
+		case proto.StatusPending:
+			nj := *j
+			nj.Status = proto.StatusCancelled
+			nj.PendingReason = ""
+			nj.Progress.Stage = string(proto.StatusCancelled)
+			nj.UpdatedAt = c.At
+			at := c.At
+			nj.CompletedAt = &at
+			s.replace(e, &nj)
+			res.Cancelled = append(res.Cancelled, j.Definition.ID)
+			evs = append(evs, Event{Kind: EventJobCancelled, Job: &nj, Index: idx})
+		case proto.StatusRunning:
+			if j.CancelRequested {
+				res.Skipped = append(res.Skipped, j.Definition.ID)
+				return
+			}
+			nj := *j
+			nj.CancelRequested = true
+			nj.UpdatedAt = c.At
+			s.replace(e, &nj)
+			res.Cancelled = append(res.Cancelled, j.Definition.ID)
+			evs = append(evs, Event{Kind: EventJobCancelRequested, Job: &nj, Index: idx})
+		default:
+			res.Skipped = append(res.Skipped, j.Definition.ID)
+		}
+	}
+	done := make(map[string]bool)
+	for _, id := range c.JobIDs {
+		if done[id] {
+			continue
+		}
+		done[id] = true
+		e, ok := s.jobs[id]
+		if !ok {
+			res.NotFound = append(res.NotFound, id)
+			continue
+		}
+		if c.Status != "" && e.job.Status != c.Status {
+			res.Skipped = append(res.Skipped, id)
+			continue
+		}
+		cancel(e)
+	}
+	if len(c.JobIDs) == 0 && c.Status != "" {
+		if t, ok := s.byStatus[c.Status]; ok {
+			// Collect first: cancel moves entries between the indexes being walked.
+			var targets []*entry
+			t.Ascend(func(e *entry) bool { targets = append(targets, e); return true })
+			for _, e := range targets {
+				cancel(e)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, ev := range evs {
+		s.events.publish(ev)
+	}
+	return res
+}
+
+// lookupLease finds a running job whose current attempt is the token's. Caller holds the lock.
+func (s *State) lookupLease(tok LeaseToken) (*entry, error) {
+	e, ok := s.jobs[tok.JobID]
+	if !ok {
+		return nil, fmt.Errorf("job %s: %w", tok.JobID, ErrNotFound)
+	}
+	if e.job.Status != proto.StatusRunning || e.job.Attempt != tok.Attempt {
+		return nil, fmt.Errorf("job %s attempt %d (job is %s, attempt %d): %w",
+			tok.JobID, tok.Attempt, e.job.Status, e.job.Attempt, ErrStaleLease)
+	}
+	return e, nil
+}
+
+func (s *State) applyLeaseGrant(idx uint64, c LeaseGrant) any {
+	s.mu.Lock()
+	e, ok := s.jobs[c.JobID]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("job %s: %w", c.JobID, ErrNotFound)
+	}
+	j := e.job
+	if j.Status != proto.StatusPending || j.Attempt+1 != c.Attempt || c.Agent == "" {
+		s.mu.Unlock()
+		return fmt.Errorf("grant job %s attempt %d (job is %s, attempt %d): %w",
+			c.JobID, c.Attempt, j.Status, j.Attempt, ErrStaleLease)
+	}
+	nj := *j
+	nj.Status = proto.StatusRunning
+	nj.Agent = c.Agent
+	nj.Attempt = c.Attempt
+	nj.PendingReason = ""
+	nj.Progress = proto.Progress{Stage: proto.StageConnecting}
+	at := c.At
+	nj.StartedAt = &at
+	nj.UpdatedAt = c.At
+	s.replace(e, &nj)
+	s.mu.Unlock()
+	s.events.publish(Event{Kind: EventJobStarted, Job: &nj, Index: idx})
+	return nil
+}
+
+// endAttempt moves a running job out of its attempt: to cancelled if a cancel was
+// requested, else pending again when retry is wanted and attempts remain, else failed.
+// Caller holds the lock; returns the event to publish.
+func (s *State) endAttempt(idx uint64, e *entry, reason string, retry bool, at time.Time, warnings []string) Event {
+	j := e.job
+	nj := *j
+	nj.UpdatedAt = at
+	nj.Warnings = appendWarnings(j.Warnings, warnings)
+	max := j.Definition.Options.MaxAttempts
+	if max <= 0 {
+		max = DefaultMaxAttempts
+	}
+	var kind EventKind
+	switch {
+	case j.CancelRequested:
+		nj.Status = proto.StatusCancelled
+		nj.Progress.Stage = string(proto.StatusCancelled)
+		nj.CompletedAt = &at
+		kind = EventJobCancelled
+	case retry && j.Attempt < max:
+		nj.Status = proto.StatusPending
+		nj.Agent = ""
+		nj.PendingReason = fmt.Sprintf("attempt %d of %d ended: %s; waiting for an agent", j.Attempt, max, reason)
+		nj.Progress = proto.Progress{Stage: proto.StageQueued}
+		kind = EventJobRequeued
+	default:
+		nj.Status = proto.StatusFailed
+		msg := reason
+		if retry {
+			msg = fmt.Sprintf("%s (after %d of %d attempts)", reason, j.Attempt, max)
+		}
+		nj.Error = &msg
+		nj.CompletedAt = &at
+		kind = EventJobFailed
+	}
+	s.replace(e, &nj)
+	return Event{Kind: kind, Job: &nj, Index: idx}
+}
+
+func appendWarnings(old, add []string) []string {
+	if len(add) == 0 {
+		return old
+	}
+	out := slices.Clone(old)
+	for _, w := range add {
+		if !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (s *State) applyLeaseExpire(idx uint64, c LeaseExpire) any {
+	s.mu.Lock()
+	e, err := s.lookupLease(c.LeaseToken)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	reason := c.Reason
+	if reason == "" {
+		reason = "lease expired"
+	}
+	ev := s.endAttempt(idx, e, reason, true, c.At, nil)
+	s.mu.Unlock()
+	s.events.publish(ev)
+	return nil
+}
+
+func (s *State) applyProgress(idx uint64, c ProgressReport) any {
+	s.mu.Lock()
+	e, err := s.lookupLease(c.LeaseToken)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	nj := *e.job
+	nj.Progress = c.Progress
+	nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
+	nj.UpdatedAt = c.At
+	s.replace(e, &nj)
+	s.mu.Unlock()
+	s.events.publish(Event{Kind: EventJobProgress, Job: &nj, Index: idx})
+	return nil
+}
+
+func (s *State) applyComplete(idx uint64, c CompleteReport) any {
+	s.mu.Lock()
+	e, err := s.lookupLease(c.LeaseToken)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	nj := *e.job
+	nj.Status = proto.StatusCompleted
+	nj.Progress.Stage = proto.StageCompleted
+	nj.Progress.PercentComplete = 100
+	if nj.Progress.TotalBytes > 0 {
+		nj.Progress.CurrentBytes = nj.Progress.TotalBytes
+	}
+	nj.Progress.ETASeconds = 0
+	nj.Result = c.Result
+	nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
+	nj.UpdatedAt = c.At
+	at := c.At
+	nj.CompletedAt = &at
+	nj.CancelRequested = false
+	s.replace(e, &nj)
+	s.mu.Unlock()
+	s.events.publish(Event{Kind: EventJobCompleted, Job: &nj, Index: idx})
+	return nil
+}
+
+func (s *State) applyFail(idx uint64, c FailReport) any {
+	s.mu.Lock()
+	e, err := s.lookupLease(c.LeaseToken)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if c.Cancelled && !e.job.CancelRequested {
+		// An agent may only acknowledge a cancel that was asked for; anything else is a failure.
+		c.Cancelled = false
+	}
+	var ev Event
+	if c.Cancelled {
+		ev = s.endAttempt(idx, e, c.Error, false, c.At, c.Warnings)
+	} else {
+		msg := c.Error
+		if msg == "" {
+			msg = "failed without a message"
+		}
+		ev = s.endAttempt(idx, e, msg, c.Retryable, c.At, c.Warnings)
+	}
+	s.mu.Unlock()
+	s.events.publish(ev)
+	return nil
+}

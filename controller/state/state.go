@@ -1,0 +1,382 @@
+// Package state is the replicated state machine of the controllers: every job, lease and
+// controller registration, changed only by commands applied through raft.
+//
+// Apply is deterministic (no clock, no randomness, no I/O): the leader stamps times and ids
+// into a command before it is proposed. Jobs are immutable once stored: apply replaces the
+// pointer with a modified copy, so a snapshot is a cheap copy of pointers and readers may
+// hold a *proto.Job without locks.
+package state
+
+import (
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/btree"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// entry is a stored job with its position in submission order.
+type entry struct {
+	seq uint64
+	job *proto.Job
+}
+
+func bySeq(a, b *entry) bool { return a.seq < b.seq }
+
+func newIndex() *btree.BTreeG[*entry] { return btree.NewG(16, bySeq) }
+
+// State holds everything the controllers replicate. It is safe for concurrent use: apply
+// takes the write lock, reads take the read lock.
+type State struct {
+	mu       sync.RWMutex
+	jobs     map[string]*entry
+	all      *btree.BTreeG[*entry]
+	byStatus map[proto.JobStatus]*btree.BTreeG[*entry]
+	byAgent  map[string]*btree.BTreeG[*entry]
+	byVMPath map[string]*btree.BTreeG[*entry]
+	// running counts leased jobs per agent (what placement needs without scanning).
+	running map[string]int
+	nextSeq uint64
+	nodes   map[string]NodeInfo
+
+	appliedIndex atomic.Uint64
+	events       *broker
+}
+
+// New returns an empty state.
+func New() *State {
+	s := &State{events: newBroker()}
+	s.reset()
+	return s
+}
+
+func (s *State) reset() {
+	s.jobs = make(map[string]*entry)
+	s.all = newIndex()
+	s.byStatus = make(map[proto.JobStatus]*btree.BTreeG[*entry])
+	for _, st := range proto.AllStatuses {
+		s.byStatus[st] = newIndex()
+	}
+	s.byAgent = make(map[string]*btree.BTreeG[*entry])
+	s.byVMPath = make(map[string]*btree.BTreeG[*entry])
+	s.running = make(map[string]int)
+	s.nextSeq = 0
+	s.nodes = make(map[string]NodeInfo)
+}
+
+// insert adds a new job to every index. Caller holds the write lock.
+func (s *State) insert(j *proto.Job) {
+	s.nextSeq++
+	e := &entry{seq: s.nextSeq, job: j}
+	s.jobs[j.Definition.ID] = e
+	s.all.ReplaceOrInsert(e)
+	s.byStatus[j.Status].ReplaceOrInsert(e)
+	idx(s.byVMPath, j.Definition.VMPath).ReplaceOrInsert(e)
+	if j.Agent != "" {
+		idx(s.byAgent, j.Agent).ReplaceOrInsert(e)
+	}
+	if j.Status == proto.StatusRunning {
+		s.running[j.Agent]++
+	}
+}
+
+// replace swaps in a modified copy of a job and moves it between indexes. Caller holds
+// the write lock.
+func (s *State) replace(e *entry, nj *proto.Job) {
+	old := e.job
+	if old.Status != nj.Status {
+		s.byStatus[old.Status].Delete(e)
+		s.byStatus[nj.Status].ReplaceOrInsert(e)
+	}
+	if old.Agent != nj.Agent && nj.Agent != "" {
+		// byAgent keeps every job an agent ever held (history by agent); a requeue
+		// clears Agent but the job stays listed under the agents that ran it.
+		idx(s.byAgent, nj.Agent).ReplaceOrInsert(e)
+	}
+	if old.Status == proto.StatusRunning {
+		s.decRunning(old.Agent)
+	}
+	if nj.Status == proto.StatusRunning {
+		s.running[nj.Agent]++
+	}
+	e.job = nj
+}
+
+func (s *State) decRunning(agent string) {
+	if s.running[agent] <= 1 {
+		delete(s.running, agent)
+		return
+	}
+	s.running[agent]--
+}
+
+func idx(m map[string]*btree.BTreeG[*entry], key string) *btree.BTreeG[*entry] {
+	t, ok := m[key]
+	if !ok {
+		t = newIndex()
+		m[key] = t
+	}
+	return t
+}
+
+// AppliedIndex is the raft index of the last entry applied to this state.
+func (s *State) AppliedIndex() uint64 { return s.appliedIndex.Load() }
+
+// Job returns one job (shared, never modify it).
+func (s *State) Job(id string) (*proto.Job, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.jobs[id]
+	if !ok {
+		return nil, false
+	}
+	return e.job, true
+}
+
+// Counts returns the number of jobs per status.
+func (s *State) Counts() map[proto.JobStatus]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[proto.JobStatus]int, len(s.byStatus))
+	for st, t := range s.byStatus {
+		out[st] = t.Len()
+	}
+	return out
+}
+
+// TotalJobs returns the number of stored jobs.
+func (s *State) TotalJobs() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.jobs)
+}
+
+// RunningByAgent returns how many jobs each agent holds a lease for.
+func (s *State) RunningByAgent() map[string]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]int, len(s.running))
+	for k, v := range s.running {
+		out[k] = v
+	}
+	return out
+}
+
+// Jobs calls fn for every job with the given status in submission order (oldest first)
+// until fn returns false.
+func (s *State) Jobs(status proto.JobStatus, fn func(*proto.Job) bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	t, ok := s.byStatus[status]
+	if !ok {
+		return
+	}
+	t.Ascend(func(e *entry) bool { return fn(e.job) })
+}
+
+// Node returns a controller registration.
+func (s *State) Node(id string) (NodeInfo, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n, ok := s.nodes[id]
+	return n, ok
+}
+
+// Nodes returns every controller registration sorted by id.
+func (s *State) Nodes() []NodeInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]NodeInfo, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// QueryResult is a page of jobs (shared pointers) and the filter's total.
+type QueryResult struct {
+	Jobs       []*proto.Job
+	Total      int
+	NextCursor string
+}
+
+// Query returns jobs newest first. With only a status filter it costs O(offset+limit)
+// (O(log n + limit) with a cursor); a vm_path or agent filter walks that index only.
+func (s *State) Query(q proto.QueryRequest) (QueryResult, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = proto.DefaultQueryLimit
+	}
+	var after uint64 // cursor: return entries with seq < after
+	if q.Cursor != "" {
+		v, err := strconv.ParseUint(q.Cursor, 10, 64)
+		if err != nil || v == 0 {
+			return QueryResult{}, ErrInvalidCursor
+		}
+		after = v
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+
+	if len(q.JobIDs) > 0 {
+		return s.queryIDs(q, limit), nil
+	}
+
+	statusSet := make(map[proto.JobStatus]bool, len(q.Status))
+	for _, st := range q.Status {
+		statusSet[st] = true
+	}
+	match := func(j *proto.Job) bool {
+		if len(statusSet) > 0 && !statusSet[j.Status] {
+			return false
+		}
+		if q.VMPath != "" && j.Definition.VMPath != q.VMPath {
+			return false
+		}
+		if q.Agent != "" && j.Agent != q.Agent {
+			return false
+		}
+		return true
+	}
+
+	// Pick the narrowest index that the filter fully covers.
+	var sources []*btree.BTreeG[*entry]
+	filtered := true // whether items from sources still need match()
+	switch {
+	case q.VMPath != "":
+		if t, ok := s.byVMPath[q.VMPath]; ok {
+			sources = append(sources, t)
+		}
+	case q.Agent != "":
+		if t, ok := s.byAgent[q.Agent]; ok {
+			sources = append(sources, t)
+		}
+	case len(statusSet) > 0:
+		for st := range statusSet {
+			sources = append(sources, s.byStatus[st])
+		}
+		filtered = false
+	default:
+		sources = append(sources, s.all)
+		filtered = false
+	}
+
+	res := QueryResult{Jobs: make([]*proto.Job, 0, min(limit, 64))}
+	if !filtered {
+		for _, t := range sources {
+			res.Total += t.Len()
+		}
+	}
+	skip := q.Offset
+	var last uint64
+	more := false
+	// k-way merge of the sources, newest first.
+	iters := make([]*descIter, 0, len(sources))
+	for _, t := range sources {
+		iters = append(iters, newDescIter(t, after))
+	}
+	for {
+		var best *descIter
+		for _, it := range iters {
+			if it.peek() != nil && (best == nil || it.peek().seq > best.peek().seq) {
+				best = it
+			}
+		}
+		if best == nil {
+			break
+		}
+		e := best.next()
+		if filtered && !match(e.job) {
+			continue
+		}
+		if filtered {
+			res.Total++
+		}
+		if skip > 0 {
+			skip--
+			continue
+		}
+		if len(res.Jobs) < limit {
+			res.Jobs = append(res.Jobs, e.job)
+			last = e.seq
+			continue
+		}
+		more = true
+		if !filtered {
+			break // totals are already known: stop at limit+1
+		}
+	}
+	if more && last > 0 {
+		res.NextCursor = strconv.FormatUint(last, 10)
+	}
+	return res, nil
+}
+
+func (s *State) queryIDs(q proto.QueryRequest, limit int) QueryResult {
+	res := QueryResult{}
+	statusSet := make(map[proto.JobStatus]bool, len(q.Status))
+	for _, st := range q.Status {
+		statusSet[st] = true
+	}
+	for _, id := range q.JobIDs {
+		e, ok := s.jobs[id]
+		if !ok || (len(statusSet) > 0 && !statusSet[e.job.Status]) {
+			continue
+		}
+		res.Total++
+		if res.Total > q.Offset && len(res.Jobs) < limit {
+			res.Jobs = append(res.Jobs, e.job)
+		}
+	}
+	return res
+}
+
+// descIter walks a btree from the newest entry below a bound, one item at a time, by
+// re-seeking: the btree has no cursor type, and a seek is O(log n).
+type descIter struct {
+	t    *btree.BTreeG[*entry]
+	cur  *entry
+	done bool
+}
+
+func newDescIter(t *btree.BTreeG[*entry], below uint64) *descIter {
+	it := &descIter{t: t}
+	it.seek(below)
+	return it
+}
+
+func (it *descIter) seek(below uint64) {
+	it.cur = nil
+	visit := func(e *entry) bool {
+		if below != 0 && e.seq >= below {
+			return true
+		}
+		it.cur = e
+		return false
+	}
+	if below == 0 {
+		it.t.Descend(visit)
+	} else {
+		it.t.DescendLessOrEqual(&entry{seq: below}, visit)
+	}
+	if it.cur == nil {
+		it.done = true
+	}
+}
+
+func (it *descIter) peek() *entry {
+	if it.done {
+		return nil
+	}
+	return it.cur
+}
+
+func (it *descIter) next() *entry {
+	e := it.cur
+	it.seek(e.seq)
+	return e
+}
