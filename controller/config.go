@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the controller's configuration: the API document's YAML shape (database,
+// metrics, webhooks) plus api, cluster and gossip sections. Flags override it.
+type Config struct {
+	Database DatabaseConfig  `yaml:"database"`
+	Metrics  MetricsConfig   `yaml:"metrics"`
+	API      APIConfig       `yaml:"api"`
+	Cluster  ClusterConfig   `yaml:"cluster"`
+	Gossip   GossipConfig    `yaml:"gossip"`
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+	Log      LogConfig       `yaml:"log"`
+}
+
+// DatabaseConfig: path is the data dir (raft log, snapshots, node id). A path ending in
+// ".db" (the API document's example) means its directory.
+type DatabaseConfig struct {
+	Path string `yaml:"path"`
+}
+
+// MetricsConfig: /metrics is served on the API port when enabled (default true). Port is
+// accepted for compatibility with the API document and must equal the API port if set.
+type MetricsConfig struct {
+	Enabled *bool `yaml:"enabled"`
+	Port    int   `yaml:"port"`
+}
+
+// APIConfig is the HTTP API listener.
+type APIConfig struct {
+	Addr         string `yaml:"addr"`
+	Advertise    string `yaml:"advertise"`
+	MaxBodyBytes int64  `yaml:"max_body_bytes"`
+}
+
+// ClusterConfig is raft membership.
+type ClusterConfig struct {
+	NodeID        string        `yaml:"node_id"`
+	RaftAddr      string        `yaml:"raft_addr"`
+	RaftAdvertise string        `yaml:"raft_advertise"`
+	Join          []string      `yaml:"join"`
+	Bootstrap     bool          `yaml:"bootstrap"`
+	MaxAttempts   int           `yaml:"max_attempts"`
+	LeaderWait    time.Duration `yaml:"leader_wait"`
+	// Fast shortens raft timers (tests and demos on one machine).
+	Fast bool `yaml:"fast"`
+}
+
+// GossipConfig is the memberlist pool shared with agents.
+type GossipConfig struct {
+	Addr      string   `yaml:"addr"`
+	Advertise string   `yaml:"advertise"`
+	Join      []string `yaml:"join"`
+	Key       string   `yaml:"key"`
+	Label     string   `yaml:"label"`
+}
+
+// WebhookConfig is a webhook seeded at first bootstrap.
+type WebhookConfig struct {
+	URL        string            `yaml:"url"`
+	Events     []string          `yaml:"events"`
+	Enabled    *bool             `yaml:"enabled"`
+	Timeout    int               `yaml:"timeout"`
+	RetryCount int               `yaml:"retry_count"`
+	Headers    map[string]string `yaml:"headers"`
+	Secret     string            `yaml:"secret"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"` // text|json
+}
+
+// DefaultConfig runs a single node on one machine with no flags.
+func DefaultConfig() Config {
+	return Config{
+		Database: DatabaseConfig{Path: defaultDataDir()},
+		API:      APIConfig{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20},
+		Cluster:  ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
+		Gossip:   GossipConfig{Addr: "127.0.0.1:7946"},
+		Log:      LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// defaultDataDir is /var/lib/hypersdk/controller when it can be created (root, the
+// package's service user), else a per-user directory, so `hypersdk-controller` with no
+// flags works for anyone.
+func defaultDataDir() string {
+	sys := "/var/lib/hypersdk/controller"
+	if err := os.MkdirAll(sys, 0o750); err == nil {
+		if f, err := os.CreateTemp(sys, ".probe"); err == nil {
+			f.Close()
+			os.Remove(f.Name())
+			return sys
+		}
+	}
+	if d, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(d, ".local", "share", "hypersdk", "controller")
+	}
+	return "hypersdk-data"
+}
+
+// LoadConfig reads a YAML file over the defaults. Unknown keys are errors: a typo must not
+// silently fall back to a default.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// DataDir resolves database.path to a directory.
+func (c *Config) DataDir() string {
+	p := c.Database.Path
+	if strings.HasSuffix(p, ".db") {
+		return filepath.Dir(p)
+	}
+	return p
+}
+
+// MetricsEnabled is true unless metrics.enabled is false.
+func (c *Config) MetricsEnabled() bool { return c.Metrics.Enabled == nil || *c.Metrics.Enabled }
+
+// Validate checks the merged configuration.
+func (c *Config) Validate() error {
+	if c.API.Addr == "" {
+		return errors.New("config: api.addr is required")
+	}
+	if c.Cluster.RaftAddr == "" {
+		return errors.New("config: cluster.raft_addr is required")
+	}
+	if c.DataDir() == "" {
+		return errors.New("config: database.path (the data dir) is required")
+	}
+	if c.Cluster.MaxAttempts < 0 || c.Cluster.MaxAttempts > 100 {
+		return errors.New("config: cluster.max_attempts must be between 1 and 100")
+	}
+	return nil
+}

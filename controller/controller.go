@@ -1,0 +1,328 @@
+// Package controller wires one controller: the replicated state, its raft node, the API
+// server and the leader-only work. The packages below it own the rules; this file only
+// connects them.
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hypersdk/hypersdk/controller/api"
+	"github.com/hypersdk/hypersdk/controller/cluster"
+	"github.com/hypersdk/hypersdk/controller/metrics"
+	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// Controller is a running controller node.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	State   *state.State
+	Node    *cluster.Node
+	API     *api.Server
+	Metrics *metrics.Metrics
+
+	ln      net.Listener
+	apiAddr string
+	http    *http.Server
+
+	savedControllers []byte
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New starts a controller: it listens, opens raft (bootstrapping or joining as the
+// configuration says) and serves the API. Close stops it.
+func New(cfg Config, log *slog.Logger) (*Controller, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	dataDir := cfg.DataDir()
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w (set --data-dir)", dataDir, err)
+	}
+	nodeID, err := resolveNodeID(dataDir, cfg.Cluster.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("node", nodeID)
+
+	ln, err := net.Listen("tcp", cfg.API.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("api listen on %s: %w", cfg.API.Addr, err)
+	}
+	apiAddr := cfg.API.Advertise
+	if apiAddr == "" {
+		apiAddr = ln.Addr().String()
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+			ln.Close()
+			return nil, fmt.Errorf("api.addr %s listens on every interface: set api.advertise to the address other controllers reach", cfg.API.Addr)
+		}
+	}
+
+	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+
+	ccfg := cluster.DefaultConfig()
+	if cfg.Cluster.Fast {
+		ccfg = cluster.FastConfig()
+	}
+	ccfg.NodeID = nodeID
+	ccfg.DataDir = dataDir
+	ccfg.RaftAddr = cfg.Cluster.RaftAddr
+	ccfg.RaftAdvertise = cfg.Cluster.RaftAdvertise
+	// No --join and no stored state: this node forms a new cluster of one.
+	ccfg.Bootstrap = cfg.Cluster.Bootstrap || len(cfg.Cluster.Join) == 0
+	ccfg.Logger = log
+	c.Node, err = cluster.Open(ccfg, c.State)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+
+	if cfg.MetricsEnabled() {
+		c.Metrics = metrics.New(metricsSource{c})
+	} else {
+		c.Metrics = metrics.New(nil)
+	}
+	c.API = api.New(api.Config{
+		NodeID: nodeID, MaxBodyBytes: cfg.API.MaxBodyBytes, LeaderWait: cfg.Cluster.LeaderWait,
+		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
+	}, c.State, c.Node, c.Metrics)
+
+	c.http = &http.Server{Handler: c.API, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("api server stopped", "err", err)
+		}
+	}()
+
+	if len(cfg.Cluster.Join) > 0 && !c.Node.HasExistingState() {
+		c.goLoop(c.joinLoop)
+	}
+	c.goLoop(c.registrationLoop)
+	log.Info("controller started", "api_addr", apiAddr, "raft_addr", c.Node.RaftAddr(), "data_dir", dataDir)
+	return c, nil
+}
+
+func (c *Controller) goLoop(fn func(context.Context)) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn(c.ctx)
+	}()
+}
+
+// APIAddr is the advertised API address (host:port).
+func (c *Controller) APIAddr() string { return c.apiAddr }
+
+// URL is the API base URL.
+func (c *Controller) URL() string { return "http://" + c.apiAddr }
+
+// Close stops serving and leaves raft running no more. It does not leave the cluster.
+func (c *Controller) Close() error {
+	var err error
+	c.once.Do(func() {
+		c.cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.http.Shutdown(ctx)
+		err = c.Node.Close()
+		c.wg.Wait()
+	})
+	return err
+}
+
+// resolveNodeID keeps a data dir bound to one node id: the id is written on first start
+// and a different --node-id later is refused (it would corrupt the raft membership).
+func resolveNodeID(dataDir, want string) (string, error) {
+	path := filepath.Join(dataDir, "node-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		stored := strings.TrimSpace(string(b))
+		if want != "" && want != stored {
+			return "", fmt.Errorf("data dir %s belongs to node %q, not %q: use another --data-dir or the same --node-id", dataDir, stored, want)
+		}
+		return stored, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	if want == "" {
+		if want, err = os.Hostname(); err != nil || want == "" {
+			want = "controller-1"
+		}
+	}
+	if err := os.WriteFile(path, []byte(want+"\n"), 0o640); err != nil {
+		return "", fmt.Errorf("write node id: %w", err)
+	}
+	return want, nil
+}
+
+// joinLoop asks the controllers named by --join to add this node until it is part of
+// the cluster (it then hears from a leader).
+func (c *Controller) joinLoop(ctx context.Context) {
+	req := api.JoinRequest{ID: c.Node.ID(), RaftAddr: c.Node.RaftAddr(), APIAddr: c.apiAddr}
+	backoff := 200 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		for _, addr := range c.cfg.Cluster.Join {
+			if err := postJSON(ctx, addr, "/cluster/join", req); err != nil {
+				if attempt%10 == 0 {
+					c.log.Warn("join attempt failed; retrying", "via", addr, "err", err)
+				}
+				continue
+			}
+			c.log.Info("joined the cluster", "via", addr)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// registrationLoop keeps this node's API address registered in the replicated state, so
+// followers can forward writes to whichever node leads. The leader applies its own
+// registration; a follower asks the leader (idempotent join).
+func (c *Controller) registrationLoop(ctx context.Context) {
+	mine := state.NodeInfo{ID: c.Node.ID(), APIAddr: c.apiAddr, RaftAddr: c.Node.RaftAddr()}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.saveKnownControllers()
+		if cur, ok := c.State.Node(mine.ID); ok && cur == mine {
+			continue
+		}
+		if c.Node.IsLeader() {
+			if _, err := c.Node.Apply(state.MustEncode(state.CmdRegisterNode, mine)); err != nil {
+				c.log.Debug("register self", "err", err)
+			}
+			continue
+		}
+		// Ask the leader if known; otherwise (a restart on a new raft address: the leader
+		// still dials the old one, so this node never hears from it) ask every controller
+		// we know of, which forward to their leader.
+		var targets []string
+		if leaderID, _ := c.Node.Leader(); leaderID != "" {
+			if ln, ok := c.State.Node(leaderID); ok {
+				targets = append(targets, ln.APIAddr)
+			}
+		}
+		if len(targets) == 0 {
+			for _, n := range c.knownControllers() {
+				if n.ID != mine.ID {
+					targets = append(targets, n.APIAddr)
+				}
+			}
+			targets = append(targets, c.cfg.Cluster.Join...)
+		}
+		for _, addr := range targets {
+			err := postJSON(ctx, addr, "/cluster/join", api.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
+			if err == nil {
+				break
+			}
+			c.log.Debug("registration", "via", addr, "err", err)
+		}
+	}
+}
+
+var joinClient = &http.Client{Timeout: 10 * time.Second}
+
+func postJSON(ctx context.Context, addr, path string, v any) error {
+	b, _ := json.Marshal(v)
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := joinClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e proto.ErrorResponse
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, e.Error)
+	}
+	return nil
+}
+
+// metricsSource adapts the controller to the metrics collectors.
+type metricsSource struct{ c *Controller }
+
+func (m metricsSource) Counts() map[proto.JobStatus]int { return m.c.State.Counts() }
+func (m metricsSource) ActiveWorkers() int              { return m.c.API.ActiveWorkers() }
+func (m metricsSource) Raft() (bool, uint64, uint64, uint64) {
+	commit, applied := m.c.Node.Indexes()
+	return m.c.Node.IsLeader(), commit, applied, m.c.Node.LastIndex()
+}
+
+// Config returns the configuration the controller runs with.
+func (c *Controller) Config() Config { return c.cfg }
+
+// knownControllersFile remembers the other controllers' API addresses across restarts:
+// after a restart the raft log is not applied until a leader is heard from, so the
+// replicated registrations are not readable yet when this node needs them most.
+const knownControllersFile = "controllers.json"
+
+func (c *Controller) knownControllers() []state.NodeInfo {
+	if nodes := c.State.Nodes(); len(nodes) > 0 {
+		return nodes
+	}
+	b, err := os.ReadFile(filepath.Join(c.cfg.DataDir(), knownControllersFile))
+	if err != nil {
+		return nil
+	}
+	var nodes []state.NodeInfo
+	_ = json.Unmarshal(b, &nodes)
+	return nodes
+}
+
+func (c *Controller) saveKnownControllers() {
+	nodes := c.State.Nodes()
+	if len(nodes) == 0 {
+		return
+	}
+	b, _ := json.Marshal(nodes)
+	if bytes.Equal(b, c.savedControllers) {
+		return
+	}
+	path := filepath.Join(c.cfg.DataDir(), knownControllersFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err == nil && os.Rename(tmp, path) == nil {
+		c.savedControllers = b
+	}
+}

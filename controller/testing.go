@@ -1,0 +1,92 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+)
+
+// TestConfig is a config for an in-process test node on loopback with ephemeral ports and
+// fast raft timers.
+func TestConfig(t testing.TB, nodeID, dataDir string, join ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Cluster.NodeID = nodeID
+	cfg.Database.Path = dataDir
+	cfg.API.Addr = "127.0.0.1:0"
+	cfg.Cluster.RaftAddr = "127.0.0.1:0"
+	cfg.Gossip.Addr = "127.0.0.1:0"
+	cfg.Cluster.Join = join
+	cfg.Cluster.Fast = true
+	cfg.Cluster.LeaderWait = 5 * time.Second
+	return cfg
+}
+
+// TestLogger logs to stderr when HYPERSDK_TEST_LOG is set, else discards.
+func TestLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("HYPERSDK_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// StartTestCluster starts n in-process controllers: the first bootstraps, the others join
+// it; it returns once all n are voters and every node knows the leader's API address.
+func StartTestCluster(t testing.TB, n int) []*Controller {
+	t.Helper()
+	var nodes []*Controller
+	for i := 0; i < n; i++ {
+		var join []string
+		if i > 0 {
+			join = []string{nodes[0].APIAddr()}
+		}
+		c, err := New(TestConfig(t, fmt.Sprintf("node%d", i+1), t.TempDir(), join...), TestLogger(t))
+		if err != nil {
+			t.Fatalf("start node%d: %v", i+1, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		nodes = append(nodes, c)
+	}
+	WaitFor(t, 15*time.Second, "cluster of "+fmt.Sprint(n)+" formed", func() bool {
+		for _, c := range nodes {
+			srv, err := c.Node.Servers()
+			if err != nil || len(srv) != n || len(c.State.Nodes()) != n {
+				return false
+			}
+			if id, _ := c.Node.Leader(); id == "" {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+// Leader returns the node that leads among the given ones (nil if none).
+func Leader(nodes []*Controller) *Controller {
+	for _, c := range nodes {
+		if c != nil && c.Node.IsLeader() {
+			return c
+		}
+	}
+	return nil
+}
+
+// WaitFor polls cond until it holds or the deadline passes (then fails the test).
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
