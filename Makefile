@@ -1,0 +1,40 @@
+# HyperSDK fleet. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/hypersdk/hypersdk/shared/version.Version=$(VERSION) -X github.com/hypersdk/hypersdk/shared/version.Commit=$(COMMIT)
+BINARIES := $(notdir $(wildcard cmd/*))
+TEST_TIMEOUT ?= 18m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## Install host packages, users, and start libvirtd (idempotent)
+	@scripts/host-setup.sh
+
+.PHONY: build
+build: ## Build every binary into bin/
+	@mkdir -p bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
+
+.PHONY: test
+test: setup build ## Run every test (unit, in-process cluster, real processes, libvirt)
+	$(GO) vet ./...
+	HYPERSDK_BIN=$(CURDIR)/bin $(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+.PHONY: demo
+demo: setup build ## Migrate a simulated vSphere VM to a libvirt domain on this machine
+	@scripts/demo.sh
+
+.PHONY: bench
+bench: setup build ## Run the benchmarks (cluster throughput, queries, failover, transfers)
+	HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
+
+.PHONY: clean
+clean: ## Remove build outputs
+	rm -rf bin dist bench.out
