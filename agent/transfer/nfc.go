@@ -1,0 +1,364 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// NFCSource is one disk of an HttpNfcLease (ExportVm / ExportSnapshot): a device URL that
+// serves a stream-optimized VMDK, chunked, without Range support and often without a size.
+type NFCSource struct {
+	// URL is the lease's device URL with the host filled in (ESXi reports "*").
+	URL string
+	// Header carries the session cookie; never logged.
+	Header http.Header
+	Trust  Trust
+}
+
+// imageWriter is where decoded grains go; WriteAt must be safe for concurrent use.
+type imageWriter interface {
+	WriteAt(p []byte, off int64) error
+	// Finish makes the image durable and releases it.
+	Finish() error
+	// Abort releases it after a failure (the caller removes the file).
+	Abort()
+}
+
+// NFC copies a disk from an NFC device URL: it decodes the stream-optimized VMDK as it
+// arrives (one goroutine reads and frames grains, DecodeWorkers goroutines inflate them) and
+// writes every non-zero grain at its offset:
+//   - raw: straight into a sparse file with pwrite. Nothing else is needed, holes and zero
+//     grains are never written.
+//   - qcow2: into `qemu-nbd -f qcow2` over NBD, with up to 16 writes in flight, since only
+//     qemu can write qcow2. The image is created empty first (reads as zeros), so holes
+//     again cost nothing.
+//
+// There is no temporary copy and memory stays at a few grains per worker. There is no
+// resume: the URL has no Range, so a broken stream fails the transfer (the job's retry
+// starts a new lease).
+func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Result, error) {
+	start := time.Now()
+	format, err := out.validate()
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(src.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Host == "*" {
+		return nil, fmt.Errorf("nfc device URL %q: want an http(s) URL with a host", redactURL(src.URL))
+	}
+	log := t.log.With("method", MethodNFC, "disk", labelOr(out.Label, u.Path), "output", out.Path)
+	secrets := headerSecrets(src.Header)
+
+	client, err := src.Trust.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	addHeader(req, src.Header)
+	resp, err := client.Do(req)
+	if err != nil {
+		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+			return nil, cerr
+		}
+		return nil, fmt.Errorf("nfc GET %s: %w", redactURL(src.URL), tlsHint(err))
+	}
+	defer resp.Body.Close()
+	if err := statusError(resp, src.URL, http.StatusOK); err != nil {
+		return nil, err
+	}
+	body := &errRecorder{r: resp.Body}
+	sr, err := NewStreamOptimizedReader(body)
+	if err != nil {
+		return nil, t.nfcReadError(ctx, body, err, src.URL)
+	}
+	capacity := sr.Capacity()
+	log.Info("nfc transfer starting", "capacity", capacity, "format", format, "content_length", resp.ContentLength)
+
+	var w imageWriter
+	switch format {
+	case FormatRaw:
+		w, err = newRawWriter(out.Path, capacity)
+	default:
+		w, err = t.newQcow2Writer(ctx, out.Path, capacity, log)
+	}
+	if err != nil {
+		t.removeOutput(out.Path)
+		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+			return nil, cerr
+		}
+		if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
+			return nil, noSpaceError(out.Path, err.Error())
+		}
+		return nil, err
+	}
+
+	tracker := newProgressTracker(out.Progress, capacity, t.cfg.ProgressInterval, out.Label)
+	tracker.Update(0)
+	derr := t.decodeInto(ctx, sr, w, tracker)
+	if derr == nil {
+		derr = w.Finish()
+	} else {
+		w.Abort()
+	}
+	if derr != nil {
+		t.removeOutput(out.Path)
+		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+			return nil, cerr
+		}
+		if errors.Is(derr, syscall.ENOSPC) || isNoSpace(derr.Error()) {
+			return nil, noSpaceError(out.Path, redact(derr.Error(), secrets))
+		}
+		return nil, t.nfcReadError(ctx, body, derr, src.URL)
+	}
+	if !sr.SawEndOfStream() {
+		log.Debug("stream ended without an end-of-stream marker (qemu-img style stream)")
+	}
+	tracker.Finish()
+	res := &Result{
+		Method:         MethodNFC,
+		Path:           out.Path,
+		Format:         format,
+		VirtualSize:    capacity,
+		AllocatedBytes: allocated(out.Path),
+		SourceBytes:    sr.Consumed(),
+		Duration:       time.Since(start),
+		Descriptor:     sr.Descriptor(),
+	}
+	log.Info("nfc transfer done", "bytes", capacity, "stream_bytes", res.SourceBytes, "allocated", res.AllocatedBytes,
+		"seconds", res.Duration.Seconds(), "MBps", float64(capacity)/1e6/res.Duration.Seconds())
+	return res, nil
+}
+
+// nfcReadError prefers the network's error (the body broke) over the decoder's view of it
+// (a truncated grain).
+func (t *Transferer) nfcReadError(ctx context.Context, body *errRecorder, err error, u string) error {
+	if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+		return cerr
+	}
+	if berr := body.failed(); berr != nil {
+		return fmt.Errorf("%w: nfc stream %s broke after %d bytes: %v", ErrSource, redactURL(u), body.n.Load(), berr)
+	}
+	return fmt.Errorf("nfc stream %s: %w", redactURL(u), err)
+}
+
+type grainJob struct {
+	off  int64
+	want int
+	z    *[]byte // pooled compressed bytes
+}
+
+// decodeInto runs the reader → inflaters → writer pipeline until the stream ends.
+func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, w imageWriter, tracker *progressTracker) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	workers := t.cfg.DecodeWorkers
+	jobs := make(chan grainJob, 2*workers)
+	zpool := sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
+	grainBytes := sr.GrainLen(0)
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]byte, grainBytes)
+			var zr io.ReadCloser
+			var cbuf bytes.Reader
+			for j := range jobs {
+				if ctx.Err() != nil {
+					zpool.Put(j.z)
+					continue // drain
+				}
+				data, nzr, err := InflateGrain(zr, &cbuf, *j.z, out, j.want)
+				zr = nzr
+				zpool.Put(j.z)
+				if err != nil {
+					cancel(fmt.Errorf("grain at byte %d: %w", j.off, err))
+					continue
+				}
+				if isZero(data) {
+					continue // the target reads as zeros already
+				}
+				if err := w.WriteAt(data, j.off); err != nil {
+					cancel(fmt.Errorf("writing at byte %d: %w", j.off, err))
+				}
+			}
+		}()
+	}
+
+	var rerr error
+	for ctx.Err() == nil {
+		off, z, err := sr.NextCompressed()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+		zb := zpool.Get().(*[]byte)
+		*zb = append((*zb)[:0], z...)
+		select {
+		case jobs <- grainJob{off: off, want: sr.GrainLen(off), z: zb}:
+		case <-ctx.Done():
+		}
+		// The stream position is the honest measure: holes count as done once passed.
+		tracker.Update(off + int64(sr.GrainLen(off)))
+	}
+	close(jobs)
+	wg.Wait()
+	if rerr != nil {
+		return rerr
+	}
+	if cause := context.Cause(ctx); cause != nil {
+		return cause
+	}
+	return nil
+}
+
+// errRecorder remembers the first transport error of the body and counts bytes.
+type errRecorder struct {
+	r   io.Reader
+	n   atomic.Int64
+	mu  sync.Mutex
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	e.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		e.mu.Lock()
+		if e.err == nil {
+			e.err = err
+		}
+		e.mu.Unlock()
+	}
+	return n, err
+}
+
+func (e *errRecorder) failed() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// rawWriter writes a sparse raw file with pwrite.
+type rawWriter struct{ f *os.File }
+
+func newRawWriter(path string, size int64) (*rawWriter, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("%w: creating %s: %v", ErrTool, path, err)
+	}
+	// Truncate makes a file of the full size that is all hole: nothing is allocated.
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("sizing %s: %w", path, err)
+	}
+	return &rawWriter{f: f}, nil
+}
+
+func (r *rawWriter) WriteAt(p []byte, off int64) error {
+	_, err := r.f.WriteAt(p, off)
+	return err
+}
+
+func (r *rawWriter) Finish() error {
+	// The image must be on stable storage before a domain is defined on it.
+	if err := r.f.Sync(); err != nil {
+		r.f.Close()
+		return err
+	}
+	return r.f.Close()
+}
+
+func (r *rawWriter) Abort() { r.f.Close() }
+
+// qcow2Writer writes through qemu-nbd into a fresh qcow2 image.
+type qcow2Writer struct {
+	srv *child
+	nbd *nbdWriter
+	dir string
+}
+
+func (t *Transferer) newQcow2Writer(ctx context.Context, path string, size int64, log *slog.Logger) (*qcow2Writer, error) {
+	mk, err := startChild(ctx, t.log, "qemu-img", []string{t.cfg.QemuImg, "create", "-q", "-f", "qcow2", path, strconv.FormatInt(size, 10)}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := mk.wait(); err != nil {
+		return nil, fmt.Errorf("%w: qemu-img create: %v: %s", ErrTool, err, lastLines(mk.stderr.String(), 2))
+	}
+	dir, err := t.privateDir()
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "qemu-nbd.sock")
+	// No --persistent: qemu-nbd exits once we disconnect, after closing the image cleanly.
+	srv, err := startChild(ctx, t.log, "qemu-nbd", []string{t.cfg.QemuNBD, "-f", "qcow2", "--cache=writeback", "--socket=" + sock, path}, nil)
+	if err != nil {
+		removeAll(dir)
+		return nil, err
+	}
+	nbd, err := dialNBD(ctx, srv, sock, t.cfg.ReadyTimeout)
+	if err != nil {
+		srv.stop()
+		removeAll(dir)
+		return nil, fmt.Errorf("%w: qemu-nbd: %v", ErrTool, err)
+	}
+	log.Debug("qemu-nbd ready", "export_size", nbd.size)
+	return &qcow2Writer{srv: srv, nbd: nbd, dir: dir}, nil
+}
+
+func (q *qcow2Writer) WriteAt(p []byte, off int64) error { return q.nbd.WriteAt(p, off) }
+
+func (q *qcow2Writer) Finish() error {
+	defer removeAll(q.dir)
+	err := q.nbd.Flush()
+	cerr := q.nbd.Close()
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		q.srv.stop()
+		return fmt.Errorf("%w (qemu-nbd: %s)", err, lastLines(q.srv.stderr.String(), 2))
+	}
+	// qemu-nbd exits by itself after the disconnect; its exit status tells whether the
+	// image was closed cleanly.
+	select {
+	case <-q.srv.done:
+	case <-time.After(time.Minute):
+		q.srv.stop()
+		return fmt.Errorf("%w: qemu-nbd did not exit after disconnect", ErrTool)
+	}
+	if q.srv.err != nil {
+		return fmt.Errorf("%w: qemu-nbd: %v: %s", ErrTool, q.srv.err, lastLines(q.srv.stderr.String(), 2))
+	}
+	return nil
+}
+
+func (q *qcow2Writer) Abort() {
+	_ = q.nbd.conn.Close()
+	q.srv.stop()
+	removeAll(q.dir)
+}

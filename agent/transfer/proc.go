@@ -1,0 +1,176 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// child is a host tool run by a transfer. Every child gets its own process group so that
+// cancelling kills it together with anything it spawned (nbdkit --run, header scripts), and
+// a parent-death signal so an agent killed with SIGKILL does not leave qemu-img or qemu-nbd
+// writing into a file nobody will clean up (nbdkit gets --exit-with-parent as well).
+type child struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr *tailBuffer
+	done   chan struct{}
+	err    error // valid after done is closed
+}
+
+// startChild starts argv. When ctx ends the whole process group is killed; the caller still
+// calls wait (or reads done) to reap it.
+func startChild(ctx context.Context, log *slog.Logger, name string, argv []string, stdout io.Writer) (*child, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error {
+		// Negative pid: the whole group. SIGKILL because the output is discarded anyway
+		// and a tool stuck in a network read must not delay the cancel.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	// Bound how long Wait waits for output pipes after the process is gone (a grandchild
+	// that escaped the group could hold them open).
+	cmd.WaitDelay = 5 * time.Second
+	c := &child{name: name, cmd: cmd, stderr: &tailBuffer{max: 8 << 10}, done: make(chan struct{})}
+	cmd.Stderr = c.stderr
+	cmd.Stdout = stdout
+	if stdout == nil {
+		cmd.Stdout = c.stderr
+	}
+	cmd.Env = append(os.Environ(), "LC_ALL=C") // messages we match on are the C locale's
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%w: starting %s: %v", ErrTool, name, err)
+	}
+	log.Debug("started", "tool", name, "pid", cmd.Process.Pid, "argv", strings.Join(argv, " "))
+	go func() {
+		c.err = cmd.Wait()
+		// The group may still hold children of the tool (none expected); make sure.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// wait reaps the child and returns its exit error.
+func (c *child) wait() error {
+	<-c.done
+	return c.err
+}
+
+// stop kills the group and reaps it; used for servers (nbdkit, qemu-nbd) once their client
+// is done with them.
+func (c *child) stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	<-c.done
+}
+
+// exited reports whether the child has already ended.
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitForFile polls for path (a pid file a server writes once it listens) until it exists,
+// the child exits, ctx ends, or the deadline passes.
+func waitForFile(ctx context.Context, c *child, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+			return nil
+		}
+		if c.exited() {
+			return fmt.Errorf("%s exited before it was ready: %v: %s", c.name, c.err, c.stderr.String())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s: %s", c.name, timeout, c.stderr.String())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// tailBuffer keeps the last max bytes written: enough for a tool's final error message
+// without letting a chatty tool grow memory.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
+
+// progressWriter is qemu-img's stdout: it parses the "(NN.NN/100%)" reports, separated by
+// carriage returns, as they arrive.
+type progressWriter struct {
+	total int64
+	p     *progressTracker
+	buf   []byte
+}
+
+func (w *progressWriter) Write(b []byte) (int, error) {
+	w.buf = append(w.buf, b...)
+	for {
+		i := bytes.IndexAny(w.buf, "\r\n")
+		if i < 0 {
+			break
+		}
+		w.line(w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+	if len(w.buf) > 4096 { // no separator in 4 KiB: not progress output, drop it
+		w.buf = w.buf[:0]
+	}
+	return len(b), nil
+}
+
+func (w *progressWriter) line(l []byte) {
+	if pct, ok := parseQemuImgProgress(l); ok {
+		w.p.Update(int64(pct / 100 * float64(w.total)))
+	}
+}
+
+// exitStatus returns the exit code of an *exec.ExitError, or -1.
+func exitStatus(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}

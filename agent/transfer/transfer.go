@@ -1,0 +1,259 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Method names, as in proto.Options.ConversionMethod.
+const (
+	MethodAuto  = "auto"
+	MethodVDDK  = "vddk"
+	MethodHTTPS = "https"
+	MethodNFC   = "nfc"
+)
+
+// Output formats.
+const (
+	FormatQcow2 = "qcow2"
+	FormatRaw   = "raw"
+)
+
+// Config tunes a Transferer. Zero values mean the default of DefaultConfig.
+type Config struct {
+	Logger *slog.Logger
+	// Tool paths; default: looked up in PATH.
+	QemuImg, Nbdkit, QemuNBD string
+	// Coroutines is qemu-img convert -m: parallel requests qemu-img keeps in flight (with -W
+	// they may complete out of order). 8 is qemu-img's default and its max is 16.
+	Coroutines int
+	// Retries and RetryDelay configure nbdkit's retry filter: how often a failed read
+	// reopens the HTTP connection, and the first back-off (doubled each time; whole seconds).
+	Retries    int
+	RetryDelay time.Duration
+	// RequestTimeout bounds one HTTP range request of nbdkit's curl plugin, so a stalled
+	// server becomes an error the retry filter retries instead of a hang.
+	RequestTimeout time.Duration
+	// ProgressInterval is the minimum time between progress callbacks (default 1 s).
+	ProgressInterval time.Duration
+	// ReadyTimeout bounds how long nbdkit and qemu-nbd may take to start listening.
+	ReadyTimeout time.Duration
+	// TempDir holds the private per-transfer directory (sockets, pid files, secret files).
+	// Keep it short: Unix socket paths are limited to 107 bytes.
+	TempDir string
+	// DecodeWorkers is how many goroutines inflate NFC grains (default GOMAXPROCS).
+	DecodeWorkers int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Logger:           slog.Default(),
+		QemuImg:          "qemu-img",
+		Nbdkit:           "nbdkit",
+		QemuNBD:          "qemu-nbd",
+		Coroutines:       8,
+		Retries:          5,
+		RetryDelay:       2 * time.Second,
+		RequestTimeout:   2 * time.Minute,
+		ProgressInterval: time.Second,
+		ReadyTimeout:     30 * time.Second,
+		TempDir:          os.TempDir(),
+		DecodeWorkers:    runtime.GOMAXPROCS(0),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	if c.QemuImg == "" {
+		c.QemuImg = d.QemuImg
+	}
+	if c.Nbdkit == "" {
+		c.Nbdkit = d.Nbdkit
+	}
+	if c.QemuNBD == "" {
+		c.QemuNBD = d.QemuNBD
+	}
+	if c.Coroutines <= 0 {
+		c.Coroutines = d.Coroutines
+	}
+	c.Coroutines = min(c.Coroutines, 16)
+	if c.Retries <= 0 {
+		c.Retries = d.Retries
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = d.RetryDelay
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = d.RequestTimeout
+	}
+	if c.ProgressInterval <= 0 {
+		c.ProgressInterval = d.ProgressInterval
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = d.ReadyTimeout
+	}
+	if c.TempDir == "" {
+		c.TempDir = d.TempDir
+	}
+	if c.DecodeWorkers <= 0 {
+		c.DecodeWorkers = d.DecodeWorkers
+	}
+	return c
+}
+
+// Transferer copies disks from vSphere into local images. It is safe for concurrent use:
+// every transfer has its own processes and temporary directory.
+type Transferer struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Transferer.
+func New(cfg Config) *Transferer {
+	cfg = cfg.withDefaults()
+	return &Transferer{cfg: cfg, log: cfg.Logger}
+}
+
+// Output is where one disk goes.
+type Output struct {
+	// Path of the image to create. An existing file is replaced (a retried job writes the
+	// same path); on failure or cancel the file is removed.
+	Path string
+	// Format is qcow2 (default) or raw. Both are sparse: holes in the source stay holes.
+	Format string
+	// Progress, if set, receives this disk's progress.
+	Progress ProgressFunc
+	// Label names the disk in progress messages and logs (e.g. "[ds1] vm/vm.vmdk").
+	Label string
+}
+
+func (o Output) format() (string, error) {
+	switch o.Format {
+	case "", FormatQcow2:
+		return FormatQcow2, nil
+	case FormatRaw:
+		return FormatRaw, nil
+	default:
+		return "", fmt.Errorf("output format %q: want qcow2 or raw", o.Format)
+	}
+}
+
+func (o Output) validate() (string, error) {
+	if o.Path == "" {
+		return "", errors.New("output path is empty")
+	}
+	return o.format()
+}
+
+// Result describes a finished transfer.
+type Result struct {
+	Method         string
+	Path           string
+	Format         string
+	VirtualSize    int64 // bytes
+	AllocatedBytes int64 // bytes the image occupies on disk
+	SourceBytes    int64 // bytes read from the source (nfc: the compressed stream)
+	Duration       time.Duration
+	// Descriptor is the source disk's descriptor (https: fetched; nfc: embedded), or nil.
+	Descriptor *Descriptor
+}
+
+// privateDir makes the per-transfer directory for sockets and secret files. 0700 so no
+// other local user can connect to the NBD sockets or read the cookie file.
+func (t *Transferer) privateDir() (string, error) {
+	d, err := os.MkdirTemp(t.cfg.TempDir, "hsx-")
+	if err != nil {
+		return "", fmt.Errorf("%w: creating temp dir: %v", ErrTool, err)
+	}
+	if err := os.Chmod(d, 0o700); err != nil {
+		_ = os.RemoveAll(d)
+		return "", fmt.Errorf("%w: %v", ErrTool, err)
+	}
+	return d, nil
+}
+
+// writeSecret writes a secret to a 0600 file in the private dir; nbdkit reads it from
+// there (param=+FILE) so it never appears in a command line visible in ps.
+func writeSecret(dir, name, value string) (string, error) {
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(value), 0o600); err != nil {
+		return "", fmt.Errorf("%w: writing secret file: %v", ErrTool, err)
+	}
+	return p, nil
+}
+
+// removeOutput deletes a failed or cancelled transfer's partial image.
+func (t *Transferer) removeOutput(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.log.Warn("could not remove partial output", "path", path, "err", err)
+	}
+}
+
+// allocated is the space the file occupies (st_blocks), the measure of sparseness.
+func allocated(path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+// noSpaceError builds the ErrNoSpace error with the free space of the target filesystem.
+func noSpaceError(path string, detail string) error {
+	var fs syscall.Statfs_t
+	free := ""
+	if err := syscall.Statfs(filepath.Dir(path), &fs); err == nil {
+		free = fmt.Sprintf(" (%d bytes free on its filesystem)", int64(fs.Bavail)*int64(fs.Bsize))
+	}
+	return fmt.Errorf("%w: writing %s%s: %s", ErrNoSpace, path, free, detail)
+}
+
+func isNoSpace(msg string) bool {
+	return strings.Contains(msg, "No space left on device") || strings.Contains(msg, "Disk quota exceeded")
+}
+
+// redact replaces secret values in text that is about to be logged or returned.
+func redact(s string, secrets []string) string {
+	for _, v := range secrets {
+		if len(v) >= 4 {
+			s = strings.ReplaceAll(s, v, "********")
+		}
+	}
+	return s
+}
+
+// lastLines keeps the end of a tool's stderr for an error message.
+func lastLines(s string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		// Retries repeat the same message: keep one of each.
+		if l = strings.TrimSpace(l); l != "" && (len(lines) == 0 || lines[len(lines)-1] != l) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}
+
+func ctxErr(ctx context.Context, what string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s cancelled: %w", what, err)
+	}
+	return nil
+}
+
+func removeAll(dir string) { _ = os.RemoveAll(dir) }
