@@ -52,6 +52,11 @@ type Config struct {
 	// CheckInterval is how often this node pings members it has not heard from, to tell
 	// "suspect" apart from "alive" (memberlist keeps that state to itself). 0: the profile's.
 	CheckInterval time.Duration
+	// RejoinInterval is how often the node checks that one of the addresses it was told to
+	// join is still an alive member, and joins them again if not. Without it a restarted
+	// single controller, which remembers nobody, would never hear from agents that already
+	// buried it (they still have each other, so none of them is alone). 0: the profile's.
+	RejoinInterval time.Duration
 	// UpdateTimeout bounds the wait for a metadata broadcast to go out.
 	UpdateTimeout time.Duration
 	// JoinBackoffMin and JoinBackoffMax bound the wait between join attempts.
@@ -89,16 +94,17 @@ func ParseSecretKey(s string) ([]byte, error) {
 
 // profile holds everything a Profile sets beyond memberlist's own knobs.
 type profile struct {
-	ml            func() *memberlist.Config
-	checkInterval time.Duration
-	backoffMin    time.Duration
-	backoffMax    time.Duration
+	ml             func() *memberlist.Config
+	checkInterval  time.Duration
+	rejoinInterval time.Duration
+	backoffMin     time.Duration
+	backoffMax     time.Duration
 }
 
 var profiles = map[Profile]profile{
-	ProfileLAN: {ml: memberlist.DefaultLANConfig, checkInterval: 5 * time.Second,
+	ProfileLAN: {ml: memberlist.DefaultLANConfig, checkInterval: 5 * time.Second, rejoinInterval: 30 * time.Second,
 		backoffMin: time.Second, backoffMax: 30 * time.Second},
-	ProfileFast: {ml: fastConfig, checkInterval: 250 * time.Millisecond,
+	ProfileFast: {ml: fastConfig, checkInterval: 250 * time.Millisecond, rejoinInterval: 500 * time.Millisecond,
 		backoffMin: 50 * time.Millisecond, backoffMax: 500 * time.Millisecond},
 }
 
@@ -135,6 +141,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = p.checkInterval
+	}
+	if c.RejoinInterval <= 0 {
+		c.RejoinInterval = p.rejoinInterval
 	}
 	if c.JoinBackoffMin <= 0 {
 		c.JoinBackoffMin = p.backoffMin

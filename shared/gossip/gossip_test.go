@@ -370,3 +370,30 @@ func TestJoinRetriesUntilSeedUp(t *testing.T) {
 		t.Fatalf("cancelled join: %v", err)
 	}
 }
+
+// A lone controller restarts and remembers nobody; agents that already declared it dead
+// still have each other, so nobody is alone, yet the pool must form again by itself.
+func TestSeedRestartIsRejoined(t *testing.T) {
+	t.Parallel()
+	seedCfg := gossiptest.Config(proto.RoleController, "c1")
+	seed := gossiptest.Start(t, seedCfg)
+	agents := make([]*gossip.Node, 2)
+	for i := range agents {
+		agents[i] = gossiptest.Start(t, gossiptest.Config(proto.RoleAgent, []string{"kvm01", "kvm02"}[i]))
+		mustJoin(t, agents[i], seed.Addr())
+	}
+	gossiptest.Eventually(t, deadline, func() bool {
+		return state(agents[0], agents[1].Name()) == gossip.StateAlive && state(agents[1], agents[0].Name()) == gossip.StateAlive
+	}, "agents do not see each other")
+
+	seed.Shutdown()
+	gossiptest.Eventually(t, deadline, func() bool {
+		return state(agents[0], seed.Name()) == gossip.StateDead && state(agents[1], seed.Name()) == gossip.StateDead
+	}, "agents did not bury the seed")
+
+	seedCfg.BindAddr = seed.Addr()
+	seed2 := gossiptest.Start(t, seedCfg) // nobody calls Join
+	gossiptest.Eventually(t, deadline, func() bool {
+		return state(seed2, agents[0].Name()) == gossip.StateAlive && state(seed2, agents[1].Name()) == gossip.StateAlive
+	}, "restarted seed never heard from the agents: %+v", seed2.Members())
+}

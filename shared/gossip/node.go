@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"sort"
 	"strings"
@@ -41,6 +42,9 @@ type Node struct {
 	// pushMu serialises UpdateNode calls: the background pusher and Leave's final push.
 	pushMu sync.Mutex
 	pushCh chan struct{}
+
+	seedsMu sync.Mutex
+	seeds   []string // the addresses of the last Join, for rejoinLoop
 
 	// lifeMu orders Leave against Shutdown: memberlist panics on Leave after Shutdown.
 	lifeMu   sync.Mutex
@@ -84,9 +88,10 @@ func New(cfg Config) (*Node, error) {
 	// Read once, before any peer exists: memberlist rewrites its local node's fields under
 	// its own lock later, and the pointer LocalNode returns is read without it.
 	n.addr = ml.LocalNode().Address()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.pushLoop()
 	go n.checkLoop()
+	go n.rejoinLoop()
 	n.log.Info("gossip listening", "addr", n.addr, "encrypted", len(cfg.SecretKey) > 0, "label", cfg.Label)
 	return n, nil
 }
@@ -108,10 +113,29 @@ func (n *Node) Member(name string) (Member, bool) { return n.members.get(name) }
 // exponential backoff until one answers or ctx ends. This node's own address is skipped,
 // so every node can be given the same list. No address means a first node: nothing to do.
 func (n *Node) Join(ctx context.Context, addrs []string) (int, error) {
-	addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a == n.addr || a == "" })
+	_, port, _ := net.SplitHostPort(n.addr)
+	var seeds []string
+	for _, a := range addrs {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		// memberlist joins a bare host on its own bind port; say so explicitly so the seed
+		// can be recognised among members and skipped when it is this node.
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			a = net.JoinHostPort(strings.Trim(a, "[]"), port)
+		}
+		if a != n.addr {
+			seeds = append(seeds, a)
+		}
+	}
+	addrs = seeds
 	if len(addrs) == 0 {
 		return 0, nil
 	}
+	n.seedsMu.Lock()
+	n.seeds = addrs
+	n.seedsMu.Unlock()
 	backoff := n.cfg.JoinBackoffMin
 	for attempt := 1; ; attempt++ {
 		joined, err := n.joinOnce(ctx, addrs)
@@ -289,6 +313,65 @@ func (n *Node) checkOnce() {
 		}()
 	}
 	wg.Wait()
+}
+
+// rejoinLoop joins the seeds again when none of them is an alive member (see
+// Config.RejoinInterval).
+func (n *Node) rejoinLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		n.seedsMu.Lock()
+		seeds := n.seeds
+		n.seedsMu.Unlock()
+		if len(seeds) == 0 || n.left.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RejoinInterval)
+		if !n.anySeedAlive(ctx, seeds) {
+			if k, err := n.joinOnce(ctx, seeds); k > 0 {
+				n.log.Info("rejoined gossip seeds", "seeds", seeds)
+			} else {
+				n.log.Debug("rejoin failed", "seeds", seeds, "err", oneLine(err))
+			}
+		}
+		cancel()
+	}
+}
+
+// anySeedAlive reports whether one of the seed addresses (ip:port or host:port) belongs to
+// a live member other than this node.
+func (n *Node) anySeedAlive(ctx context.Context, seeds []string) bool {
+	live := map[string]bool{}
+	for _, m := range n.members.list() {
+		if m.Name != n.name && (m.State == StateAlive || m.State == StateSuspect) {
+			live[m.Addr] = true
+		}
+	}
+	for _, s := range seeds {
+		host, port, err := net.SplitHostPort(s)
+		if err != nil {
+			continue
+		}
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			if ips, err = net.DefaultResolver.LookupHost(ctx, host); err != nil {
+				continue
+			}
+		}
+		for _, ip := range ips {
+			if parsed := net.ParseIP(ip); parsed != nil && live[net.JoinHostPort(parsed.String(), port)] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (n *Node) isDone() bool {
