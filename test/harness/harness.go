@@ -329,3 +329,19 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 func JobBody(vmPath string) []byte {
 	return []byte(fmt.Sprintf(`{"vm_path":%q,"source":{"type":"vsphere","vcenter_url":"127.0.0.1:1","username":"admin","password":"canary-pw"},"destination":{"type":"kvm"}}`, vmPath))
 }
+
+// RSS returns the resident set size of a process in bytes (from /proc).
+func RSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb int64
+			_, err := fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmRSS:")), "%d kB", &kb)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
