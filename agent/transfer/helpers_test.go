@@ -115,11 +115,12 @@ type diskServer struct {
 	truncateAlways bool
 	// bytesPerSec throttles GET bodies (0: no limit).
 	bytesPerSec int64
-	// chunkedNFC: /nfc/<file> serves the file chunked with no Content-Length and no Range.
+	// nfcDropAfter: /nfc/ streams drop the connection after this many bytes (-1: never).
+	nfcDropAfter int64
 }
 
 func newDiskServer(t testing.TB, dir string) *diskServer {
-	s := &diskServer{dir: dir, dropOnceAfter: -1}
+	s := &diskServer{dir: dir, dropOnceAfter: -1, nfcDropAfter: -1}
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	// Handshake failures are expected in the untrusted-certificate tests: keep them quiet.
 	s.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -186,11 +187,11 @@ func (s *diskServer) serveNFC(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	s.mu.Lock()
-	bps := s.bytesPerSec
+	bps, cut := s.bytesPerSec, s.nfcDropAfter
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "application/x-vnd.vmware-streamVmdk")
 	w.WriteHeader(http.StatusOK)
-	fr := &faultReader{rs: f, cutAt: -1, bps: bps, started: time.Now(), counter: &s.served}
+	fr := &faultReader{rs: f, cutAt: cut, bps: bps, started: time.Now(), counter: &s.served}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := fr.Read(buf)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -101,8 +102,6 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 		defer px.Close()
 	}
 
-	srvCtx, stopServers := context.WithCancel(ctx)
-	defer stopServers()
 	var servers []*child
 	defer func() {
 		for _, s := range servers {
@@ -118,7 +117,7 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 		sock := filepath.Join(dir, fmt.Sprintf("nbd%d.sock", i))
 		pid := filepath.Join(dir, fmt.Sprintf("nbd%d.pid", i))
 		argv = append([]string{t.cfg.Nbdkit, "-r", "-f", "--exit-with-parent", "-U", sock, "-P", pid}, argv...)
-		c, err := startChild(srvCtx, log, "nbdkit", argv, nil)
+		c, err := startChild(ctx, log, "nbdkit", argv, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -132,32 +131,18 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 		sockets = append(sockets, "nbd+unix:///?socket="+sock)
 	}
 
+	names := make([]string, len(extents))
+	for i, e := range extents {
+		names[i] = redactURL(e.url)
+	}
 	tracker := newProgressTracker(out.Progress, desc.Capacity(), t.cfg.ProgressInterval, out.Label)
-	tracker.Update(0)
-	argv := []string{t.cfg.QemuImg, "convert", "-p", "-W", "-m", strconv.Itoa(t.cfg.Coroutines), "-f", "raw", "-O", format}
-	argv = append(argv, sockets...)
-	argv = append(argv, out.Path)
-	qi, err := startChild(ctx, log, "qemu-img", argv, &progressWriter{total: desc.Capacity(), p: tracker})
-	if err != nil {
+	if err := t.convert(ctx, log, sockets, servers, names, desc.Capacity(), format, out.Path, secrets, tracker); err != nil {
 		return nil, err
-	}
-	werr := qi.wait()
-	stopServers()
-	for _, s := range servers {
-		s.stop()
-	}
-	if werr != nil {
-		t.removeOutput(out.Path)
-		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-			return nil, cerr
-		}
-		return nil, t.classifyConvertError(out.Path, qi, servers, extents, secrets, werr)
 	}
 	if px != nil && px.failed() != nil {
 		// qemu-img succeeded, so every byte arrived; a proxy error here was a retried one.
 		log.Debug("proxy saw retried errors", "err", px.failed())
 	}
-	tracker.Finish()
 	res := &Result{
 		Method:         MethodHTTPS,
 		Path:           out.Path,
@@ -224,16 +209,42 @@ func (t *Transferer) nbdkitCurlArgs(dir string, i int, e sourceExtent, src HTTPS
 	return argv, nil
 }
 
-// classifyConvertError turns a failed qemu-img into the error an operator can act on.
-func (t *Transferer) classifyConvertError(outPath string, qi *child, servers []*child, extents []sourceExtent, secrets []string, werr error) error {
+// convert runs qemu-img convert from the NBD sources (concatenated, in order) into the
+// output, reporting progress, then stops the servers. On failure the output is removed and
+// the error names the cause: cancel, full disk, the source (server stderr), or qemu-img.
+func (t *Transferer) convert(ctx context.Context, log *slog.Logger, sources []string, servers []*child, names []string,
+	total int64, format, outPath string, secrets []string, tracker *progressTracker) error {
+	tracker.Update(0)
+	// -W: writes may complete out of order, so slow source reads do not stall the writer.
+	// -m: parallel coroutines. No -n/--target-is-zero: qemu-img creates the target itself,
+	// knows it reads as zeros, and with the default -S 4k skips zero blocks, leaving holes.
+	argv := []string{t.cfg.QemuImg, "convert", "-p", "-W", "-m", strconv.Itoa(t.cfg.Coroutines), "-f", "raw", "-O", format}
+	argv = append(argv, sources...)
+	argv = append(argv, outPath)
+	qi, err := startChild(ctx, log, "qemu-img", argv, &progressWriter{total: total, p: tracker})
+	if err != nil {
+		return err
+	}
+	werr := qi.wait()
+	for _, s := range servers {
+		s.stop()
+	}
+	if werr == nil {
+		tracker.Finish()
+		return nil
+	}
+	t.removeOutput(outPath)
+	if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+		return cerr
+	}
 	qmsg := redact(qi.stderr.String(), secrets)
 	if isNoSpace(qmsg) {
-		return noSpaceError(outPath, lastLines(qmsg, 2))
+		return noSpaceError(outPath, total, lastLines(qmsg, 2))
 	}
 	for i, s := range servers {
 		if msg := redact(s.stderr.String(), secrets); strings.Contains(msg, "error") {
 			return fmt.Errorf("%w: reading %s failed (retried %d times): %s (qemu-img: %s)",
-				ErrSource, redactURL(extents[i].url), t.cfg.Retries, lastLines(msg, 3), lastLines(qmsg, 1))
+				ErrSource, names[i], t.cfg.Retries, lastLines(msg, 3), lastLines(qmsg, 1))
 		}
 	}
 	return fmt.Errorf("%w: qemu-img convert exit %d: %s", ErrTool, exitStatus(werr), lastLines(qmsg, 3))

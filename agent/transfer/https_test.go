@@ -232,3 +232,31 @@ func TestHTTPSTransferCancel(t *testing.T) {
 		t.Errorf("served %d bytes: cancel came too late to prove anything", srv.served.Load())
 	}
 }
+
+func TestHTTPSTransferProgressPacing(t *testing.T) {
+	requireTools(t, "qemu-img", "nbdkit")
+	t.Parallel()
+	// qemu-img reports progress as its 8 coroutines start 2 MiB chunks: the disk must be
+	// much larger than 16 MiB for the reports to track the copy.
+	const size = 64 << 20
+	srv, flat := setupFlat(t, size)
+	srv.bytesPerSec = 24 << 20 // about 3 s: several progress updates
+	tmp := t.TempDir()
+	out := filepath.Join(tmp, "out.qcow2")
+	var pl progressLog
+	if _, err := testTransferer(t, tmp).HTTPS(withTimeout(t, time.Minute), HTTPSSource{
+		DescriptorURL: srv.url("disk1.vmdk"), Header: cookieHeader(), Trust: Trust{Insecure: true},
+	}, Output{Path: out, Progress: pl.fn, Label: "disk1"}); err != nil {
+		t.Fatal(err)
+	}
+	imagesIdentical(t, flat, out, FormatQcow2)
+	pl.check(t, size)
+	ups, _ := pl.snapshot()
+	if len(ups) < 3 {
+		t.Fatalf("only %d updates over a multi-second transfer: %+v", len(ups), ups)
+	}
+	mid := ups[len(ups)/2]
+	if mid.BytesPerSecond <= 0 || mid.ETASeconds <= 0 || mid.PercentComplete <= 0 || mid.PercentComplete >= 100 {
+		t.Errorf("mid-transfer update = %+v (all: %+v)", mid, ups)
+	}
+}

@@ -64,6 +64,32 @@ type nbdWriter struct {
 // dialNBD connects to a Unix socket, retrying until the server listens (or srv exits, or
 // the deadline passes), and negotiates the default export.
 func dialNBD(ctx context.Context, srv *child, socket string, timeout time.Duration) (*nbdWriter, error) {
+	w, err := dialNBDExport(ctx, srv, socket, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if w.flags&nbdFlagReadOnly != 0 {
+		w.conn.Close()
+		return nil, errors.New("nbd export is read-only")
+	}
+	go w.readReplies()
+	return w, nil
+}
+
+// nbdExportSize asks a (read-only) NBD server for its export size and disconnects.
+func nbdExportSize(ctx context.Context, srv *child, socket string, timeout time.Duration) (int64, error) {
+	w, err := dialNBDExport(ctx, srv, socket, timeout)
+	if err != nil {
+		return 0, err
+	}
+	go w.readReplies()
+	_ = w.write(nbdCmdDisc, 0, nil)
+	w.conn.Close()
+	<-w.readerDone
+	return w.size, nil
+}
+
+func dialNBDExport(ctx context.Context, srv *child, socket string, timeout time.Duration) (*nbdWriter, error) {
 	deadline := time.Now().Add(timeout)
 	var conn net.Conn
 	for {
@@ -95,11 +121,6 @@ func dialNBD(ctx context.Context, srv *child, socket string, timeout time.Durati
 		return nil, fmt.Errorf("nbd handshake: %w", err)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if w.flags&nbdFlagReadOnly != 0 {
-		conn.Close()
-		return nil, errors.New("nbd export is read-only")
-	}
-	go w.readReplies()
 	return w, nil
 }
 

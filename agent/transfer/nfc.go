@@ -106,7 +106,7 @@ func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Resul
 			return nil, cerr
 		}
 		if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
-			return nil, noSpaceError(out.Path, err.Error())
+			return nil, noSpaceError(out.Path, capacity, err.Error())
 		}
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Resul
 			return nil, cerr
 		}
 		if errors.Is(derr, syscall.ENOSPC) || isNoSpace(derr.Error()) {
-			return nil, noSpaceError(out.Path, redact(derr.Error(), secrets))
+			return nil, noSpaceError(out.Path, capacity, redact(derr.Error(), secrets))
 		}
 		return nil, t.nfcReadError(ctx, body, derr, src.URL)
 	}

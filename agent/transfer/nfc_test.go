@@ -109,9 +109,14 @@ func TestNFCTransferFailures(t *testing.T) {
 		name    string
 		path    string
 		prepare func(dir string)
+		drop    int64
 		want    error
 		wantMsg string
 	}{
+		{
+			name: "connection drops mid-stream", path: "/nfc/disk.vmdk", drop: 1 << 20,
+			want: ErrSource, wantMsg: "broke after",
+		},
 		{
 			name: "stream ends inside a grain",
 			path: "/nfc/disk.vmdk",
@@ -140,6 +145,9 @@ func TestNFCTransferFailures(t *testing.T) {
 				srv, _ := setupNFC(t, size, false)
 				if tc.prepare != nil {
 					tc.prepare(srv.dir)
+				}
+				if tc.drop > 0 {
+					srv.nfcDropAfter = tc.drop
 				}
 				tmp := t.TempDir()
 				out := filepath.Join(tmp, "out.img")

@@ -58,7 +58,9 @@ func (p *progressTracker) Update(cur int64) {
 		return
 	}
 	if p.total > 0 {
-		cur = min(cur, p.total)
+		// 100% means done: qemu-img reports a chunk when it starts it, so it can print
+		// 100% while the last chunks are still in flight. Only Finish reaches the total.
+		cur = min(cur, p.total-1)
 	}
 	if cur > p.cur {
 		p.cur = cur
@@ -141,3 +143,40 @@ func parseQemuImgProgress(line []byte) (float64, bool) {
 	}
 	return pct, true
 }
+
+// Aggregator combines the progress of a VM's disks, copied in parallel, into one
+// rate-limited progress for the job: bytes add up, the rate and ETA are the VM's.
+type Aggregator struct {
+	mu      sync.Mutex
+	current []int64
+	tracker *progressTracker
+}
+
+// NewAggregator returns an aggregator for disks of the given sizes reporting to fn at most
+// once per interval (≤ 0: one second).
+func NewAggregator(fn ProgressFunc, sizes []int64, interval time.Duration, message string) *Aggregator {
+	var total int64
+	for _, s := range sizes {
+		total += s
+	}
+	return &Aggregator{current: make([]int64, len(sizes)), tracker: newProgressTracker(fn, total, interval, message)}
+}
+
+// Disk returns the ProgressFunc to pass as Output.Progress for disk i.
+func (a *Aggregator) Disk(i int) ProgressFunc {
+	return func(p proto.Progress) {
+		a.mu.Lock()
+		if p.CurrentBytes > a.current[i] {
+			a.current[i] = p.CurrentBytes
+		}
+		var sum int64
+		for _, c := range a.current {
+			sum += c
+		}
+		a.mu.Unlock()
+		a.tracker.Update(sum)
+	}
+}
+
+// Finish emits the final 100% update (call it once every disk succeeded).
+func (a *Aggregator) Finish() { a.tracker.Finish() }

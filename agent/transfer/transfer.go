@@ -210,12 +210,13 @@ func allocated(path string) int64 {
 	return st.Blocks * 512
 }
 
-// noSpaceError builds the ErrNoSpace error with the free space of the target filesystem.
-func noSpaceError(path string, detail string) error {
+// noSpaceError builds the ErrNoSpace error: the operator needs to know how much room the
+// disk wants and how much the filesystem has (measured after the partial image is gone).
+func noSpaceError(path string, virtualSize int64, detail string) error {
 	var fs syscall.Statfs_t
 	free := ""
 	if err := syscall.Statfs(filepath.Dir(path), &fs); err == nil {
-		free = fmt.Sprintf(" (%d bytes free on its filesystem)", int64(fs.Bavail)*int64(fs.Bsize))
+		free = fmt.Sprintf("; %d bytes free there without the partial image, the disk's virtual size is %d", int64(fs.Bavail)*int64(fs.Bsize), virtualSize)
 	}
 	return fmt.Errorf("%w: writing %s%s: %s", ErrNoSpace, path, free, detail)
 }
