@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -230,6 +232,11 @@ func TestRestartOnNewAddressReplacesEntry(t *testing.T) {
 	fc := f.Config()
 	dir := fc.DataDir()
 	oldRaft := f.Node.RaftAddr()
+	// A node can only find its peers after a restart once it has remembered them.
+	controller.WaitFor(t, 5*time.Second, "peers remembered", func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "controllers.json"))
+		return err == nil && bytes.Count(b, []byte(`"api_addr"`)) == 3
+	})
 	f.Close()
 	cfg := controller.TestConfig(t, "", dir) // new ephemeral ports, same data dir
 	g, err := controller.New(cfg, controller.TestLogger(t))

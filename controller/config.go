@@ -21,6 +21,7 @@ type Config struct {
 	API      APIConfig       `yaml:"api"`
 	Cluster  ClusterConfig   `yaml:"cluster"`
 	Gossip   GossipConfig    `yaml:"gossip"`
+	Agents   AgentsConfig    `yaml:"agents"`
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 	Log      LogConfig       `yaml:"log"`
 }
@@ -67,6 +68,16 @@ type GossipConfig struct {
 	Label     string   `yaml:"label"`
 }
 
+// AgentsConfig is how controllers deal with agents.
+type AgentsConfig struct {
+	// JoinToken must be presented by agents on every agent API call (empty: not checked).
+	JoinToken string `yaml:"join_token"`
+	// LeaseTTL is how long a lease lives without a heartbeat (default 15s).
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// PerVCenterLimit bounds concurrent migrations from one vCenter (default 8).
+	PerVCenterLimit int `yaml:"per_vcenter_limit"`
+}
+
 // WebhookConfig is a webhook seeded at first bootstrap.
 type WebhookConfig struct {
 	URL        string            `yaml:"url"`
@@ -91,6 +102,7 @@ func DefaultConfig() Config {
 		API:      APIConfig{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20},
 		Cluster:  ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
 		Gossip:   GossipConfig{Addr: "127.0.0.1:7946"},
+		Agents:   AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8},
 		Log:      LogConfig{Level: "info", Format: "text"},
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/controller/cluster"
+	"github.com/hypersdk/hypersdk/controller/lease"
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
@@ -33,6 +34,7 @@ type Controller struct {
 	Node    *cluster.Node
 	API     *api.Server
 	Metrics *metrics.Metrics
+	Leases  *lease.Manager
 
 	ln      net.Listener
 	apiAddr string
@@ -107,6 +109,10 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		NodeID: nodeID, MaxBodyBytes: cfg.API.MaxBodyBytes, LeaderWait: cfg.Cluster.LeaderWait,
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
 	}, c.State, c.Node, c.Metrics)
+
+	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Logger: log}, c.State, c.Node, nil)
+	c.Node.OnLeadership(c.Leases.Run)
+	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, JoinToken: cfg.Agents.JoinToken, PerVCenterLimit: cfg.Agents.PerVCenterLimit})
 
 	c.http = &http.Server{Handler: c.API, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	c.wg.Add(1)

@@ -114,7 +114,7 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	out := proto.QueryResponse{Jobs: make([]proto.Job, 0, len(res.Jobs)), Total: res.Total, NextCursor: res.NextCursor}
 	for _, j := range res.Jobs {
-		out.Jobs = append(out.Jobs, j.Redacted())
+		out.Jobs = append(out.Jobs, s.withPendingReason(j.Redacted()))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -131,7 +131,7 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s not found", id))
 		return
 	}
-	writeJSON(w, http.StatusOK, j.Redacted())
+	writeJSON(w, http.StatusOK, s.withPendingReason(j.Redacted()))
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {

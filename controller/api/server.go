@@ -75,6 +75,7 @@ type Server struct {
 	node    *cluster.Node
 	metrics *metrics.Metrics
 	fleet   Fleet
+	agents  AgentsConfig
 	router  *mux.Router
 	client  *http.Client
 	started time.Time

@@ -123,6 +123,7 @@ type Node struct {
 	mu          sync.Mutex
 	leaderFns   []func(ctx context.Context)
 	leaderStop  context.CancelFunc
+	leaderCtx   context.Context
 	leaderWG    sync.WaitGroup
 	closed      bool
 	done        chan struct{}
@@ -393,11 +394,15 @@ func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 // the node can become leader (right after Open) or the first term may be missed.
 func (n *Node) OnLeadership(fn func(ctx context.Context)) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.leaderFns = append(n.leaderFns, fn)
-	leading := n.leaderStop != nil
-	n.mu.Unlock()
-	if leading {
-		n.log.Warn("leader work registered while leading; it starts next term")
+	if n.leaderStop != nil {
+		// Already leading (registered late): join the current term.
+		n.leaderWG.Add(1)
+		go func(ctx context.Context) {
+			defer n.leaderWG.Done()
+			fn(ctx)
+		}(n.leaderCtx)
 	}
 }
 
@@ -428,11 +433,10 @@ func (n *Node) establishLeadership() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
-	n.leaderStop = cancel
-	fns := append([]func(context.Context){}, n.leaderFns...)
-	n.mu.Unlock()
+	defer n.mu.Unlock()
+	n.leaderStop, n.leaderCtx = cancel, ctx
 	n.log.Info("leadership established; starting leader work")
-	for _, fn := range fns {
+	for _, fn := range n.leaderFns {
 		n.leaderWG.Add(1)
 		go func() {
 			defer n.leaderWG.Done()
@@ -444,7 +448,7 @@ func (n *Node) establishLeadership() {
 func (n *Node) revokeLeadership() {
 	n.mu.Lock()
 	stop := n.leaderStop
-	n.leaderStop = nil
+	n.leaderStop, n.leaderCtx = nil, nil
 	n.mu.Unlock()
 	if stop != nil {
 		stop()

@@ -1,0 +1,231 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/gorilla/mux"
+
+	"github.com/hypersdk/hypersdk/controller/cluster"
+	"github.com/hypersdk/hypersdk/controller/lease"
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// Leases is the leader's lease manager as the agent API uses it.
+type Leases interface {
+	Lease(ctx context.Context, req proto.LeaseRequest) (*proto.Lease, error)
+	Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse, error)
+	Progress(req proto.ProgressRequest) (proto.ReportResponse, error)
+	Complete(req proto.CompleteRequest) error
+	Fail(req proto.FailRequest) error
+}
+
+// AgentFleet is the gossip view of agents.
+type AgentFleet interface {
+	Fleet
+	List() []proto.AgentInfo
+	Get(name string) (proto.AgentInfo, bool)
+}
+
+// AgentsConfig wires the agent side of the API.
+type AgentsConfig struct {
+	Leases Leases
+	Fleet  AgentFleet // may be nil (no gossip)
+	// JoinToken, when set, must be presented by agents on every agent API call.
+	JoinToken string
+	// PerVCenterLimit is shown in pending reasons.
+	PerVCenterLimit int
+}
+
+// SetAgents adds the agent API (/agent/v1/...) and the fleet view (/agents).
+func (s *Server) SetAgents(cfg AgentsConfig) {
+	s.agents = cfg
+	if cfg.Fleet != nil {
+		s.fleet = cfg.Fleet
+	}
+	r := s.router
+	r.HandleFunc("/agents", s.handleAgents).Methods(http.MethodGet)
+	r.HandleFunc("/agents/{name}", s.handleAgent).Methods(http.MethodGet)
+	a := r.PathPrefix("/agent/v1").Subrouter()
+	a.Use(s.agentAuth)
+	a.HandleFunc("/lease", s.handleLease).Methods(http.MethodPost)
+	a.HandleFunc("/heartbeat", s.handleHeartbeat).Methods(http.MethodPost)
+	a.HandleFunc("/progress", s.handleProgress).Methods(http.MethodPost)
+	a.HandleFunc("/complete", s.handleComplete).Methods(http.MethodPost)
+	a.HandleFunc("/fail", s.handleFail).Methods(http.MethodPost)
+}
+
+// agentAuth checks the join token in constant time.
+func (s *Server) agentAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := s.agents.JoinToken
+		if want != "" {
+			got := r.Header.Get(proto.AgentTokenHeader)
+			if got == "" {
+				got = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			}
+			if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+				writeError(w, http.StatusUnauthorized, "agent join token missing or wrong")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
+	resp := proto.AgentsResponse{Agents: []proto.AgentInfo{}}
+	if s.agents.Fleet != nil {
+		resp.Agents = append(resp.Agents, s.agents.Fleet.List()...)
+	}
+	resp.Total = len(resp.Agents)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
+	name := mux.Vars(r)["name"]
+	if s.agents.Fleet != nil {
+		if a, ok := s.agents.Fleet.Get(name); ok {
+			writeJSON(w, http.StatusOK, a)
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, fmt.Sprintf("agent %s not found", name))
+}
+
+// leaseErr maps the lease manager's "not running here" to the cluster's not-leader so
+// write() looks for the leader again (a new leader starts its manager after a barrier).
+func leaseErr(err error) error {
+	if errors.Is(err, lease.ErrNotLeader) {
+		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
+	}
+	return err
+}
+
+func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req proto.LeaseRequest
+	if err := decodeStrict(body, &req, false); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		l, err := s.agents.Leases.Lease(r.Context(), req)
+		if err != nil {
+			if r.Context().Err() != nil {
+				return 0, nil, fmt.Errorf("%w: client went away", cluster.ErrShutdown)
+			}
+			return 0, nil, leaseErr(err)
+		}
+		return http.StatusOK, proto.LeaseResponse{Lease: l}, nil
+	})
+}
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req proto.HeartbeatRequest
+	if err := decodeStrict(body, &req, false); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		resp, err := s.agents.Leases.Heartbeat(req)
+		return http.StatusOK, resp, leaseErr(err)
+	})
+}
+
+func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req proto.ProgressRequest
+	if err := decodeStrict(body, &req, false); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		resp, err := s.agents.Leases.Progress(req)
+		return http.StatusOK, resp, leaseErr(err)
+	})
+}
+
+func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req proto.CompleteRequest
+	if err := decodeStrict(body, &req, false); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		if err := s.agents.Leases.Complete(req); err != nil {
+			return 0, nil, leaseErr(err)
+		}
+		return http.StatusOK, proto.ReportResponse{Message: "job completed"}, nil
+	})
+}
+
+func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req proto.FailRequest
+	if err := decodeStrict(body, &req, false); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		if err := s.agents.Leases.Fail(req); err != nil {
+			return 0, nil, leaseErr(err)
+		}
+		return http.StatusOK, proto.ReportResponse{Message: "failure recorded"}, nil
+	})
+}
+
+// withPendingReason fills pending_reason of a pending job from this node's view.
+func (s *Server) withPendingReason(j proto.Job) proto.Job {
+	if j.Status == proto.StatusPending {
+		var f lease.Fleet
+		if s.agents.Fleet != nil {
+			f = s.agents.Fleet
+		}
+		if reason := lease.PendingReason(&j, s.st, f, s.agents.PerVCenterLimit); reason != "" {
+			j.PendingReason = reason
+		}
+	}
+	return j
+}

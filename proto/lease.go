@@ -1,0 +1,160 @@
+package proto
+
+import "time"
+
+// The agent API (/agent/v1/...): how agents lease jobs and report on them. Every report
+// carries the (job_id, attempt) fencing token; a stale token gets 409 and the agent must
+// abort that work.
+
+// AgentTokenHeader carries the agent join token (also accepted as "Authorization: Bearer").
+const AgentTokenHeader = "X-Hypersdk-Agent-Token"
+
+// LeaseToken fences every report: the job and the attempt the agent was granted.
+type LeaseToken struct {
+	JobID   string `json:"job_id"`
+	Attempt int    `json:"attempt"`
+}
+
+// LeaseRequest is a long-poll for work: the agent says who it is and what room it has.
+type LeaseRequest struct {
+	Agent        string            `json:"agent"`
+	Capacity     AgentCapacity     `json:"capacity"`
+	RunningJobs  int               `json:"running_jobs"`
+	MaxJobs      int               `json:"max_jobs"`
+	Capabilities AgentCapabilities `json:"capabilities"`
+	// WaitSeconds bounds the long-poll (capped by the controller at 25 s).
+	WaitSeconds int `json:"wait_seconds,omitempty"`
+}
+
+// Lease is a granted job. Definition includes the source password: it is the only
+// message that ever carries it, and only to an authenticated agent.
+type Lease struct {
+	LeaseToken
+	TTLSeconds float64       `json:"ttl_seconds"`
+	Definition JobDefinition `json:"definition"`
+	GrantedAt  time.Time     `json:"granted_at"`
+}
+
+// LeaseResponse answers a lease request: Lease is nil when the long-poll timed out.
+type LeaseResponse struct {
+	Lease *Lease `json:"lease"`
+}
+
+// HeartbeatRequest renews every lease the agent holds.
+type HeartbeatRequest struct {
+	Agent  string       `json:"agent"`
+	Leases []LeaseToken `json:"leases"`
+}
+
+// HeartbeatResponse tells the agent which jobs to stop: Cancel (an operator cancelled
+// them: clean up and report cancelled) and Lost (the lease is no longer this agent's:
+// stop without reporting).
+type HeartbeatResponse struct {
+	Cancel     []LeaseToken `json:"cancel,omitempty"`
+	Lost       []LeaseToken `json:"lost,omitempty"`
+	TTLSeconds float64      `json:"ttl_seconds"`
+}
+
+// ProgressRequest reports progress (at most once a second per job).
+type ProgressRequest struct {
+	LeaseToken
+	Agent    string   `json:"agent"`
+	Progress Progress `json:"progress"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// CompleteRequest reports success.
+type CompleteRequest struct {
+	LeaseToken
+	Agent    string     `json:"agent"`
+	Result   *JobResult `json:"result,omitempty"`
+	Warnings []string   `json:"warnings,omitempty"`
+}
+
+// FailRequest reports a failed attempt; Cancelled acknowledges a cancel, Retryable asks
+// for another attempt (e.g. the agent is shutting down or a transfer broke).
+type FailRequest struct {
+	LeaseToken
+	Agent     string   `json:"agent"`
+	Error     string   `json:"error"`
+	Cancelled bool     `json:"cancelled,omitempty"`
+	Retryable bool     `json:"retryable,omitempty"`
+	Warnings  []string `json:"warnings,omitempty"`
+}
+
+// ReportResponse answers progress, complete and fail.
+type ReportResponse struct {
+	Message   string `json:"message"`
+	Throttled bool   `json:"throttled,omitempty"`
+	// Cancel tells the agent on a progress report that the job was cancelled.
+	Cancel bool `json:"cancel,omitempty"`
+}
+
+// Validate checks the identity part every agent request shares.
+func validAgentName(name string) error {
+	if name == "" {
+		return invalid("agent is required")
+	}
+	if len(name) > MaxNodeNameLen {
+		return invalid("agent name is longer than %d bytes", MaxNodeNameLen)
+	}
+	return nil
+}
+
+func (t LeaseToken) validate() error {
+	if t.JobID == "" || t.Attempt <= 0 {
+		return invalid("job_id and attempt (>= 1) are required")
+	}
+	return nil
+}
+
+// Validate checks a lease request.
+func (r *LeaseRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	if r.MaxJobs < 0 || r.RunningJobs < 0 || r.WaitSeconds < 0 {
+		return invalid("max_jobs, running_jobs and wait_seconds must not be negative")
+	}
+	return nil
+}
+
+// Validate checks a heartbeat.
+func (r *HeartbeatRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	for _, t := range r.Leases {
+		if err := t.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks a progress report.
+func (r *ProgressRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	if r.Progress.PercentComplete < 0 || r.Progress.PercentComplete > 100 {
+		return invalid("progress.percent_complete must be between 0 and 100")
+	}
+	return r.LeaseToken.validate()
+}
+
+// Validate checks a completion.
+func (r *CompleteRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	return r.LeaseToken.validate()
+}
+
+// Validate checks a failure report.
+func (r *FailRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	return r.LeaseToken.validate()
+}
