@@ -56,6 +56,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		password   = fs.String("password", "", "the only password accepted (or set HYPERSDK_SIM_PASSWORD)")
 		leaseTTL   = fs.Duration("lease-timeout", d.LeaseTimeout, "export lease timeout without progress calls")
 		leaseStar  = fs.Bool("lease-host-star", false, "report export URLs with host \"*\", as a standalone ESXi does")
+		prepare    = fs.Bool("prepare-exports", false, "convert every disk to stream-optimized in the background at start, so ExportVm is ready at once")
 		logLevel   = fs.String("log-level", "info", "debug | info | warn | error")
 		fillParsed vcsim.Fill
 	)
@@ -91,7 +92,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Listen: *listen, VMs: *vms, DisksPerVM: *disks, DiskSize: size, Fill: fillParsed, Seed: *seed,
 		PowerOn: *powerOn, CPUs: *cpus, MemoryMB: *memoryMB, Firmware: *firmware,
 		Username: *username, Password: *password, LeaseTimeout: *leaseTTL, LeaseHostStar: *leaseStar,
-		Logger: log,
+		PrepareExports: *prepare,
+		Logger:         log,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -134,6 +134,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sim, err error) {
 	if err := s.build(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.PrepareExports && s.startBackground() {
+		go s.prepareExports()
+	}
 	s.log.Info("simulator ready", "url", s.URL.String(), "vms", len(s.VMs),
 		"disks_per_vm", cfg.DisksPerVM, "disk_size", cfg.DiskSize, "fill", cfg.Fill.String())
 	return s, nil
@@ -367,6 +370,22 @@ func powerOn(ctx context.Context, vm *object.VirtualMachine, i int) error {
 		return err
 	}
 	return task.Wait(ctx)
+}
+
+// prepareExports converts the disks one after the other (one core) into the stream cache;
+// an ExportVm meanwhile waits for its disk's conversion instead of starting another.
+func (s *Sim) prepareExports() {
+	defer s.bgWait.Done()
+	for _, vm := range s.VMs {
+		for _, d := range vm.Disks {
+			if _, _, err := s.streams.get(s.bg, d.FlatPath); err != nil {
+				if s.bg.Err() == nil {
+					s.log.Error("export: prepare stream-optimized VMDK", "disk", d.DatastorePath, "err", err)
+				}
+				return
+			}
+		}
+	}
 }
 
 // Model is the underlying govmomi model, for tests that need fault injection.
