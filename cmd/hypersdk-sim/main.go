@@ -8,6 +8,7 @@
 //
 //	url=https://127.0.0.1:8989/sdk
 //	thumbprint=AB:CD:…                   SHA-1 of its self-signed certificate
+//	username=admin                       only with --username
 //	datastore=LocalDS_0 path=/tmp/…      one per datastore
 //	vm=/DC0/vm/vm-1 moref=vm-22          one per VM
 //	disk=/tmp/…/vm-1-flat.vmdk vm=/DC0/vm/vm-1 capacity=1073741824

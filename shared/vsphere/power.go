@@ -31,8 +31,11 @@ func (c *Client) Shutdown(ctx context.Context, vm *VM, timeout time.Duration) er
 	if err != nil {
 		return err
 	}
-	if st == types.VirtualMachinePowerStatePoweredOff {
+	switch st {
+	case types.VirtualMachinePowerStatePoweredOff:
 		return nil
+	case types.VirtualMachinePowerStateSuspended:
+		return fmt.Errorf("vsphere: %s is suspended: a guest shutdown is impossible, power it off instead", vm.Path)
 	}
 	if err := vm.obj.ShutdownGuest(ctx); err != nil {
 		if fault.Is(err, &types.InvalidPowerState{}) {

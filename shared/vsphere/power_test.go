@@ -11,9 +11,12 @@ import (
 	"github.com/hypersdk/hypersdk/shared/vsphere"
 )
 
+// errAny stands for "some error" in tables.
+var errAny = errors.New("any error")
+
 func TestShutdownAndPowerOff(t *testing.T) {
 	t.Parallel()
-	s := startSim(t, vcsim.Config{VMs: 3, PowerOn: true})
+	s := startSim(t, vcsim.Config{VMs: 4, PowerOn: true})
 	if err := s.SetGuestIgnoresShutdown("vm-2", true); err != nil {
 		t.Fatal(err)
 	}
@@ -22,6 +25,10 @@ func TestShutdownAndPowerOff(t *testing.T) {
 	off := findVM(t, c, "DC0/vm/vm-3")
 	if err := c.PowerOff(ctx, off); err != nil {
 		t.Fatal(err)
+	}
+	suspended := findVM(t, c, "DC0/vm/vm-4")
+	if task, err := suspended.Object().Suspend(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("suspend: %v", err)
 	}
 
 	tests := []struct {
@@ -34,16 +41,21 @@ func TestShutdownAndPowerOff(t *testing.T) {
 		{"guest shuts down", "vm-1", 10 * time.Second, nil, types.VirtualMachinePowerStatePoweredOff},
 		{"guest ignores the request", "vm-2", 300 * time.Millisecond, vsphere.ErrShutdownTimeout, types.VirtualMachinePowerStatePoweredOn},
 		{"already off", "vm-3", time.Second, nil, types.VirtualMachinePowerStatePoweredOff},
+		{"suspended", "vm-4", time.Second, errAny, types.VirtualMachinePowerStateSuspended},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := findVM(t, c, "DC0/vm/"+tc.vm)
 			start := time.Now()
 			err := c.Shutdown(ctx, vm, tc.timeout)
-			if !errors.Is(err, tc.wantErr) {
+			if tc.wantErr == errAny {
+				if err == nil {
+					t.Fatal("Shutdown succeeded")
+				}
+			} else if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Shutdown = %v, want %v", err, tc.wantErr)
 			}
-			if tc.wantErr != nil && time.Since(start) < tc.timeout {
+			if errors.Is(tc.wantErr, vsphere.ErrShutdownTimeout) && time.Since(start) < tc.timeout {
 				t.Errorf("timed out after %s, before the %s timeout", time.Since(start), tc.timeout)
 			}
 			if st, err := c.PowerState(ctx, vm); err != nil || st != tc.wantState {
