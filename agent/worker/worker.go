@@ -1,0 +1,499 @@
+// Package worker is the agent's lease loop: it long-polls controllers for jobs, runs each
+// with the executor (the migration pipeline), renews leases by heartbeat, relays progress
+// at most once a second, stops work that was cancelled or whose lease is lost, and fences
+// itself when it cannot renew for a TTL.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// Why a job's context was cancelled (context.Cause).
+var (
+	// ErrCancelRequested: an operator cancelled the job; clean up and report "cancelled".
+	ErrCancelRequested = errors.New("job cancelled by request")
+	// ErrLeaseLost: the controller gave the job to someone else; stop without reporting.
+	ErrLeaseLost = errors.New("lease lost")
+	// ErrFenced: no heartbeat got through for a whole TTL; the lease may already be
+	// someone else's, so stop before the controller could hand the job out again.
+	ErrFenced = errors.New("lease not renewed within its TTL; stopped by self-fencing")
+	// ErrShuttingDown: the agent stops; the job is handed back for another agent.
+	ErrShuttingDown = errors.New("agent shutting down")
+	// ErrRetryable wraps executor errors worth another attempt (possibly elsewhere).
+	ErrRetryable = errors.New("retryable")
+)
+
+// Retryable marks err as worth another attempt.
+func Retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrRetryable, err)
+}
+
+// Reporter is how an executor reports on its job.
+type Reporter interface {
+	// Progress records the latest progress; it is sent at most once a second.
+	Progress(p proto.Progress)
+	// Warn adds a warning to the job (sent with the next report).
+	Warn(msg string)
+}
+
+// Executor runs one leased job. It must stop promptly when ctx is cancelled, clean up
+// after itself (child processes, partial files), and return ctx's error then.
+type Executor interface {
+	Run(ctx context.Context, lease proto.Lease, r Reporter) (*proto.JobResult, error)
+}
+
+// Config configures a worker. Zero values mean defaults.
+type Config struct {
+	Name        string
+	Controllers []string
+	Token       string
+	MaxJobs     int
+	// Probe returns the current capacity and capabilities sent with each lease request.
+	Probe func() (proto.AgentCapacity, proto.AgentCapabilities)
+	// ShutdownGrace is how long running jobs may finish after a stop before they are
+	// handed back.
+	ShutdownGrace time.Duration
+	// WaitSeconds is the long-poll duration asked for.
+	WaitSeconds int
+	// OnChange is called when the number of running jobs changes (gossip metadata).
+	OnChange func(running int)
+	Logger   *slog.Logger
+}
+
+func (c *Config) fill() error {
+	if c.Name == "" {
+		return errors.New("worker: agent name is required")
+	}
+	if len(c.Controllers) == 0 {
+		return errors.New("worker: at least one controller URL is required")
+	}
+	if c.MaxJobs <= 0 {
+		c.MaxJobs = 2
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.WaitSeconds <= 0 {
+		c.WaitSeconds = 20
+	}
+	if c.Probe == nil {
+		c.Probe = func() (proto.AgentCapacity, proto.AgentCapabilities) {
+			return proto.AgentCapacity{}, proto.AgentCapabilities{}
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// running is one job in progress.
+type running struct {
+	lease  proto.Lease
+	cancel context.CancelCauseFunc
+	// renewedAt: send time of the last heartbeat that renewed this lease (or of the lease
+	// request that granted it). The leader's expiry is at least TTL after it.
+	renewedAt time.Time
+	done      chan struct{}
+	rep       *reporter
+}
+
+// Worker is the agent's job loop.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	exec Executor
+	c    *client
+
+	mu   sync.Mutex
+	jobs map[string]*running // by job id
+	ttl  time.Duration
+	slot chan struct{} // signalled when a job ends (a slot may be free)
+	wg   sync.WaitGroup
+
+	stats Stats
+}
+
+// Stats are counters for the agent's /metrics.
+type Stats struct {
+	mu                                       sync.Mutex
+	Leased, Completed, Failed, Cancelled     int
+	LeaseLost, Fenced, HandedBack, Heartbeat int
+}
+
+// New returns a worker.
+func New(cfg Config, exec Executor) (*Worker, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	return &Worker{
+		cfg: cfg, log: cfg.Logger.With("component", "worker", "agent", cfg.Name), exec: exec,
+		c: newClient(cfg.Controllers, cfg.Token, nil), jobs: map[string]*running{},
+		ttl: 15 * time.Second, slot: make(chan struct{}, 1),
+	}, nil
+}
+
+// Running returns how many jobs run now.
+func (w *Worker) Running() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.jobs)
+}
+
+// Snapshot returns the counters.
+func (w *Worker) Snapshot() Stats {
+	w.stats.mu.Lock()
+	defer w.stats.mu.Unlock()
+	return Stats{Leased: w.stats.Leased, Completed: w.stats.Completed, Failed: w.stats.Failed,
+		Cancelled: w.stats.Cancelled, LeaseLost: w.stats.LeaseLost, Fenced: w.stats.Fenced,
+		HandedBack: w.stats.HandedBack, Heartbeat: w.stats.Heartbeat}
+}
+
+func (w *Worker) count(f func(s *Stats)) {
+	w.stats.mu.Lock()
+	f(&w.stats)
+	w.stats.mu.Unlock()
+}
+
+// Run leases and runs jobs until ctx ends, then shuts down gracefully: no new leases,
+// running jobs get ShutdownGrace to finish, the rest are handed back.
+func (w *Worker) Run(ctx context.Context) error {
+	hbCtx, stopHB := context.WithCancel(context.Background())
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		w.heartbeatLoop(hbCtx)
+	}()
+
+	w.leaseLoop(ctx)
+
+	// Graceful stop.
+	w.log.Info("stopping: no new leases", "running", w.Running(), "grace", w.cfg.ShutdownGrace)
+	deadline := time.NewTimer(w.cfg.ShutdownGrace)
+	defer deadline.Stop()
+	idle := make(chan struct{})
+	go func() { w.wg.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-deadline.C:
+		w.mu.Lock()
+		for _, r := range w.jobs {
+			r.cancel(ErrShuttingDown)
+		}
+		w.mu.Unlock()
+		<-idle
+	}
+	stopHB()
+	<-hbDone
+	return nil
+}
+
+func (w *Worker) leaseLoop(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		if w.Running() >= w.cfg.MaxJobs {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.slot:
+			}
+			continue
+		}
+		capacity, caps := w.cfg.Probe()
+		req := proto.LeaseRequest{
+			Agent: w.cfg.Name, Capacity: capacity, Capabilities: caps,
+			RunningJobs: w.Running(), MaxJobs: w.cfg.MaxJobs, WaitSeconds: w.cfg.WaitSeconds,
+		}
+		sent := time.Now()
+		var resp proto.LeaseResponse
+		err := w.c.post(ctx, "/agent/v1/lease", req, &resp, time.Duration(w.cfg.WaitSeconds+10)*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Warn("lease request failed", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 200 * time.Millisecond
+		if resp.Lease == nil {
+			continue
+		}
+		w.start(*resp.Lease, sent)
+	}
+}
+
+func (w *Worker) start(l proto.Lease, sent time.Time) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r := &running{lease: l, cancel: cancel, renewedAt: sent, done: make(chan struct{})}
+	r.rep = newReporter(w, l.LeaseToken, cancel)
+	w.mu.Lock()
+	if l.TTLSeconds > 0 {
+		w.ttl = time.Duration(l.TTLSeconds * float64(time.Second))
+	}
+	w.jobs[l.JobID] = r
+	n := len(w.jobs)
+	w.mu.Unlock()
+	w.count(func(s *Stats) { s.Leased++ })
+	w.log.Info("leased job", "job", l.JobID, "attempt", l.Attempt, "vm", l.Definition.VMPath)
+	if w.cfg.OnChange != nil {
+		w.cfg.OnChange(n)
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.runJob(ctx, r)
+	}()
+}
+
+func (w *Worker) runJob(ctx context.Context, r *running) {
+	defer close(r.done)
+	res, err := w.exec.Run(ctx, r.lease, r.rep)
+	r.rep.stop()
+	cause := context.Cause(ctx)
+	tok := r.lease.LeaseToken
+	log := w.log.With("job", tok.JobID, "attempt", tok.Attempt)
+	warnings := r.rep.warnings()
+	var rerr error
+	switch {
+	case err == nil && ctx.Err() == nil:
+		rerr = w.c.postRetry(context.Background(), "/agent/v1/complete",
+			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Warnings: warnings}, nil, w.reportDeadline())
+		if rerr == nil {
+			log.Info("job completed")
+			w.count(func(s *Stats) { s.Completed++ })
+		}
+	case errors.Is(cause, ErrLeaseLost):
+		log.Warn("job stopped: lease lost to the controller")
+		w.count(func(s *Stats) { s.LeaseLost++ })
+	case errors.Is(cause, ErrFenced):
+		log.Warn("job stopped: self-fenced (controllers unreachable for a TTL)")
+		w.count(func(s *Stats) { s.Fenced++ })
+	case errors.Is(cause, ErrCancelRequested):
+		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
+			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: "cancelled by request", Cancelled: true, Warnings: warnings}, nil, w.reportDeadline())
+		log.Info("job cancelled and cleaned up")
+		w.count(func(s *Stats) { s.Cancelled++ })
+	case errors.Is(cause, ErrShuttingDown):
+		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
+			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: fmt.Sprintf("agent %s shut down during the job", w.cfg.Name), Retryable: true, Warnings: warnings}, nil, w.reportDeadline())
+		log.Info("job handed back (shutdown)")
+		w.count(func(s *Stats) { s.HandedBack++ })
+	default:
+		if err == nil {
+			err = ctx.Err()
+		}
+		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
+			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: err.Error(), Retryable: errors.Is(err, ErrRetryable), Warnings: warnings}, nil, w.reportDeadline())
+		log.Warn("job failed", "err", err)
+		w.count(func(s *Stats) { s.Failed++ })
+	}
+	if rerr != nil {
+		log.Warn("final report not accepted", "err", rerr)
+	}
+	w.mu.Lock()
+	delete(w.jobs, tok.JobID)
+	n := len(w.jobs)
+	w.mu.Unlock()
+	if w.cfg.OnChange != nil {
+		w.cfg.OnChange(n)
+	}
+	select {
+	case w.slot <- struct{}{}:
+	default:
+	}
+}
+
+// reportDeadline bounds retries of a final report: beyond about a TTL the lease has
+// expired anyway and the report would be refused.
+func (w *Worker) reportDeadline() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return 2 * w.ttl
+}
+
+// heartbeatLoop renews every lease each TTL/3 and checks the fence ten times per TTL.
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	var lastBeat time.Time
+	for {
+		w.mu.Lock()
+		ttl := w.ttl
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(ttl / 10):
+		}
+		if time.Since(lastBeat) >= ttl/3 {
+			lastBeat = time.Now()
+			w.heartbeat(ctx)
+		}
+		w.fence()
+	}
+}
+
+// fenceFraction of the TTL after the last renewal a job is stopped: the leader expires the
+// lease no earlier than a full TTL after it received that renewal, so stopping at 80%
+// leaves time to kill child processes before the job can be leased to someone else.
+const fenceFraction = 0.8
+
+func (w *Worker) fence() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	limit := time.Duration(float64(w.ttl) * fenceFraction)
+	for _, r := range w.jobs {
+		if time.Since(r.renewedAt) > limit {
+			r.cancel(ErrFenced)
+		}
+	}
+}
+
+func (w *Worker) heartbeat(ctx context.Context) {
+	w.mu.Lock()
+	ttl := w.ttl
+	var toks []proto.LeaseToken
+	for _, r := range w.jobs {
+		toks = append(toks, r.lease.LeaseToken)
+	}
+	w.mu.Unlock()
+	if len(toks) == 0 {
+		return
+	}
+	sent := time.Now()
+	var resp proto.HeartbeatResponse
+	err := w.c.post(ctx, "/agent/v1/heartbeat", proto.HeartbeatRequest{Agent: w.cfg.Name, Leases: toks}, &resp, ttl/3)
+	w.count(func(s *Stats) { s.Heartbeat++ })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == nil {
+		if resp.TTLSeconds > 0 {
+			w.ttl = time.Duration(resp.TTLSeconds * float64(time.Second))
+		}
+		stop := map[string]error{}
+		for _, t := range resp.Lost {
+			stop[t.JobID] = ErrLeaseLost
+		}
+		for _, t := range resp.Cancel {
+			stop[t.JobID] = ErrCancelRequested
+		}
+		for _, t := range toks {
+			r, ok := w.jobs[t.JobID]
+			if !ok || r.lease.Attempt != t.Attempt {
+				continue
+			}
+			if cause, bad := stop[t.JobID]; bad {
+				r.cancel(cause)
+				if cause == ErrLeaseLost {
+					continue
+				}
+			}
+			r.renewedAt = sent
+		}
+	} else {
+		w.log.Warn("heartbeat failed", "err", err)
+	}
+}
+
+// reporter coalesces progress and sends it at most once a second.
+type reporter struct {
+	w      *Worker
+	tok    proto.LeaseToken
+	cancel context.CancelCauseFunc
+
+	mu      sync.Mutex
+	latest  *proto.Progress
+	warns   []string
+	pending []string // warnings not yet sent
+	kick    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+func newReporter(w *Worker, tok proto.LeaseToken, cancel context.CancelCauseFunc) *reporter {
+	r := &reporter{w: w, tok: tok, cancel: cancel, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	go r.loop()
+	return r
+}
+
+func (r *reporter) Progress(p proto.Progress) {
+	r.mu.Lock()
+	r.latest = &p
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *reporter) Warn(msg string) {
+	r.mu.Lock()
+	r.warns = append(r.warns, msg)
+	r.pending = append(r.pending, msg)
+	r.mu.Unlock()
+}
+
+func (r *reporter) warnings() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.warns...)
+}
+
+func (r *reporter) stop() {
+	close(r.quit)
+	<-r.done
+}
+
+func (r *reporter) loop() {
+	defer close(r.done)
+	var last time.Time
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-r.kick:
+		}
+		if wait := time.Second - time.Since(last); wait > 0 {
+			select {
+			case <-r.quit:
+				return
+			case <-time.After(wait):
+			}
+		}
+		r.mu.Lock()
+		p, warns := r.latest, r.pending
+		r.latest, r.pending = nil, nil
+		r.mu.Unlock()
+		if p == nil {
+			continue
+		}
+		last = time.Now()
+		var resp proto.ReportResponse
+		err := r.w.c.post(context.Background(), "/agent/v1/progress",
+			proto.ProgressRequest{LeaseToken: r.tok, Agent: r.w.cfg.Name, Progress: *p, Warnings: warns}, &resp, 5*time.Second)
+		switch {
+		case errors.Is(err, ErrStale):
+			r.cancel(ErrLeaseLost)
+		case err != nil:
+			r.mu.Lock()
+			r.pending = append(warns, r.pending...) // resend warnings with the next report
+			r.mu.Unlock()
+		case resp.Cancel:
+			r.cancel(ErrCancelRequested)
+		}
+	}
+}
