@@ -50,11 +50,11 @@ func TestPick(t *testing.T) {
 	}{
 		{"auto", full, DiskFacts{}, MethodVDDK, nil},
 		{"", noVDDK, offFlat, MethodHTTPS, nil},
-		{"auto", noVDDK, DiskFacts{PoweredOff: true}, MethodNFC, nil},   // a sparse/delta disk
-		{"auto", noVDDK, DiskFacts{AllFlat: true}, MethodNFC, nil},      // running VM
-		{"auto", bare, offFlat, "", ErrMethodUnavailable},               // nothing installed
-		{"vddk", noVDDK, offFlat, "", ErrVDDKUnavailable},               // demanded, missing
-		{"https", noVDDK, DiskFacts{}, MethodHTTPS, nil},                // explicit wins over facts
+		{"auto", noVDDK, DiskFacts{PoweredOff: true}, MethodNFC, nil}, // a sparse/delta disk
+		{"auto", noVDDK, DiskFacts{AllFlat: true}, MethodNFC, nil},    // running VM
+		{"auto", bare, offFlat, "", ErrMethodUnavailable},             // nothing installed
+		{"vddk", noVDDK, offFlat, "", ErrVDDKUnavailable},             // demanded, missing
+		{"https", noVDDK, DiskFacts{}, MethodHTTPS, nil},              // explicit wins over facts
 		{"nfc", Capabilities{QemuImg: Tool{Found: true}}, DiskFacts{}, "", ErrMethodUnavailable},
 		{"ftp", full, DiskFacts{}, "", ErrMethodUnavailable},
 	}

@@ -26,8 +26,8 @@ func TestParseDescriptor(t *testing.T) {
 			geometry: Geometry{Cylinders: 1305, Heads: 255, Sectors: 63},
 		},
 		{
-			name: "two gb split flat with offsets, CRLF, no final newline, tabs",
-			in:   "# Disk DescriptorFile\r\nversion=1\r\ncreateType=\"twoGbMaxExtentFlat\"\r\nRW 4192256 FLAT \"a-f001.vmdk\" 0\r\nRW\t2048\tFLAT\t\"a f002.vmdk\"\t16\r\nddb.adapterType = \"pvscsi\"",
+			name:     "two gb split flat with offsets, CRLF, no final newline, tabs",
+			in:       "# Disk DescriptorFile\r\nversion=1\r\ncreateType=\"twoGbMaxExtentFlat\"\r\nRW 4192256 FLAT \"a-f001.vmdk\" 0\r\nRW\t2048\tFLAT\t\"a f002.vmdk\"\t16\r\nddb.adapterType = \"pvscsi\"",
 			capacity: (4192256 + 2048) * 512, flat: true, adapter: "pvscsi",
 			extents: []Extent{
 				{Access: "RW", Sectors: 4192256, Type: "FLAT", File: "a-f001.vmdk"},
@@ -40,8 +40,8 @@ func TestParseDescriptor(t *testing.T) {
 			extents: []Extent{{Access: "RW", Sectors: 100, Type: "VMFSSPARSE", File: "x-delta.vmdk"}},
 		},
 		{
-			name: "embedded descriptor with NUL padding and a zero extent",
-			in:   "# Disk DescriptorFile\nversion=1\ncreateType=\"streamOptimized\"\nRW 128 SPARSE \"s.vmdk\"\nRDONLY 64 ZERO\n" + strings.Repeat("\x00", 300),
+			name:     "embedded descriptor with NUL padding and a zero extent",
+			in:       "# Disk DescriptorFile\nversion=1\ncreateType=\"streamOptimized\"\nRW 128 SPARSE \"s.vmdk\"\nRDONLY 64 ZERO\n" + strings.Repeat("\x00", 300),
 			capacity: 192 * 512, flat: false,
 			extents: []Extent{{Access: "RW", Sectors: 128, Type: "SPARSE", File: "s.vmdk"}, {Access: "RDONLY", Sectors: 64, Type: "ZERO"}},
 		},

@@ -82,9 +82,9 @@ func TestParseQemuImgProgress(t *testing.T) {
 	for in, want := range map[string]float64{
 		"    (0.00/100%)":   0,
 		"    (12.50/100%)":  12.5,
-		"(100.00/100%)":    100,
+		"(100.00/100%)":     100,
 		"    (7/100%)":      7,
-		"garbage":          -1,
+		"garbage":           -1,
 		"    (101.00/100%)": -1,
 	} {
 		got, ok := parseQemuImgProgress([]byte(in))

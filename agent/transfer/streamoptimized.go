@@ -91,7 +91,7 @@ type StreamOptimizedReader struct {
 
 // NewStreamOptimizedReader reads and checks the header and embedded descriptor.
 func NewStreamOptimizedReader(r io.Reader) (*StreamOptimizedReader, error) {
-	s := &StreamOptimizedReader{r: bufio.NewReaderSize(r, 1<<20)}
+	s := &StreamOptimizedReader{r: bufio.NewReaderSize(r, 128<<10)}
 	var h [SectorSize]byte
 	if err := s.readFull(h[:]); err != nil {
 		return nil, fmt.Errorf("%w: reading header: %v", ErrBadStream, err)
