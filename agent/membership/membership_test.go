@@ -25,8 +25,10 @@ func startAgent(t *testing.T, name string, join ...string) *membership.Membershi
 		Version: "v-test",
 		MaxJobs: 3,
 		Join:    join,
-		Prober:  capacity.New(capacity.Config{StorageDir: t.TempDir(), LibvirtURI: "test:///default"}),
-		Logger:  gossiptest.Logger(),
+		// No refresh during the test: the controller's view is compared with Meta().
+		RefreshInterval: time.Hour,
+		Prober:          capacity.New(capacity.Config{StorageDir: t.TempDir(), LibvirtURI: "test:///default"}),
+		Logger:          gossiptest.Logger(),
 	}
 	m, err := membership.Start(context.Background(), cfg)
 	if err != nil {

@@ -71,6 +71,9 @@ type Member struct {
 	LastSeen time.Time
 	// Since is when State last changed.
 	Since time.Time
+
+	// leaving: the member told this node directly that it is about to leave.
+	leaving bool
 }
 
 // Event is one change of a member, delivered in order to Watch callbacks.
@@ -151,12 +154,16 @@ func (ms *members) fromMemberlist(t EventType, n *memberlist.Node) {
 		if m.State != StateAlive {
 			m.State, m.Since = StateAlive, now
 		}
+		if t == EventJoin {
+			m.leaving = false // a new life: an old leaving notice no longer applies
+		}
 		m.LastSeen = now
 	case EventDead:
-		// NotifyLeave fires for both; the leaving flag the node announced before its
-		// Leave tells them apart. A receiver that missed that update reports dead: the
-		// safe side, since dead only hastens the expiry of leases the agent gave up anyway.
-		if m.Node.Leaving {
+		// NotifyLeave fires for both a crash and a leave. A leaving node says so first, by
+		// a direct message (markLeaving) and in its metadata; either tells them apart. A
+		// receiver that got neither reports dead: the safe side, since dead only hastens
+		// the expiry of leases the agent gave up anyway.
+		if m.leaving || m.Node.Leaving {
 			t = EventLeave
 			m.State = StateLeft
 		} else {
@@ -166,6 +173,28 @@ func (ms *members) fromMemberlist(t EventType, n *memberlist.Node) {
 	}
 	ms.log.Debug("member "+t.String(), "member", n.Name, "addr", m.Addr)
 	ms.publish(t, m, now)
+}
+
+// lateLeaveWindow: a leaving notice arriving this soon after the member was declared dead
+// turns the death into a leave. The notice goes over TCP and the leave over UDP; under
+// load the receiver can process them in either order.
+const lateLeaveWindow = 10 * time.Second
+
+// markLeaving records a member's notice that it is about to leave.
+func (ms *members) markLeaving(name string) {
+	now := time.Now()
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	m := ms.byName[name]
+	if m == nil {
+		return
+	}
+	m.leaving = true
+	if m.State == StateDead && now.Sub(m.Since) < lateLeaveWindow {
+		m.State, m.Since = StateLeft, now
+		ms.log.Debug("member leave (notice after death)", "member", name)
+		ms.publish(EventLeave, m, now)
+	}
 }
 
 // pinged records the outcome of a ping (ours or memberlist's probe) of name.
@@ -256,7 +285,11 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	}
 	return *b
 }
-func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) NotifyMsg(b []byte) {
+	if name, ok := parseLeavingMsg(b); ok {
+		d.n.members.markLeaving(name)
+	}
+}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -275,3 +308,15 @@ func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration,
 }
 
 func udpAddr(hostPort string) (net.Addr, error) { return net.ResolveUDPAddr("udp", hostPort) }
+
+// User messages between gossip nodes: a type byte then the payload.
+const msgLeaving byte = 1
+
+func leavingMsg(name string) []byte { return append([]byte{msgLeaving}, name...) }
+
+func parseLeavingMsg(b []byte) (string, bool) {
+	if len(b) < 2 || b[0] != msgLeaving {
+		return "", false
+	}
+	return string(b[1:]), true
+}

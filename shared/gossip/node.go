@@ -14,6 +14,7 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -383,9 +384,10 @@ func (n *Node) isDone() bool {
 	}
 }
 
-// Leave departs gracefully: it announces Leaving in the metadata (so members report
-// "left", not "dead"), broadcasts memberlist's leave, then shuts down. timeout bounds
-// each of the two broadcasts.
+// Leave departs gracefully: it tells every live member directly (TCP) that it is leaving,
+// sets Leaving in its metadata, broadcasts memberlist's leave, then shuts down; members
+// report it "left", not "dead". The metadata flag alone is not enough: it travels by UDP
+// gossip, and under load the leave itself can overtake it. timeout bounds each step.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.lifeMu.Lock()
 	if n.isDone() {
@@ -395,9 +397,10 @@ func (n *Node) Leave(timeout time.Duration) error {
 	n.pushMu.Lock()
 	var err error
 	if !n.left.Swap(true) {
+		n.noticeLeaving(timeout)
 		if _, err = n.UpdateMeta(func(m *proto.NodeMeta) { m.Leaving = true }); err == nil {
 			if err := n.ml.UpdateNode(timeout); err != nil {
-				n.log.Warn("leaving flag not confirmed; members may report this node dead", "err", err)
+				n.log.Debug("leaving flag broadcast not confirmed", "err", err)
 			}
 			err = n.ml.Leave(timeout)
 		}
@@ -410,6 +413,46 @@ func (n *Node) Leave(timeout time.Duration) error {
 		n.log.Info("left gossip pool")
 	}
 	return joinErr(err, n.Shutdown())
+}
+
+// noticeLeaving sends the leaving notice to every live member, in parallel, waiting at
+// most timeout (a member that does not take it in time will report this node dead).
+func (n *Node) noticeLeaving(timeout time.Duration) {
+	msg := leavingMsg(n.name)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxConcurrentPings)
+	var failed atomic.Int32
+	for _, m := range n.members.list() {
+		if m.Name == n.name || (m.State != StateAlive && m.State != StateSuspect) {
+			continue
+		}
+		host, portStr, err := net.SplitHostPort(m.Addr)
+		port, perr := strconv.Atoi(portStr)
+		if err != nil || perr != nil {
+			continue
+		}
+		to := &memberlist.Node{Name: m.Name, Addr: net.ParseIP(host), Port: uint16(port)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := n.ml.SendReliable(to, msg); err != nil {
+				failed.Add(1)
+				n.log.Debug("leaving notice not delivered", "member", to.Name, "err", err)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		n.log.Warn("leaving notices still in flight at timeout; some members may report this node dead")
+	}
+	if k := failed.Load(); k > 0 {
+		n.log.Warn("leaving notice not delivered to some members; they may report this node dead", "failed", k)
+	}
 }
 
 // oneLine flattens memberlist's multi-line multierror text for a log line.
