@@ -1,0 +1,252 @@
+// Package agent wires one agent: the host probe, its seat in the gossip pool, the lease
+// worker running the migration pipeline, and its own /health and /metrics.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"gopkg.in/yaml.v3"
+
+	"github.com/hypersdk/hypersdk/agent/capacity"
+	"github.com/hypersdk/hypersdk/agent/membership"
+	"github.com/hypersdk/hypersdk/agent/worker"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/gossip"
+	"github.com/hypersdk/hypersdk/shared/version"
+)
+
+// Config is the agent's configuration (YAML; flags override).
+type Config struct {
+	Name        string        `yaml:"name"`
+	Controllers []string      `yaml:"controllers"`
+	JoinToken   string        `yaml:"join_token"`
+	APIAddr     string        `yaml:"api_addr"`
+	LibvirtURI  string        `yaml:"libvirt_uri"`
+	StorageDir  string        `yaml:"storage_dir"`
+	MaxJobs     int           `yaml:"max_jobs"`
+	VDDKLibDir  string        `yaml:"vddk_libdir"`
+	// DefaultNetwork receives NICs whose VMware network is not mapped (libvirt "default").
+	DefaultNetwork string        `yaml:"default_network"`
+	ShutdownGrace  time.Duration `yaml:"shutdown_grace"`
+	Gossip         GossipConfig  `yaml:"gossip"`
+	Log            LogConfig     `yaml:"log"`
+}
+
+// GossipConfig is the agent's seat in the pool.
+type GossipConfig struct {
+	Addr      string   `yaml:"addr"`
+	Advertise string   `yaml:"advertise"`
+	Join      []string `yaml:"join"`
+	Key       string   `yaml:"key"`
+	Label     string   `yaml:"label"`
+	// Fast shortens failure detection (tests, one-machine demos).
+	Fast bool `yaml:"fast"`
+}
+
+// LogConfig selects level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// DefaultConfig works on one machine with no flags.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "agent-1"
+	}
+	return Config{
+		Name: host, Controllers: []string{"http://127.0.0.1:8080"}, APIAddr: "127.0.0.1:8082",
+		LibvirtURI: "qemu:///system", StorageDir: "/var/lib/hypersdk/storage", MaxJobs: 2,
+		VDDKLibDir: "/usr/lib64/vmware-vix-disklib", DefaultNetwork: "default", ShutdownGrace: 30 * time.Second,
+		Gossip: GossipConfig{Addr: "127.0.0.1:7947", Join: []string{"127.0.0.1:7946"}},
+		Log:    LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// LoadConfig reads YAML over the defaults; unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks the merged configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("agent name is required (--name)")
+	case len(c.Name) > proto.MaxNodeNameLen:
+		return fmt.Errorf("agent name is longer than %d bytes", proto.MaxNodeNameLen)
+	case len(c.Controllers) == 0:
+		return errors.New("at least one controller is required (--controllers)")
+	case c.StorageDir == "":
+		return errors.New("storage dir is required (--storage-dir)")
+	case c.MaxJobs <= 0 || c.MaxJobs > 64:
+		return errors.New("max_jobs must be between 1 and 64")
+	}
+	return nil
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	Prober   *capacity.Prober
+	Member   *membership.Membership
+	Worker   *worker.Worker
+	Registry *prometheus.Registry
+	http     *http.Server
+	apiAddr  string
+}
+
+// New prepares an agent around an executor (the migration pipeline): probe, gossip, worker
+// and HTTP endpoints. Run starts the work.
+func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.Registry, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("agent", cfg.Name)
+	if err := os.MkdirAll(cfg.StorageDir, 0o750); err != nil {
+		return nil, fmt.Errorf("storage dir %s: %w", cfg.StorageDir, err)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	a := &Agent{cfg: cfg, log: log, Registry: reg}
+	a.Prober = capacity.New(capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKLibDir, Logger: log})
+
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("agent api listen on %s: %w", cfg.APIAddr, err)
+	}
+	a.apiAddr = ln.Addr().String()
+
+	gc := gossip.DefaultConfig()
+	gc.BindAddr = cfg.Gossip.Addr
+	gc.AdvertiseAddr = cfg.Gossip.Advertise
+	gc.Label = cfg.Gossip.Label
+	if cfg.Gossip.Fast {
+		gc.Profile = gossip.ProfileFast
+	}
+	if cfg.Gossip.Key != "" {
+		if gc.SecretKey, err = gossip.ParseSecretKey(cfg.Gossip.Key); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	gc.Logger = log
+	a.Member, err = membership.Start(ctx, membership.Config{
+		Gossip: gc, Name: cfg.Name, APIAddr: a.apiAddr, Version: version.Version, MaxJobs: cfg.MaxJobs,
+		Join: cfg.Gossip.Join, Prober: a.Prober, Logger: log,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+
+	a.Worker, err = worker.New(worker.Config{
+		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
+		ShutdownGrace: cfg.ShutdownGrace, Logger: log,
+		Probe: func() (proto.AgentCapacity, proto.AgentCapabilities) {
+			c, caps, _ := a.Prober.Probe(context.Background())
+			return c, caps
+		},
+		OnChange: a.Member.SetRunningJobs,
+	}, exec)
+	if err != nil {
+		ln.Close()
+		a.Member.Shutdown()
+		return nil, err
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &workerCollector{w: a.Worker, max: cfg.MaxJobs})
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"status":"ok","name":%q,"running_jobs":%d}`+"\n", cfg.Name, a.Worker.Running())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("agent api stopped", "err", err)
+		}
+	}()
+	log.Info("agent started", "api_addr", a.apiAddr, "gossip", a.Member.Node().Addr(), "controllers", cfg.Controllers, "max_jobs", cfg.MaxJobs)
+	return a, nil
+}
+
+// APIAddr is where /health and /metrics are served.
+func (a *Agent) APIAddr() string { return a.apiAddr }
+
+// Run leases jobs until ctx ends, then stops gracefully (finishes or hands back running
+// jobs), leaves the gossip pool and stops serving.
+func (a *Agent) Run(ctx context.Context) error {
+	err := a.Worker.Run(ctx)
+	if lerr := a.Member.Leave(5 * time.Second); lerr != nil {
+		a.log.Warn("gossip leave", "err", lerr)
+	}
+	_ = a.Member.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = a.http.Shutdown(sctx)
+	return err
+}
+
+var (
+	descRunning = prometheus.NewDesc("hypersdk_agent_jobs_running", "Jobs this agent runs now", nil, nil)
+	descMax     = prometheus.NewDesc("hypersdk_agent_max_jobs", "Job slots of this agent", nil, nil)
+	descJobs    = prometheus.NewDesc("hypersdk_agent_jobs_finished_total", "Jobs this agent finished, by result", []string{"result"}, nil)
+	descHB      = prometheus.NewDesc("hypersdk_agent_heartbeats_total", "Heartbeats sent", nil, nil)
+)
+
+// workerCollector reads the worker's counters at scrape time.
+type workerCollector struct {
+	w   *worker.Worker
+	max int
+}
+
+func (c *workerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRunning
+	ch <- descMax
+	ch <- descJobs
+	ch <- descHB
+}
+
+func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.w.Snapshot()
+	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(c.w.Running()))
+	ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(c.max))
+	for result, n := range map[string]int{"completed": s.Completed, "failed": s.Failed, "cancelled": s.Cancelled,
+		"lease_lost": s.LeaseLost, "fenced": s.Fenced, "handed_back": s.HandedBack} {
+		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.CounterValue, float64(n), result)
+	}
+	ch <- prometheus.MustNewConstMetric(descHB, prometheus.CounterValue, float64(s.Heartbeat))
+}
