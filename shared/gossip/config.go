@@ -205,6 +205,11 @@ func (c Config) memberlistConfig(name string, d *delegate) (*memberlist.Config, 
 			return nil, err
 		}
 		if port != 0 {
+			// memberlist overwrites the advertised port with the bound one when binding
+			// port 0; refuse rather than silently advertise something else.
+			if mc.BindPort == 0 {
+				return nil, fmt.Errorf("%w: advertise address %q names a port but the bind port is 0", ErrConfig, c.AdvertiseAddr)
+			}
 			mc.AdvertisePort = port
 		}
 	}

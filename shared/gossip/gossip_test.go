@@ -393,3 +393,57 @@ func TestSeedRestartIsRejoined(t *testing.T) {
 		return state(seed2, agents[0].Name()) == gossip.StateAlive && state(seed2, agents[1].Name()) == gossip.StateAlive
 	}, "restarted seed never heard from the agents: %+v", seed2.Members())
 }
+
+// freePort returns a loopback port nobody listens on (for tests that need a fixed port).
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// Addr is what other members dial: the advertised address when set, else the bound one,
+// with the real port when bound to port 0.
+func TestAdvertisedAddr(t *testing.T) {
+	bindPort, natPort := freePort(t), freePort(t)
+	for _, tc := range []struct {
+		name      string
+		bind      string
+		advertise string
+		wantPort  string // "" means: whatever port 0 got
+		wantErr   bool
+	}{
+		{"bound port", "127.0.0.1:0", "", "", false},
+		{"advertised ip only", "127.0.0.1:0", "127.0.0.1", "", false},
+		{"advertised port behind NAT", "127.0.0.1:" + bindPort, "127.0.0.1:" + natPort, natPort, false},
+		{"advertised port with bind port 0", "127.0.0.1:0", "127.0.0.1:" + natPort, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := gossiptest.Config(proto.RoleAgent, "kvm01")
+			c.BindAddr, c.AdvertiseAddr = tc.bind, tc.advertise
+			if tc.wantErr {
+				if n, err := gossip.New(c); !errors.Is(err, gossip.ErrConfig) {
+					if err == nil {
+						n.Shutdown()
+					}
+					t.Fatalf("err = %v, want ErrConfig", err)
+				}
+				return
+			}
+			n := gossiptest.Start(t, c)
+			host, port, err := net.SplitHostPort(n.Addr())
+			if err != nil || host != "127.0.0.1" || port == "0" {
+				t.Fatalf("Addr() = %q", n.Addr())
+			}
+			if tc.wantPort != "" && port != tc.wantPort {
+				t.Fatalf("Addr() = %q, want port %s", n.Addr(), tc.wantPort)
+			}
+			if self, ok := n.Member(n.Name()); !ok || self.Addr != n.Addr() || self.State != gossip.StateAlive {
+				t.Fatalf("self member %+v", self)
+			}
+		})
+	}
+}
