@@ -91,6 +91,9 @@ func (s *State) Apply(idx uint64, data []byte) any {
 		s.mu.Unlock()
 		return nil
 	}
+	if r, ok := s.applySW(idx, t, body); ok {
+		return r
+	}
 	return fmt.Errorf("%w: %d", ErrUnknownCmd, t)
 }
 

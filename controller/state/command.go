@@ -24,6 +24,7 @@ const (
 	CmdRegisterNode CommandType = 8
 	CmdRemoveNode   CommandType = 9
 	CmdSubmitBatch  CommandType = 10
+	// 20-29: schedules and webhooks, defined in swstate.go.
 )
 
 func (t CommandType) String() string {
@@ -48,6 +49,9 @@ func (t CommandType) String() string {
 		return "remove_node"
 	case CmdSubmitBatch:
 		return "submit_batch"
+	}
+	if n, ok := swCommandNames[t]; ok {
+		return n
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
 }

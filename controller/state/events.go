@@ -31,6 +31,8 @@ type Event struct {
 	Kind  EventKind
 	Job   *proto.Job
 	Index uint64
+	// Schedule is set for the schedule events (schedule.go).
+	Schedule *proto.ScheduleEvent
 }
 
 // broker fans events out to subscribers without ever blocking apply: a subscriber that
@@ -39,6 +41,7 @@ type broker struct {
 	mu      sync.RWMutex
 	subs    map[*Subscription]struct{}
 	dropped atomic.Uint64
+	derive  func(Event) []Event
 }
 
 // Subscription is a channel of events.
@@ -53,8 +56,14 @@ type Subscription struct {
 func newBroker() *broker { return &broker{subs: make(map[*Subscription]struct{})} }
 
 func (b *broker) publish(ev Event) {
+	// derive keeps the replicated state that follows from events (webhook outbox, schedule
+	// runs) on the apply goroutine, before subscribers see the event. It must be called
+	// without State.mu held.
+	var follow []Event
+	if b.derive != nil {
+		follow = b.derive(ev)
+	}
 	b.mu.RLock()
-	defer b.mu.RUnlock()
 	for s := range b.subs {
 		select {
 		case s.c <- ev:
@@ -62,6 +71,10 @@ func (b *broker) publish(ev Event) {
 			s.dropped.Add(1)
 			b.dropped.Add(1)
 		}
+	}
+	b.mu.RUnlock()
+	for _, f := range follow {
+		b.publish(f)
 	}
 }
 

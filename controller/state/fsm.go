@@ -27,6 +27,8 @@ type snapshotHeader struct {
 	NextSeq uint64     `json:"next_seq"`
 	Nodes   []NodeInfo `json:"nodes"`
 	Applied uint64     `json:"applied"`
+	// SW: schedules, webhooks, outbox (absent in snapshots written before them).
+	SW *swSnapshot `json:"sw,omitempty"`
 }
 
 type snapshotJob struct {
@@ -53,6 +55,7 @@ func (f FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, n := range s.nodes {
 		snap.header.Nodes = append(snap.header.Nodes, n)
 	}
+	snap.header.SW = s.sw.snapshotLocked()
 	s.all.Ascend(func(e *entry) bool {
 		snap.jobs = append(snap.jobs, snapshotJob{Seq: e.seq, Job: e.job})
 		return true
@@ -114,6 +117,10 @@ func (f FSM) Restore(rc io.ReadCloser) error {
 	for _, n := range h.Nodes {
 		s.nodes[n.ID] = n
 	}
+	s.sw.restoreLocked(h.SW, func(id string) bool {
+		e, ok := s.jobs[id]
+		return !ok || e.job.Status.Terminal()
+	})
 	s.mu.Unlock()
 	s.appliedIndex.Store(h.Applied)
 	s.events.publish(Event{Kind: EventRestored})

@@ -44,11 +44,14 @@ type State struct {
 
 	appliedIndex atomic.Uint64
 	events       *broker
+	// sw holds schedules, webhooks and the webhook outbox (swstate.go), under mu.
+	sw *swState
 }
 
 // New returns an empty state.
 func New() *State {
-	s := &State{events: newBroker()}
+	s := &State{events: newBroker(), sw: newSWState()}
+	s.events.derive = s.derive
 	s.reset()
 	return s
 }
