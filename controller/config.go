@@ -24,6 +24,11 @@ type Config struct {
 	Agents   AgentsConfig    `yaml:"agents"`
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 	Log      LogConfig       `yaml:"log"`
+
+	// Schedules, webhook delivery and WebSocket (config_events.go).
+	Scheduler       SchedulerConfig       `yaml:"scheduler"`
+	WebSocket       WebSocketConfig       `yaml:"websocket"`
+	WebhookDelivery WebhookDeliveryConfig `yaml:"webhook_delivery"`
 }
 
 // DatabaseConfig: path is the data dir (raft log, snapshots, node id). A path ending in
@@ -84,7 +89,7 @@ type WebhookConfig struct {
 	Events     []string          `yaml:"events"`
 	Enabled    *bool             `yaml:"enabled"`
 	Timeout    int               `yaml:"timeout"`
-	RetryCount int               `yaml:"retry_count"`
+	RetryCount *int              `yaml:"retry_count"`
 	Headers    map[string]string `yaml:"headers"`
 	Secret     string            `yaml:"secret"`
 }
@@ -169,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster.MaxAttempts < 0 || c.Cluster.MaxAttempts > 100 {
 		return errors.New("config: cluster.max_attempts must be between 1 and 100")
+	}
+	if err := c.validateEvents(); err != nil {
+		return err
 	}
 	return nil
 }

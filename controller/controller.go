@@ -22,7 +22,10 @@ import (
 	"github.com/hypersdk/hypersdk/controller/cluster"
 	"github.com/hypersdk/hypersdk/controller/lease"
 	"github.com/hypersdk/hypersdk/controller/metrics"
+	"github.com/hypersdk/hypersdk/controller/schedule"
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/controller/webhook"
+	"github.com/hypersdk/hypersdk/controller/ws"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -46,6 +49,11 @@ type Controller struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	// Schedules, webhooks and WebSocket (events.go).
+	Scheduler *schedule.Scheduler
+	Webhooks  *webhook.Deliverer
+	WS        *ws.Hub
 }
 
 // New starts a controller: it listens, opens raft (bootstrapping or joining as the
@@ -113,6 +121,8 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Logger: log}, c.State, c.Node, nil)
 	c.Node.OnLeadership(c.Leases.Run)
 	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, JoinToken: cfg.Agents.JoinToken, PerVCenterLimit: cfg.Agents.PerVCenterLimit})
+
+	c.wireEvents(log)
 
 	c.http = &http.Server{Handler: c.API, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	c.wg.Add(1)

@@ -37,13 +37,24 @@ func TestLogger(t testing.TB) *slog.Logger {
 // it; it returns once all n are voters and every node knows the leader's API address.
 func StartTestCluster(t testing.TB, n int) []*Controller {
 	t.Helper()
+	return StartTestClusterWith(t, n, nil)
+}
+
+// StartTestClusterWith is StartTestCluster with each node's config adjusted by mutate
+// (i is the node's position, 0 bootstraps).
+func StartTestClusterWith(t testing.TB, n int, mutate func(i int, cfg *Config)) []*Controller {
+	t.Helper()
 	var nodes []*Controller
 	for i := 0; i < n; i++ {
 		var join []string
 		if i > 0 {
 			join = []string{nodes[0].APIAddr()}
 		}
-		c, err := New(TestConfig(t, fmt.Sprintf("node%d", i+1), t.TempDir(), join...), TestLogger(t))
+		cfg := TestConfig(t, fmt.Sprintf("node%d", i+1), t.TempDir(), join...)
+		if mutate != nil {
+			mutate(i, &cfg)
+		}
+		c, err := New(cfg, TestLogger(t))
 		if err != nil {
 			t.Fatalf("start node%d: %v", i+1, err)
 		}

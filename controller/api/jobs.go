@@ -23,6 +23,11 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Status())
+}
+
+// Status is the GET /status document (also the WebSocket "status" message).
+func (s *Server) Status() proto.StatusResponse {
 	c := s.st.Counts()
 	total := 0
 	for _, n := range c {
@@ -37,7 +42,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	resp.Version = versionString()
 	resp.Leader, _ = s.node.Leader()
 	resp.WorkerCount, resp.ActiveWorkers = s.slots()
-	writeJSON(w, http.StatusOK, resp)
+	return resp
 }
 
 // slots returns the fleet's job slots; without a fleet the busy count comes from leases.
