@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -47,7 +48,7 @@ func startChild(ctx context.Context, log *slog.Logger, name string, argv []strin
 		cmd.Stdout = c.stderr
 	}
 	cmd.Env = append(os.Environ(), "LC_ALL=C") // messages we match on are the C locale's
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		return nil, fmt.Errorf("%w: starting %s: %v", ErrTool, name, err)
 	}
 	log.Debug("started", "tool", name, "pid", cmd.Process.Pid, "argv", strings.Join(argv, " "))
@@ -58,6 +59,35 @@ func startChild(ctx context.Context, log *slog.Logger, name string, argv []strin
 		close(c.done)
 	}()
 	return c, nil
+}
+
+// The parent-death signal fires when the *thread* that forked the child exits, not the
+// process. Go may end a thread whose goroutine exits while locked to it, which would kill a
+// healthy transfer. So every child is forked from one goroutine locked to a thread that
+// lives as long as the process.
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread must not be reused or end
+			for r := range spawnReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnReqs <- spawnReq{cmd, done}
+	return <-done
 }
 
 // wait reaps the child and returns its exit error.
