@@ -25,7 +25,12 @@ build: ## Build every binary into bin/
 .PHONY: test
 test: setup build ## Run every test (unit, in-process cluster, real processes, libvirt)
 	$(GO) vet ./...
+	FUZZTIME=3s scripts/fuzz.sh
 	HYPERSDK_BIN=$(CURDIR)/bin $(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+.PHONY: fuzz
+fuzz: ## Fuzz every decoder and parser longer (FUZZTIME=60s by default)
+	FUZZTIME=$${FUZZTIME:-60s} scripts/fuzz.sh
 
 .PHONY: demo
 demo: setup build ## Migrate a simulated vSphere VM to a libvirt domain on this machine
