@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+func init() {
+	register("agents", "list", &command{help: "agents of the fleet with their capacity and load", run: (*app).agentsList})
+	register("agents", "get", &command{usage: "NAME", help: "one agent in detail", run: (*app).agentsGet})
+}
+
+func (a *app) agentsList(args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	res, err := a.client.Agents(a.ctx)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(res)
+	}
+	if len(res.Agents) == 0 {
+		fmt.Fprintln(a.stdout, "No agents.")
+		return nil
+	}
+	sort.Slice(res.Agents, func(i, j int) bool { return res.Agents[i].Name < res.Agents[j].Name })
+	t := a.table("NAME", "STATE", "CPUS", "MEMORY USED", "STORAGE FREE", "JOBS", "METHODS", "LAST SEEN")
+	for _, ag := range res.Agents {
+		c := ag.Capacity
+		t.row(ag.Name, ag.State, c.CPUs, memUsed(c), humanBytes(c.StorageFreeBytes),
+			fmt.Sprintf("%d/%d", ag.RunningJobs, ag.MaxJobs), strings.Join(ag.Capabilities.Methods, ","), ago(ag.LastSeen))
+	}
+	return t.flush()
+}
+
+func memUsed(c proto.AgentCapacity) string {
+	if c.MemoryTotalBytes == 0 {
+		return ""
+	}
+	used := c.MemoryTotalBytes - min(c.MemoryFreeBytes, c.MemoryTotalBytes)
+	return humanBytes(used) + " / " + humanBytes(c.MemoryTotalBytes)
+}
+
+func (a *app) agentsGet(args []string) error {
+	if err := needArgs(args, 1, "one agent NAME"); err != nil {
+		return err
+	}
+	ag, err := a.client.Agent(a.ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(ag)
+	}
+	c, caps := ag.Capacity, ag.Capabilities
+	storage := humanBytes(c.StorageFreeBytes) + " free"
+	if c.StorageTotalBytes > 0 {
+		storage += " of " + humanBytes(c.StorageTotalBytes)
+	}
+	var tools []string
+	if caps.QemuImg {
+		tools = append(tools, strings.TrimSpace("qemu-img "+caps.QemuImgVersion))
+	}
+	if caps.Nbdkit {
+		t := "nbdkit"
+		if len(caps.NbdkitPlugins) > 0 {
+			t += " (" + strings.Join(caps.NbdkitPlugins, ",") + ")"
+		}
+		tools = append(tools, t)
+	}
+	if caps.Nbdcopy {
+		tools = append(tools, "nbdcopy")
+	}
+	if caps.VDDK {
+		tools = append(tools, "VDDK")
+	}
+	libvirt := caps.LibvirtURI
+	if libvirt != "" {
+		if caps.LibvirtReachable {
+			libvirt += " (reachable)"
+		} else {
+			libvirt += " (NOT reachable)"
+		}
+	}
+	return fields(a.stdout,
+		"Name", ag.Name,
+		"State", string(ag.State),
+		"Gossip address", ag.Address,
+		"API address", ag.APIAddr,
+		"Version", ag.Version,
+		"CPUs", itoa(c.CPUs),
+		"Memory used", memUsed(c),
+		"Storage", storage,
+		"Jobs", fmt.Sprintf("%d running of %d", ag.RunningJobs, ag.MaxJobs),
+		"Methods", strings.Join(caps.Methods, ", "),
+		"Tools", strings.Join(tools, ", "),
+		"Libvirt", libvirt,
+		"Last seen", stamp(&ag.LastSeen),
+	)
+}

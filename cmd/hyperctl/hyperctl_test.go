@@ -1,0 +1,532 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/test/fleettest"
+)
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\n--- stdout\n%s--- stderr\n%s", r.code, r.stdout, r.stderr)
+}
+
+// hyperctl runs the command in-process with env as its whole environment.
+func hyperctl(t *testing.T, env map[string]string, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errb, func(k string) string { return env[k] })
+	r := result{stdout: out.String(), stderr: errb.String(), code: code}
+	// Nothing a user sees may carry the vCenter password.
+	if strings.Contains(r.stdout+r.stderr, fleettest.CanaryPassword) {
+		t.Fatalf("hyperctl %s printed the password:\n%s", strings.Join(args, " "), r)
+	}
+	return r
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+const jobYAML = `
+vm_path: DC0/vm/web-1
+source:
+  type: vsphere
+  vcenter_url: https://127.0.0.1:1/sdk
+  username: admin
+  password: canary-Pa55w0rd
+destination:
+  type: kvm
+options:
+  conversion_method: https
+  network_mapping:
+    VM Network: br0
+`
+
+func jobJSON(vm string) string {
+	b, _ := json.Marshal(fleettest.JobBody(vm))
+	return string(b)
+}
+
+// TestCommands runs every command against a real 3-controller cluster with an agent in
+// its gossip pool, in table and JSON output.
+func TestCommands(t *testing.T) {
+	nodes := controller.StartTestCluster(t, 3)
+	// The test cluster's controllers do not gossip with each other: the agent joins all.
+	fleettest.StartMember(t, "kvm-cli-1", 3, nodes[0].GossipAddr(), nodes[1].GossipAddr(), nodes[2].GossipAddr())
+	// A dead address first: every command below also proves the failover. The leader
+	// next, so a read right after a write sees it (a follower may trail by milliseconds).
+	servers := []string{"http://" + freeAddr(t), controller.Leader(nodes).URL()}
+	for _, n := range nodes {
+		if !n.Node.IsLeader() {
+			servers = append(servers, n.URL())
+		}
+	}
+	env := map[string]string{"HYPERSDK_SERVER": strings.Join(servers, ",")}
+
+	jobFile := writeFile(t, "job.yaml", jobYAML)
+	twoJobs := writeFile(t, "jobs.yaml", jobYAML+"---\n"+strings.Replace(jobYAML, "web-1", "web-2", 1))
+	badJob := writeFile(t, "bad.json", `{"vm_path": "x", "source": {"type": "vsphere"}, "destination": {"type": "kvm"}, "bogus": 1}`)
+	idPattern := regexp.MustCompile(`job (\S+) submitted`)
+
+	var firstID string
+	submit := hyperctl(t, env, "", "jobs", "submit", "-f", jobFile)
+	if submit.code != 0 || !idPattern.MatchString(submit.stdout) {
+		t.Fatalf("submit: %s", submit)
+	}
+	firstID = idPattern.FindStringSubmatch(submit.stdout)[1]
+
+	tests := []struct {
+		name   string
+		args   []string
+		stdin  string
+		code   int
+		want   []string // substrings of stdout
+		errHas string   // substring of stderr
+		check  func(t *testing.T, r result)
+	}{
+		{name: "version", args: []string{"version"}, want: []string{"hyperctl ", "server: hypersdk-controller", "node node"}},
+		{name: "version json", args: []string{"version", "-o", "json"}, check: func(t *testing.T, r result) {
+			var v versionInfo
+			mustJSON(t, r.stdout, &v)
+			if v.Client.Version == "" || v.Server == nil || v.Server.NodeID == "" {
+				t.Fatalf("version json: %s", r.stdout)
+			}
+		}},
+		{name: "submit json from stdin", args: []string{"jobs", "submit", "-f", "-", "-o", "json"}, stdin: jobJSON("DC0/vm/stdin"),
+			check: func(t *testing.T, r result) {
+				var s proto.SubmitResponse
+				mustJSON(t, r.stdout, &s)
+				if s.JobID == "" || s.Message == "" {
+					t.Fatalf("submit json: %s", r.stdout)
+				}
+			}},
+		{name: "submit two yaml documents", args: []string{"jobs", "submit", "-f", twoJobs}, check: func(t *testing.T, r result) {
+			if n := len(idPattern.FindAllString(r.stdout, -1)); n != 2 {
+				t.Fatalf("want 2 jobs submitted: %s", r)
+			}
+		}},
+		{name: "submit rejected by the controller", args: []string{"jobs", "submit", "-f", badJob}, code: exitRejected, errHas: `unknown field "bogus"`},
+		{name: "submit unreadable file", args: []string{"jobs", "submit", "-f", "/nonexistent/job.yaml"}, code: exitUsage, errHas: "no such file"},
+		{name: "submit bad yaml", args: []string{"jobs", "submit", "-f", "-"}, stdin: "vm_path: [unclosed", code: exitUsage, errHas: "invalid YAML"},
+		{name: "list table", args: []string{"jobs", "list"}, want: []string{"ID", "STATUS", firstID, "DC0/vm/web-1", "DC0/vm/web-2", "pending"}},
+		{name: "list json", args: []string{"jobs", "list", "-o", "json"}, check: func(t *testing.T, r result) {
+			var q proto.QueryResponse
+			mustJSON(t, r.stdout, &q)
+			if q.Total != 4 || len(q.Jobs) != 4 {
+				t.Fatalf("want 4 jobs: %s", r.stdout)
+			}
+			for _, j := range q.Jobs {
+				if j.Definition.Source.Password != proto.RedactedPassword {
+					t.Fatalf("password not masked in %+v", j.Definition.Source)
+				}
+			}
+		}},
+		{name: "list limit", args: []string{"jobs", "list", "--limit", "1"}, want: []string{"1 of 4 jobs shown"}},
+		{name: "list status filter", args: []string{"jobs", "list", "--status", "completed"}, want: []string{"No jobs."}},
+		{name: "list bad status", args: []string{"jobs", "list", "--status", "done"}, code: exitUsage, errHas: "not one of"},
+		{name: "get table", args: []string{"jobs", "get", firstID}, want: []string{"ID:", firstID, "VM:", "DC0/vm/web-1", "Status:", "pending", "method=https", `net "VM Network"→br0`}},
+		{name: "get json", args: []string{"jobs", "get", firstID, "-o", "json"}, check: func(t *testing.T, r result) {
+			var j proto.Job
+			mustJSON(t, r.stdout, &j)
+			if j.Definition.ID != firstID || j.Status != proto.StatusPending {
+				t.Fatalf("get json: %s", r.stdout)
+			}
+		}},
+		{name: "get unknown", args: []string{"jobs", "get", "no-such-job"}, code: exitRejected, errHas: "job no-such-job not found (HTTP 404)"},
+		{name: "get needs an id", args: []string{"jobs", "get"}, code: exitUsage, errHas: "expected one job ID"},
+		{name: "cancel", args: []string{"jobs", "cancel", firstID, "no-such-job"}, want: []string{"1 job(s) cancelled", "not found: no-such-job"}},
+		{name: "cancel again json", args: []string{"jobs", "cancel", firstID, "-o", "json"}, check: func(t *testing.T, r result) {
+			var c proto.CancelResponse
+			mustJSON(t, r.stdout, &c)
+			if c.Count != 0 || len(c.Skipped) != 1 {
+				t.Fatalf("second cancel: %s", r.stdout)
+			}
+		}},
+		{name: "cancel unknown only", args: []string{"jobs", "cancel", "no-such-job"}, code: exitRejected, errHas: "not found"},
+		{name: "cluster status", args: []string{"cluster", "status"}, want: []string{"Leader:", "node1", "node2", "node3", "Commit index:", "STATE", "leader", "follower"}},
+		{name: "cluster status json", args: []string{"cluster", "status", "-o", "json"}, check: func(t *testing.T, r result) {
+			var cl struct {
+				Leader struct{ ID string } `json:"leader"`
+				Nodes  []struct{ ID string }
+			}
+			mustJSON(t, r.stdout, &cl)
+			if cl.Leader.ID == "" || len(cl.Nodes) != 3 {
+				t.Fatalf("cluster json: %s", r.stdout)
+			}
+		}},
+		{name: "cluster remove unknown", args: []string{"cluster", "remove", "node9"}, code: exitRejected, errHas: "node9"},
+		{name: "agents list", args: []string{"agents", "list"}, want: []string{"NAME", "kvm-cli-1", "alive", "0/3", "MEMORY USED"}},
+		{name: "agents list json", args: []string{"agents", "list", "-o", "json"}, check: func(t *testing.T, r result) {
+			var a proto.AgentsResponse
+			mustJSON(t, r.stdout, &a)
+			if a.Total != 1 || a.Agents[0].Name != "kvm-cli-1" || a.Agents[0].Capacity.CPUs == 0 {
+				t.Fatalf("agents json: %s", r.stdout)
+			}
+		}},
+		{name: "agents get", args: []string{"agents", "get", "kvm-cli-1"}, want: []string{"Name:", "kvm-cli-1", "CPUs:", "Storage:", "free of", "Jobs:", "0 running of 3"}},
+		{name: "agents get unknown", args: []string{"agents", "get", "nobody"}, code: exitRejected, errHas: "agent nobody not found"},
+		{name: "unknown command", args: []string{"frobnicate"}, code: exitUsage, errHas: "unknown command"},
+		{name: "unknown subcommand", args: []string{"jobs", "frob"}, code: exitUsage, errHas: "unknown subcommand"},
+		{name: "bad output", args: []string{"jobs", "list", "-o", "yaml"}, code: exitUsage, errHas: "-o must be table or json"},
+		{name: "bad flag", args: []string{"jobs", "list", "--nope"}, code: exitUsage, errHas: "flag provided but not defined"},
+		{name: "help", args: []string{"--help"}, want: []string{"Exit codes:", "jobs", "schedules", "webhooks"}},
+		{name: "command help", args: []string{"schedules", "--help"}, want: []string{"hyperctl schedules trigger ID"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := hyperctl(t, env, tc.stdin, tc.args...)
+			if r.code != tc.code {
+				t.Fatalf("want exit %d: %s", tc.code, r)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Fatalf("stdout lacks %q: %s", w, r)
+				}
+			}
+			if tc.errHas != "" {
+				if !strings.Contains(r.stderr, tc.errHas) {
+					t.Fatalf("stderr lacks %q: %s", tc.errHas, r)
+				}
+				if strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 && tc.code != exitUsage {
+					t.Fatalf("error is not one line: %s", r)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, r)
+			}
+		})
+	}
+
+	t.Run("schedules", func(t *testing.T) { testSchedules(t, env) })
+	t.Run("webhooks", func(t *testing.T) { testWebhooks(t, env) })
+	t.Run("vms", func(t *testing.T) { testVMs(t, env) })
+	t.Run("watch", func(t *testing.T) { testWatch(t, env, nodes[0].URL()) })
+
+	t.Run("cluster remove", func(t *testing.T) {
+		leader := controller.Leader(nodes)
+		var victim *controller.Controller
+		for _, n := range nodes {
+			if n != leader {
+				victim = n
+			}
+		}
+		id := victim.Node.ID()
+		victim.Close()
+		env := map[string]string{"HYPERSDK_SERVER": leader.URL()}
+		if r := hyperctl(t, env, "", "cluster", "remove", id); r.code != 0 || !strings.Contains(r.stdout, id+" removed") {
+			t.Fatalf("remove: %s", r)
+		}
+		r := hyperctl(t, env, "", "cluster", "status")
+		if r.code != 0 || strings.Contains(r.stdout, id) {
+			t.Fatalf("%s still listed: %s", id, r)
+		}
+	})
+}
+
+func mustJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("not JSON (%v): %s", err, s)
+	}
+}
+
+func testSchedules(t *testing.T, env map[string]string) {
+	create := writeFile(t, "schedule.yaml", `
+id: nightly-web
+name: Nightly web tier
+schedule: "0 2 * * *"
+job_template:
+  vm_path: DC0/vm/web-9
+  source: {type: vsphere, vcenter_url: "https://127.0.0.1:1/sdk", username: admin, password: canary-Pa55w0rd}
+  destination: {type: kvm}
+`)
+	update := writeFile(t, "update.json", `{"name": "Renamed", "schedule": "30 3 * * *"}`)
+	steps := []struct {
+		args   []string
+		code   int
+		want   string
+		errHas string
+	}{
+		{args: []string{"schedules", "create", "-f", create}, want: "schedule nightly-web created (0 2 * * *, next run"},
+		{args: []string{"schedules", "create", "-f", create}, code: exitRejected, errHas: "HTTP 409"},
+		{args: []string{"schedules", "list"}, want: "nightly-web"},
+		{args: []string{"schedules", "get", "nightly-web"}, want: "Nightly web tier"},
+		{args: []string{"schedules", "update", "nightly-web", "-f", update}, want: "schedule nightly-web updated"},
+		{args: []string{"schedules", "get", "nightly-web"}, want: "30 3 * * *"},
+		{args: []string{"schedules", "disable", "nightly-web"}, want: "schedule nightly-web disabled"},
+		{args: []string{"schedules", "get", "nightly-web", "-o", "json"}, want: `"enabled": false`},
+		{args: []string{"schedules", "enable", "nightly-web"}, want: "schedule nightly-web enabled"},
+		{args: []string{"schedules", "trigger", "nightly-web"}, want: "triggered (run 1): 1 job(s)"},
+		{args: []string{"schedules", "stats"}, want: "1 (1 enabled, 0 disabled)"},
+		{args: []string{"schedules", "stats", "-o", "json"}, want: `"total_runs": 1`},
+		{args: []string{"schedules", "list", "-o", "json"}, want: `"password": "********"`},
+		{args: []string{"schedules", "delete", "nightly-web"}, want: "schedule nightly-web deleted"},
+		{args: []string{"schedules", "get", "nightly-web"}, code: exitRejected, errHas: "not found (HTTP 404)"},
+		{args: []string{"schedules", "create", "-f", "-"}, code: exitUsage, errHas: "stdin is empty"},
+	}
+	for _, s := range steps {
+		step(t, env, s.args, s.code, s.want, s.errHas)
+	}
+}
+
+// step runs one command of a sequence. A read is retried for a few seconds: after a
+// leader change under load it may be served by a follower that trails the write before it.
+func step(t *testing.T, env map[string]string, args []string, code int, want, errHas string) result {
+	t.Helper()
+	read := map[string]bool{"list": true, "get": true, "stats": true, "status": true}[args[1]]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := hyperctl(t, env, "", args...)
+		if r.code == code && strings.Contains(r.stdout, want) && strings.Contains(r.stderr, errHas) {
+			return r
+		}
+		if !read || time.Now().After(deadline) {
+			t.Fatalf("hyperctl %s: want exit %d, %q, %q: %s", strings.Join(args, " "), code, want, errHas, r)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval of the retry, bounded by the deadline
+	}
+}
+
+func testWebhooks(t *testing.T, env map[string]string) {
+	var mu sync.Mutex
+	var got []proto.WebhookPayload
+	var gotHeader string
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p proto.WebhookPayload
+		b, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(b, &p)
+		mu.Lock()
+		got = append(got, p)
+		gotHeader = r.Header.Get("X-Team")
+		mu.Unlock()
+	}))
+	t.Cleanup(recv.Close)
+	hookFile := writeFile(t, "hook.yaml", "url: "+recv.URL+"/file\nevents: [job.failed]\nheaders: {Authorization: Bearer s3cret-hook}\n")
+
+	steps := []struct {
+		args   []string
+		code   int
+		want   string
+		errHas string
+	}{
+		{args: []string{"webhooks", "list"}, want: "No webhooks."},
+		{args: []string{"webhooks", "add", "--url", recv.URL + "/flags", "--events", "job.completed,job.failed", "--header", "X-Team=ops"}, want: "webhook 0 added"},
+		{args: []string{"webhooks", "add", "-f", hookFile, "-o", "json"}, want: `"index": 1`},
+		{args: []string{"webhooks", "list"}, want: "job.completed,job.failed"},
+		{args: []string{"webhooks", "list", "-o", "json"}, want: `"Authorization": "********"`},
+		{args: []string{"webhooks", "add", "--url", recv.URL, "--events", "job.exploded"}, code: exitRejected, errHas: "job.exploded"},
+		{args: []string{"webhooks", "add"}, code: exitUsage, errHas: "-f FILE or --url"},
+		{args: []string{"webhooks", "test", recv.URL + "/test", "--header", "X-Team=qa"}, want: "test delivery to"},
+		{args: []string{"webhooks", "delete", "1"}, want: "webhook 1 deleted"},
+		{args: []string{"webhooks", "delete", "7"}, code: exitRejected, errHas: "HTTP 404"},
+		{args: []string{"webhooks", "delete", "x"}, code: exitUsage, errHas: "must be a number"},
+	}
+	for _, s := range steps {
+		r := step(t, env, s.args, s.code, s.want, s.errHas)
+		if strings.Contains(r.stdout, "s3cret-hook") {
+			t.Fatalf("webhook header value shown: %s", r)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) == 0 || got[0].Event != proto.EventTest || gotHeader != "qa" {
+		t.Fatalf("test delivery not received as sent: %+v header %q", got, gotHeader)
+	}
+}
+
+func testVMs(t *testing.T, env map[string]string) {
+	pwFile := writeFile(t, "pw", fleettest.CanaryPassword+"\n")
+	vc := []string{"--vcenter", "https://127.0.0.1:1/sdk", "--username", "admin"}
+
+	r := hyperctl(t, env, "", append([]string{"vms", "list"}, vc...)...)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "password is required") {
+		t.Fatalf("vms list without a password: %s", r)
+	}
+	withEnv := map[string]string{"HYPERSDK_SERVER": env["HYPERSDK_SERVER"], "HYPERSDK_VCENTER_PASSWORD": fleettest.CanaryPassword}
+	for _, args := range [][]string{
+		append([]string{"vms", "list", "--password-file", pwFile}, vc...),
+		append([]string{"vms", "info", "DC0/vm/web-1", "--password-file", pwFile}, vc...),
+		append([]string{"vms", "shutdown", "DC0/vm/web-1"}, vc...),
+		append([]string{"vms", "poweroff", "DC0/vm/web-1"}, vc...),
+		append([]string{"vms", "remove-cdrom", "DC0/vm/web-1"}, vc...),
+	} {
+		r := hyperctl(t, withEnv, "", args...)
+		// The controller cannot reach the vCenter at 127.0.0.1:1 (or has no VM API yet):
+		// either way a one-line error without the password (hyperctl() checks that).
+		if r.code == 0 || r.stderr == "" || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Fatalf("hyperctl %s: %s", strings.Join(args, " "), r)
+		}
+		if strings.Contains(r.stderr, "no route for") && !strings.Contains(r.stderr, "has no VM discovery API yet") {
+			t.Fatalf("missing VM API not explained: %s", r)
+		}
+	}
+}
+
+func testWatch(t *testing.T, env map[string]string, leaderURL string) {
+	// The jobs submitted earlier would be leased first.
+	if r := hyperctl(t, env, "", "jobs", "cancel", "--status", "pending"); r.code != 0 {
+		t.Fatalf("cancel pending: %s", r)
+	}
+	agent := fleettest.NewAgent("kvm-cli-1", leaderURL)
+	cases := []struct {
+		name  string
+		vm    string
+		drive func(l *proto.Lease)
+		code  int
+		want  []string
+	}{
+		{name: "completed", vm: "DC0/vm/watch-ok", code: 0, want: []string{"conversion", "[###", "completed in", "on kvm-cli-1", "(domain watch-ok)"},
+			drive: func(l *proto.Lease) {
+				agent.Progress(t, l, proto.Progress{Stage: proto.StageConversion, PercentComplete: 30, CurrentBytes: 3 << 30, TotalBytes: 10 << 30, BytesPerSecond: 200 << 20})
+				agent.Progress(t, l, proto.Progress{Stage: proto.StageConversion, PercentComplete: 70, CurrentBytes: 7 << 30, TotalBytes: 10 << 30, BytesPerSecond: 210 << 20})
+				agent.Complete(t, l, &proto.JobResult{DomainName: "watch-ok"})
+			}},
+		{name: "failed", vm: "DC0/vm/watch-fail", code: exitJobFailed, want: []string{"job "},
+			drive: func(l *proto.Lease) {
+				agent.Progress(t, l, proto.Progress{Stage: proto.StageConnecting, PercentComplete: 1})
+				agent.Fail(t, l, "vCenter refused the login")
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			def := fleettest.JobBody(tc.vm)
+			def.Options.MaxAttempts = 1
+			b, _ := json.Marshal(def)
+			sub := hyperctl(t, env, string(b), "jobs", "submit", "-f", "-", "-o", "json")
+			var s proto.SubmitResponse
+			mustJSON(t, sub.stdout, &s)
+			done := make(chan result, 1)
+			go func() { done <- hyperctl(t, env, "", "jobs", "watch", s.JobID) }()
+			l := agent.Lease(t, 10*time.Second)
+			if l.JobID != s.JobID {
+				t.Fatalf("leased %s, want %s", l.JobID, s.JobID)
+			}
+			tc.drive(l)
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("watch did not end")
+			}
+			if r.code != tc.code {
+				t.Fatalf("want exit %d: %s", tc.code, r)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Fatalf("watch output lacks %q: %s", w, r)
+				}
+			}
+			if tc.code != 0 && !strings.Contains(r.stderr, "vCenter refused the login") {
+				t.Fatalf("failure reason not shown: %s", r)
+			}
+		})
+	}
+}
+
+// TestWatchFallsBackToPolling fills the only WebSocket slot of a controller, so hyperctl
+// is refused /ws (503) and must follow the job by polling.
+func TestWatchFallsBackToPolling(t *testing.T) {
+	cfg := controller.TestConfig(t, "solo", t.TempDir())
+	cfg.WebSocket.MaxClients = 1
+	c, err := controller.New(cfg, controller.TestLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	controller.WaitFor(t, 10*time.Second, "leader", c.Node.IsLeader)
+	hog, _, err := websocket.DefaultDialer.Dial("ws://"+c.APIAddr()+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hog.Close() })
+
+	env := map[string]string{"HYPERSDK_SERVER": c.URL()}
+	sub := hyperctl(t, env, jobJSON("DC0/vm/poll"), "jobs", "submit", "-f", "-", "-o", "json")
+	var s proto.SubmitResponse
+	mustJSON(t, sub.stdout, &s)
+	done := make(chan result, 1)
+	go func() { done <- hyperctl(t, env, "", "jobs", "watch", s.JobID, "--poll", "100ms", "-o", "json") }()
+	agent := fleettest.NewAgent("kvm-poll", c.URL())
+	l := agent.Lease(t, 10*time.Second)
+	agent.Progress(t, l, proto.Progress{Stage: proto.StageConversion, PercentComplete: 50})
+	agent.Complete(t, l, nil)
+	r := <-done
+	if r.code != 0 || !strings.Contains(r.stderr, "polling every 100ms") {
+		t.Fatalf("polling watch: %s", r)
+	}
+	var j proto.Job
+	mustJSON(t, r.stdout, &j)
+	if j.Status != proto.StatusCompleted {
+		t.Fatalf("final state: %s", r.stdout)
+	}
+}
+
+// TestUnreachable: no controller answers, the error is one line and exit 3.
+func TestUnreachable(t *testing.T) {
+	a, b := freeAddr(t), freeAddr(t)
+	cases := []struct {
+		server string
+		want   string
+	}{
+		{server: "http://" + a, want: "hyperctl: cannot reach http://" + a + " (connection refused)\n"},
+		{server: a + "," + b, want: "hyperctl: cannot reach any of http://" + a + ", http://" + b + " (connection refused)\n"},
+	}
+	for _, tc := range cases {
+		for _, args := range [][]string{{"jobs", "list"}, {"jobs", "cancel", "x"}, {"cluster", "status"}, {"version"}} {
+			r := hyperctl(t, map[string]string{"HYPERSDK_SERVER": tc.server}, "", args...)
+			if r.code != exitUnavailable || r.stderr != tc.want {
+				t.Fatalf("%v via %s: want exit 3 and %q: %s", args, tc.server, tc.want, r)
+			}
+		}
+	}
+	// --server beats the environment.
+	r := hyperctl(t, map[string]string{"HYPERSDK_SERVER": "http://" + b}, "", "--server", "http://"+a, "agents", "list")
+	if !strings.Contains(r.stderr, a) || strings.Contains(r.stderr, b) {
+		t.Fatalf("--server ignored: %s", r)
+	}
+}
+
+// TestTokenNotShown: the token from the environment never appears in help output.
+func TestTokenNotShown(t *testing.T) {
+	r := hyperctl(t, map[string]string{"HYPERSDK_TOKEN": "tok-secret-123"}, "", "jobs", "list", "--help")
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "tok-secret-123") {
+		t.Fatalf("help shows the token: %s", r)
+	}
+}

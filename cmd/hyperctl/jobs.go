@@ -1,0 +1,317 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+func init() {
+	var (
+		file          string
+		watchAfter    bool
+		status, vm    string
+		agent         string
+		limit         int
+		pollInterval  time.Duration
+		watchInterval = &pollInterval
+	)
+	register("jobs", "submit", &command{
+		usage: "-f FILE|- [--watch]",
+		help:  "submit one job, a list of jobs, or several YAML documents (JSON or YAML)",
+		flags: func(_ *app, fs *flag.FlagSet) {
+			fs.StringVar(&file, "f", "", "job definition file, JSON or YAML (- reads stdin)")
+			fs.BoolVar(&watchAfter, "watch", false, "watch the job until it ends (one job only)")
+			fs.DurationVar(watchInterval, "poll", time.Second, "poll interval when /ws is unavailable")
+		},
+		run: func(a *app, args []string) error { return a.jobsSubmit(args, file, watchAfter, pollInterval) },
+	})
+	register("jobs", "list", &command{
+		usage: "[--status S[,S]] [--limit N] [--vm PATH] [--agent NAME]",
+		help:  "list jobs, newest first",
+		flags: func(_ *app, fs *flag.FlagSet) {
+			fs.StringVar(&status, "status", "", "only jobs in these states: pending,running,completed,failed,cancelled")
+			fs.IntVar(&limit, "limit", 50, "at most N jobs (1-1000)")
+			fs.StringVar(&vm, "vm", "", "only jobs of this VM path")
+			fs.StringVar(&agent, "agent", "", "only jobs of this agent")
+		},
+		run: func(a *app, args []string) error { return a.jobsList(args, status, limit, vm, agent) },
+	})
+	register("jobs", "get", &command{
+		usage: "ID",
+		help:  "show one job",
+		run:   (*app).jobsGet,
+	})
+	var cancelStatus string
+	register("jobs", "cancel", &command{
+		usage: "ID... | --status pending|running",
+		help:  "cancel jobs (pending ones at once, running ones through their agent)",
+		flags: func(_ *app, fs *flag.FlagSet) {
+			fs.StringVar(&cancelStatus, "status", "", "cancel every job in this state: pending or running")
+		},
+		run: func(a *app, args []string) error { return a.jobsCancel(args, cancelStatus) },
+	})
+	register("jobs", "watch", &command{
+		usage: "ID",
+		help:  "follow a job with a live progress bar until it ends; exit 0 if it completed, 4 otherwise",
+		flags: func(_ *app, fs *flag.FlagSet) {
+			fs.DurationVar(watchInterval, "poll", time.Second, "poll interval when /ws is unavailable")
+		},
+		run: func(a *app, args []string) error {
+			if err := needArgs(args, 1, "one job ID"); err != nil {
+				return err
+			}
+			return a.watch(args[0], pollInterval)
+		},
+	})
+}
+
+func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.Duration) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
+	}
+	docs, err := a.readDocuments(file)
+	if err != nil {
+		return err
+	}
+	if watchAfter && len(docs) != 1 {
+		return usagef("--watch follows one job; %s holds %d", file, len(docs))
+	}
+	var results []proto.SubmitResponse
+	for i, d := range docs {
+		res, err := a.client.SubmitJobJSON(a.ctx, d)
+		if err != nil {
+			if len(docs) > 1 {
+				a.reportPartial(results)
+				return fmt.Errorf("job %d of %d: %w", i+1, len(docs), err)
+			}
+			return err
+		}
+		results = append(results, res)
+		if !a.jsonOut() {
+			fmt.Fprintf(a.stdout, "job %s submitted\n", res.JobID)
+		}
+	}
+	if a.jsonOut() && !watchAfter {
+		if len(results) == 1 {
+			return a.printJSON(results[0])
+		}
+		return a.printJSON(results)
+	}
+	if watchAfter {
+		return a.watch(results[0].JobID, poll)
+	}
+	return nil
+}
+
+// reportPartial tells which jobs of a list were submitted before one failed.
+func (a *app) reportPartial(done []proto.SubmitResponse) {
+	if a.jsonOut() && len(done) > 0 {
+		_ = a.printJSON(done)
+	}
+}
+
+func parseStatuses(s string) (proto.StatusList, error) {
+	var out proto.StatusList
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(strings.ToLower(p))
+		if p == "" {
+			continue
+		}
+		st := proto.JobStatus(p)
+		if !st.Valid() {
+			return nil, usagef("--status %q is not one of pending, running, completed, failed, cancelled", p)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (a *app) jobsList(args []string, status string, limit int, vm, agent string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	if limit < 1 || limit > proto.MaxQueryLimit {
+		return usagef("--limit must be between 1 and %d", proto.MaxQueryLimit)
+	}
+	st, err := parseStatuses(status)
+	if err != nil {
+		return err
+	}
+	q := proto.QueryRequest{Status: st, Limit: limit, VMPath: vm, Agent: agent}
+	if len(st) == 0 && vm == "" && agent == "" {
+		q.All = true
+	}
+	res, err := a.client.QueryJobs(a.ctx, q)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(res)
+	}
+	if len(res.Jobs) == 0 {
+		fmt.Fprintln(a.stdout, "No jobs.")
+		return nil
+	}
+	t := a.table("ID", "VM", "STATUS", "STAGE", "PROGRESS", "RATE", "AGENT", "SUBMITTED")
+	for _, j := range res.Jobs {
+		t.row(j.Definition.ID, truncate(j.Definition.VMPath, 48), j.Status, stageOf(j), percent(j.Progress.PercentComplete),
+			humanRate(j.Progress.BytesPerSecond), j.Agent, ago(j.SubmittedAt))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if res.Total > len(res.Jobs) {
+		fmt.Fprintf(a.stdout, "%d of %d jobs shown (--limit)\n", len(res.Jobs), res.Total)
+	}
+	return nil
+}
+
+func stageOf(j proto.Job) string {
+	if j.Status == proto.StatusPending {
+		return "queued"
+	}
+	return j.Progress.Stage
+}
+
+func (a *app) jobsGet(args []string) error {
+	if err := needArgs(args, 1, "one job ID"); err != nil {
+		return err
+	}
+	j, err := a.client.Job(a.ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(j)
+	}
+	return printJob(a, j)
+}
+
+func printJob(a *app, j proto.Job) error {
+	d := j.Definition
+	src := fmt.Sprintf("%s %s (user %s", d.Source.Type, d.Source.VCenterURL, d.Source.Username)
+	if d.Source.Datacenter != "" {
+		src += ", datacenter " + d.Source.Datacenter
+	}
+	src += ")"
+	dst := d.Destination.Type
+	if d.Destination.LibvirtURI != "" {
+		dst += " " + d.Destination.LibvirtURI
+	}
+	status := string(j.Status)
+	if j.Attempt > 0 {
+		status += fmt.Sprintf(" (attempt %d of %d)", j.Attempt, max(d.Options.MaxAttempts, j.Attempt))
+	}
+	if j.CancelRequested && !j.Status.Terminal() {
+		status += ", cancel requested"
+	}
+	p := j.Progress
+	progress := ""
+	if j.Status != proto.StatusPending {
+		progress = fmt.Sprintf("%s %s", stageOf(j), percent(p.PercentComplete))
+		if p.TotalBytes > 0 {
+			progress += fmt.Sprintf("  %s / %s", humanBytes(p.CurrentBytes), humanBytes(p.TotalBytes))
+		}
+		if r := humanRate(p.BytesPerSecond); r != "" {
+			progress += "  " + r
+		}
+		if p.ETASeconds > 0 && !j.Status.Terminal() {
+			progress += "  ETA " + humanDuration(time.Duration(p.ETASeconds*float64(time.Second)))
+		}
+		if p.Message != "" {
+			progress += "  (" + p.Message + ")"
+		}
+	}
+	var errText, result string
+	if j.Error != nil {
+		errText = *j.Error
+	}
+	if r := j.Result; r != nil {
+		result = strings.TrimSpace(fmt.Sprintf("domain %s %s", r.DomainName, r.DomainUUID))
+		if len(r.Disks) > 0 {
+			result += "; disks " + strings.Join(r.Disks, ", ")
+		}
+	}
+	opts := describeOptions(d.Options)
+	return fields(a.stdout,
+		"ID", d.ID,
+		"Name", d.Name,
+		"VM", d.VMPath,
+		"Source", src,
+		"Destination", dst,
+		"Options", opts,
+		"Schedule", d.ScheduleID,
+		"Status", status,
+		"Pending because", j.PendingReason,
+		"Agent", j.Agent,
+		"Progress", progress,
+		"Submitted", stamp(&j.SubmittedAt),
+		"Started", stamp(j.StartedAt),
+		"Finished", stamp(j.CompletedAt),
+		"Error", errText,
+		"Warnings", strings.Join(j.Warnings, "; "),
+		"Result", result,
+	)
+}
+
+func describeOptions(o proto.Options) string {
+	var parts []string
+	add := func(k, v string) {
+		if v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	add("method", o.ConversionMethod)
+	add("format", o.OutputFormat)
+	add("disk_bus", o.DiskBus)
+	add("target_agent", o.TargetAgent)
+	for k, v := range map[string]bool{"shutdown": o.Shutdown, "power_off": o.PowerOff, "remove_cdrom": o.RemoveCDROM,
+		"guest_conversion": o.GuestConversion, "start_after": o.StartAfter} {
+		if v {
+			parts = append(parts, k)
+		}
+	}
+	for k, v := range o.NetworkMapping {
+		parts = append(parts, fmt.Sprintf("net %q→%s", k, v))
+	}
+	// Map order is random; keep the output stable for people diffing it.
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func (a *app) jobsCancel(args []string, status string) error {
+	if len(args) == 0 && status == "" {
+		return usagef("expected one or more job IDs, or --status pending|running")
+	}
+	req := proto.CancelRequest{JobIDs: args}
+	if status != "" {
+		st := proto.JobStatus(strings.ToLower(status))
+		if st != proto.StatusPending && st != proto.StatusRunning {
+			return usagef("--status must be pending or running")
+		}
+		req.Status = st
+	}
+	res, err := a.client.CancelJobs(a.ctx, req)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(res)
+	}
+	fmt.Fprintf(a.stdout, "%d job(s) cancelled\n", res.Count)
+	if len(res.Skipped) > 0 {
+		fmt.Fprintf(a.stdout, "already finished: %s\n", strings.Join(res.Skipped, " "))
+	}
+	if len(res.NotFound) > 0 {
+		fmt.Fprintf(a.stdout, "not found: %s\n", strings.Join(res.NotFound, " "))
+	}
+	return nil
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

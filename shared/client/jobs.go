@@ -1,0 +1,52 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// Health calls GET /health.
+func (c *Client) Health(ctx context.Context) (proto.HealthResponse, error) {
+	var out proto.HealthResponse
+	return out, c.get(ctx, "/health", nil, &out)
+}
+
+// Status calls GET /status.
+func (c *Client) Status(ctx context.Context) (proto.StatusResponse, error) {
+	var out proto.StatusResponse
+	return out, c.get(ctx, "/status", nil, &out)
+}
+
+// SubmitJob submits a job definition.
+func (c *Client) SubmitJob(ctx context.Context, def proto.JobDefinition) (proto.SubmitResponse, error) {
+	var out proto.SubmitResponse
+	return out, c.post(ctx, "/jobs/submit", def, &out)
+}
+
+// SubmitJobJSON submits a job definition given as JSON, sent as is: the controller
+// validates it (unknown fields are named in its error).
+func (c *Client) SubmitJobJSON(ctx context.Context, def json.RawMessage) (proto.SubmitResponse, error) {
+	var out proto.SubmitResponse
+	return out, c.post(ctx, "/jobs/submit", def, &out)
+}
+
+// QueryJobs calls POST /jobs/query. It is a read: it may go to another controller after
+// a transport error.
+func (c *Client) QueryJobs(ctx context.Context, q proto.QueryRequest) (proto.QueryResponse, error) {
+	var out proto.QueryResponse
+	return out, c.call(ctx, request{method: "POST", path: "/jobs/query", idempotent: true}, q, &out)
+}
+
+// Job calls GET /jobs/{id}.
+func (c *Client) Job(ctx context.Context, id string) (proto.Job, error) {
+	var out proto.Job
+	return out, c.get(ctx, "/jobs/"+pathEscape(id), nil, &out)
+}
+
+// CancelJobs calls POST /jobs/cancel.
+func (c *Client) CancelJobs(ctx context.Context, req proto.CancelRequest) (proto.CancelResponse, error) {
+	var out proto.CancelResponse
+	return out, c.post(ctx, "/jobs/cancel", req, &out)
+}

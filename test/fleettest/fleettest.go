@@ -1,0 +1,158 @@
+// Package fleettest plays the agent's side of the protocol for tests of what operators
+// see (hyperctl, the dashboard, the Grafana dashboard): a real gossip member advertising
+// host capacity, and the real agent API (lease, progress, complete, fail) spoken the way
+// agent/worker speaks it, so a test decides when a job moves.
+package fleettest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/hypersdk/hypersdk/agent/capacity"
+	"github.com/hypersdk/hypersdk/agent/membership"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/gossip/gossiptest"
+)
+
+// StartMember joins the gossip pool at join as agent name, advertising this host's real
+// capacity (its storage dir is a temp dir) and maxJobs slots. It leaves when the test ends.
+func StartMember(t testing.TB, name string, maxJobs int, join ...string) *membership.Membership {
+	t.Helper()
+	m, err := membership.Start(context.Background(), membership.Config{
+		Gossip:  gossiptest.Config(proto.RoleAgent, name),
+		Name:    name,
+		APIAddr: "127.0.0.1:1",
+		Version: "fleettest",
+		MaxJobs: maxJobs,
+		Join:    join,
+		// The test moves the job count itself; re-measuring adds nothing.
+		RefreshInterval: time.Hour,
+		Prober:          capacity.New(capacity.Config{StorageDir: t.TempDir(), LibvirtURI: "test:///default"}),
+		Logger:          gossiptest.Logger(),
+	})
+	if err != nil {
+		t.Fatalf("agent %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := m.WaitJoined(ctx); err != nil {
+		t.Fatalf("agent %s: %v", name, err)
+	}
+	return m
+}
+
+// Agent speaks the agent API to a controller (any node: followers forward to the leader).
+type Agent struct {
+	Name string
+	// URL is a controller's base URL.
+	URL string
+	// Token is the join token, if the controller wants one.
+	Token string
+	hc    *http.Client
+}
+
+// NewAgent returns an agent API client for name.
+func NewAgent(name, url string) *Agent {
+	return &Agent{Name: name, URL: url, hc: &http.Client{Timeout: 30 * time.Second}}
+}
+
+func (a *Agent) post(path string, in, out any) (int, error) {
+	b, _ := json.Marshal(in)
+	req, err := http.NewRequest(http.MethodPost, a.URL+path, bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if a.Token != "" {
+		req.Header.Set(proto.AgentTokenHeader, a.Token)
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return resp.StatusCode, fmt.Errorf("%s: %d %s", path, resp.StatusCode, bytes.TrimSpace(body))
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return resp.StatusCode, err
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// Lease long-polls until the controller grants a job (failing the test after timeout).
+func (a *Agent) Lease(t testing.TB, timeout time.Duration) *proto.Lease {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var res proto.LeaseResponse
+		_, err := a.post("/agent/v1/lease", proto.LeaseRequest{
+			Agent: a.Name, MaxJobs: 4, WaitSeconds: 2,
+			Capacity:     proto.AgentCapacity{CPUs: 4, MemoryTotalBytes: 16 << 30, MemoryFreeBytes: 8 << 30, StorageFreeBytes: 500 << 30},
+			Capabilities: proto.AgentCapabilities{QemuImg: true, Nbdkit: true, Methods: []string{"https", "nfc"}},
+		}, &res)
+		if err == nil && res.Lease != nil {
+			return res.Lease
+		}
+	}
+	t.Fatalf("agent %s got no lease within %s", a.Name, timeout)
+	return nil
+}
+
+// Progress reports progress, retrying while the controller throttles it (at most one
+// progress write per job per second), so the state holds p when it returns.
+func (a *Agent) Progress(t testing.TB, l *proto.Lease, p proto.Progress) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var res proto.ReportResponse
+		_, err := a.post("/agent/v1/progress", proto.ProgressRequest{LeaseToken: l.LeaseToken, Agent: a.Name, Progress: p}, &res)
+		if err == nil && !res.Throttled {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("progress of %s not recorded: %v (throttled %v)", l.JobID, err, res.Throttled)
+		}
+		<-tick.C
+	}
+}
+
+// Complete reports success.
+func (a *Agent) Complete(t testing.TB, l *proto.Lease, result *proto.JobResult) {
+	t.Helper()
+	if _, err := a.post("/agent/v1/complete", proto.CompleteRequest{LeaseToken: l.LeaseToken, Agent: a.Name, Result: result}, nil); err != nil {
+		t.Fatalf("complete %s: %v", l.JobID, err)
+	}
+}
+
+// Fail reports a failed attempt that must not be retried.
+func (a *Agent) Fail(t testing.TB, l *proto.Lease, msg string) {
+	t.Helper()
+	if _, err := a.post("/agent/v1/fail", proto.FailRequest{LeaseToken: l.LeaseToken, Agent: a.Name, Error: msg}, nil); err != nil {
+		t.Fatalf("fail %s: %v", l.JobID, err)
+	}
+}
+
+// JobBody is a valid job definition; the password is a canary tests look for in output.
+func JobBody(vmPath string) proto.JobDefinition {
+	return proto.JobDefinition{
+		VMPath:      vmPath,
+		Source:      proto.Source{Type: "vsphere", VCenterURL: "https://127.0.0.1:1/sdk", Username: "admin", Password: CanaryPassword},
+		Destination: proto.Destination{Type: "kvm", LibvirtURI: "test:///default"},
+	}
+}
+
+// CanaryPassword must never appear in anything shown to a user.
+const CanaryPassword = "canary-Pa55w0rd"
