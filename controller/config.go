@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/hypersdk/hypersdk/controller/api"
 )
 
 // Config is the controller's configuration: the API document's YAML shape (database,
@@ -19,6 +21,7 @@ type Config struct {
 	Database DatabaseConfig  `yaml:"database"`
 	Metrics  MetricsConfig   `yaml:"metrics"`
 	API      APIConfig       `yaml:"api"`
+	Auth     AuthConfig      `yaml:"auth"`
 	Cluster  ClusterConfig   `yaml:"cluster"`
 	Gossip   GossipConfig    `yaml:"gossip"`
 	Agents   AgentsConfig    `yaml:"agents"`
@@ -46,9 +49,29 @@ type MetricsConfig struct {
 
 // APIConfig is the HTTP API listener.
 type APIConfig struct {
-	Addr         string `yaml:"addr"`
-	Advertise    string `yaml:"advertise"`
-	MaxBodyBytes int64  `yaml:"max_body_bytes"`
+	Addr         string        `yaml:"addr"`
+	Advertise    string        `yaml:"advertise"`
+	MaxBodyBytes int64         `yaml:"max_body_bytes"`
+	TLS          TLSConfig     `yaml:"tls"`
+	RateLimit    api.RateLimit `yaml:"rate_limit"`
+}
+
+// TLSConfig serves the API over TLS when CertFile and KeyFile are set; CAFile verifies
+// peer controllers (forwarding, joins) and defaults to the system roots.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	CAFile   string `yaml:"ca_file"`
+}
+
+// Enabled reports whether the API is served over TLS.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// AuthConfig lists the API tokens. With none, the controller refuses to listen on a
+// non-loopback address unless InsecureNoAuth is set.
+type AuthConfig struct {
+	Tokens         []api.Token `yaml:"tokens"`
+	InsecureNoAuth bool        `yaml:"insecure_no_auth"`
 }
 
 // ClusterConfig is raft membership.
@@ -104,7 +127,8 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Database: DatabaseConfig{Path: defaultDataDir()},
-		API:      APIConfig{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20},
+		API: APIConfig{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20,
+			RateLimit: api.RateLimit{RequestsPerSecond: 1000, Burst: 2000}},
 		Cluster:  ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
 		Gossip:   GossipConfig{Addr: "127.0.0.1:7946"},
 		Agents:   AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8},

@@ -6,6 +6,8 @@ package controller
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/controller/cluster"
+	"github.com/hypersdk/hypersdk/controller/fleet"
 	"github.com/hypersdk/hypersdk/controller/lease"
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/schedule"
@@ -27,6 +30,8 @@ import (
 	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/controller/ws"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/gossip"
+	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 // Controller is a running controller node.
@@ -38,12 +43,19 @@ type Controller struct {
 	API     *api.Server
 	Metrics *metrics.Metrics
 	Leases  *lease.Manager
+	Gossip  *gossip.Node
+	Fleet   *fleet.Fleet
 
 	ln      net.Listener
 	apiAddr string
 	http    *http.Server
 
 	savedControllers []byte
+
+	scheme     string      // http or https
+	peerTLS    *tls.Config // verifies peer controllers
+	peerClient *http.Client
+	peerToken  string // admin token used on calls to peer controllers (join)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -88,8 +100,12 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		}
 	}
 
-	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr}
+	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr, scheme: "http"}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if err := c.setupSecurity(ln); err != nil {
+		ln.Close()
+		return nil, err
+	}
 
 	ccfg := cluster.DefaultConfig()
 	if cfg.Cluster.Fast {
@@ -113,14 +129,32 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	} else {
 		c.Metrics = metrics.New(nil)
 	}
-	c.API = api.New(api.Config{
+	c.API, err = api.New(api.Config{
 		NodeID: nodeID, MaxBodyBytes: cfg.API.MaxBodyBytes, LeaderWait: cfg.Cluster.LeaderWait,
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
+		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit,
+		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS,
 	}, c.State, c.Node, c.Metrics)
+	if err != nil {
+		c.Node.Close()
+		ln.Close()
+		return nil, err
+	}
 
-	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Logger: log}, c.State, c.Node, nil)
+	if err := c.startGossip(); err != nil {
+		c.Node.Close()
+		ln.Close()
+		return nil, err
+	}
+	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Logger: log}, c.State, c.Node, c.Fleet)
 	c.Node.OnLeadership(c.Leases.Run)
-	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, JoinToken: cfg.Agents.JoinToken, PerVCenterLimit: cfg.Agents.PerVCenterLimit})
+	c.Fleet.OnDead(func(name string) {
+		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))
+	})
+	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken, PerVCenterLimit: cfg.Agents.PerVCenterLimit})
+	if cfg.MetricsEnabled() {
+		c.Metrics.Registry.MustRegister(c.Fleet)
+	}
 
 	c.wireEvents(log)
 
@@ -128,7 +162,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := c.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := c.http.Serve(c.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("api server stopped", "err", err)
 		}
 	}()
@@ -153,7 +187,45 @@ func (c *Controller) goLoop(fn func(context.Context)) {
 func (c *Controller) APIAddr() string { return c.apiAddr }
 
 // URL is the API base URL.
-func (c *Controller) URL() string { return "http://" + c.apiAddr }
+func (c *Controller) URL() string { return c.scheme + "://" + c.apiAddr }
+
+// startGossip joins the memberlist pool shared with agents (controllers are members so
+// agents can join through any of them) and builds the fleet view from it.
+func (c *Controller) startGossip() error {
+	gc := gossip.DefaultConfig()
+	gc.BindAddr = c.cfg.Gossip.Addr
+	gc.AdvertiseAddr = c.cfg.Gossip.Advertise
+	gc.Label = c.cfg.Gossip.Label
+	if c.cfg.Cluster.Fast {
+		gc.Profile = gossip.ProfileFast
+	}
+	if c.cfg.Gossip.Key != "" {
+		key, err := gossip.ParseSecretKey(c.cfg.Gossip.Key)
+		if err != nil {
+			return err
+		}
+		gc.SecretKey = key
+	}
+	gc.Meta = proto.NodeMeta{Role: proto.RoleController, Name: c.Node.ID(), APIAddr: c.apiAddr, Version: version.Version}
+	gc.Logger = c.log
+	node, err := gossip.New(gc)
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", c.cfg.Gossip.Addr, err)
+	}
+	c.Gossip = node
+	c.Fleet = fleet.New(node, fleet.Config{Logger: c.log})
+	if len(c.cfg.Gossip.Join) > 0 {
+		c.goLoop(func(ctx context.Context) {
+			if _, err := node.Join(ctx, c.cfg.Gossip.Join); err != nil && ctx.Err() == nil {
+				c.log.Warn("gossip join gave up", "err", err)
+			}
+		})
+	}
+	return nil
+}
+
+// GossipAddr is where agents join the pool through this controller.
+func (c *Controller) GossipAddr() string { return c.Gossip.Addr() }
 
 // Close stops serving and leaves raft running no more. It does not leave the cluster.
 func (c *Controller) Close() error {
@@ -165,6 +237,9 @@ func (c *Controller) Close() error {
 		_ = c.http.Shutdown(ctx)
 		err = c.Node.Close()
 		c.wg.Wait()
+		c.Fleet.Close()
+		_ = c.Gossip.Leave(time.Second)
+		_ = c.Gossip.Shutdown()
 	})
 	return err
 }
@@ -202,7 +277,7 @@ func (c *Controller) joinLoop(ctx context.Context) {
 	backoff := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		for _, addr := range c.cfg.Cluster.Join {
-			if err := postJSON(ctx, addr, "/cluster/join", req); err != nil {
+			if err := c.postJSON(ctx, addr, "/cluster/join", req); err != nil {
 				if attempt%10 == 0 {
 					c.log.Warn("join attempt failed; retrying", "via", addr, "err", err)
 				}
@@ -261,7 +336,7 @@ func (c *Controller) registrationLoop(ctx context.Context) {
 			targets = append(targets, c.cfg.Cluster.Join...)
 		}
 		for _, addr := range targets {
-			err := postJSON(ctx, addr, "/cluster/join", api.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
+			err := c.postJSON(ctx, addr, "/cluster/join", api.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
 			if err == nil {
 				break
 			}
@@ -270,20 +345,22 @@ func (c *Controller) registrationLoop(ctx context.Context) {
 	}
 }
 
-var joinClient = &http.Client{Timeout: 10 * time.Second}
-
-func postJSON(ctx context.Context, addr, path string, v any) error {
+// postJSON calls a peer controller with this node's scheme, trust and peer token.
+func (c *Controller) postJSON(ctx context.Context, addr, path string, v any) error {
 	b, _ := json.Marshal(v)
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		base = c.scheme + "://" + base
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+path, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := joinClient.Do(req)
+	if c.peerToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.peerToken)
+	}
+	resp, err := c.peerClient.Do(req)
 	if err != nil {
 		return err
 	}
@@ -293,6 +370,47 @@ func postJSON(ctx context.Context, addr, path string, v any) error {
 		_ = json.NewDecoder(resp.Body).Decode(&e)
 		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, e.Error)
 	}
+	return nil
+}
+
+// setupSecurity applies the auth and TLS configuration: it refuses to serve a
+// non-loopback address without tokens (unless told to), wraps the listener in TLS, and
+// prepares the client used to reach peer controllers.
+func (c *Controller) setupSecurity(ln net.Listener) error {
+	cfg := c.cfg
+	if len(cfg.Auth.Tokens) == 0 && !cfg.Auth.InsecureNoAuth {
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+			return fmt.Errorf("refusing to serve the API on %s without authentication: configure auth.tokens, "+
+				"or listen on a loopback address, or pass --insecure-no-auth", ln.Addr())
+		}
+	}
+	for _, t := range cfg.Auth.Tokens {
+		if t.Role == api.RoleAdmin && t.Token != "" {
+			c.peerToken = t.Token
+			break
+		}
+	}
+	c.peerTLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.API.TLS.CAFile != "" {
+		pem, err := os.ReadFile(cfg.API.TLS.CAFile)
+		if err != nil {
+			return fmt.Errorf("api.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("api.tls.ca_file %s holds no PEM certificate", cfg.API.TLS.CAFile)
+		}
+		c.peerTLS.RootCAs = pool
+	}
+	if cfg.API.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.API.TLS.CertFile, cfg.API.TLS.KeyFile)
+		if err != nil {
+			return fmt.Errorf("api.tls: %w", err)
+		}
+		c.ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+		c.scheme = "https"
+	}
+	c.peerClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c.peerTLS}}
 	return nil
 }
 

@@ -37,6 +37,7 @@ func run(args []string) error {
 		bootstrap   = fs.Bool("bootstrap", false, "form a new cluster when this node has no state")
 		join        = fs.String("join", "", "comma-separated API addresses of existing controllers to join")
 		fastRaft    = fs.Bool("fast-raft", false, "short raft timers (tests and single-machine demos)")
+		noAuth      = fs.Bool("insecure-no-auth", false, "serve a non-loopback address without API tokens (unsafe)")
 		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
 		logFormat   = fs.String("log-format", "", "text|json")
 		showVersion = fs.Bool("version", false, "print the version and exit")
@@ -77,6 +78,9 @@ func run(args []string) error {
 	}
 	if *fastRaft {
 		cfg.Cluster.Fast = true
+	}
+	if *noAuth {
+		cfg.Auth.InsecureNoAuth = true
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {

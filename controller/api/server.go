@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -46,6 +45,10 @@ type Config struct {
 	ForwardTLS *tls.Config
 	// DisableMetrics removes /metrics (metrics.enabled: false).
 	DisableMetrics bool
+	// Tokens are the API bearer tokens (none: no authentication).
+	Tokens []Token
+	// RateLimit bounds requests per client.
+	RateLimit RateLimit
 	Logger         *slog.Logger
 }
 
@@ -76,6 +79,8 @@ type Server struct {
 	metrics *metrics.Metrics
 	fleet   Fleet
 	agents  AgentsConfig
+	auth    *Auth
+	limiter *limiter
 	router  *mux.Router
 	client  *http.Client
 	started time.Time
@@ -83,10 +88,14 @@ type Server struct {
 	newID   func() string
 }
 
-// New builds the API server and its routes.
-func New(cfg Config, st *state.State, node *cluster.Node, m *metrics.Metrics) *Server {
+// New builds the API server and its routes. It fails only on an invalid token list.
+func New(cfg Config, st *state.State, node *cluster.Node, m *metrics.Metrics) (*Server, error) {
 	cfg.fill()
-	s := &Server{
+	auth, err := NewAuth(cfg.Tokens)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{auth: auth, limiter: newLimiter(cfg.RateLimit),
 		cfg: cfg, log: cfg.Logger.With("component", "api"), st: st, node: node, metrics: m,
 		router: mux.NewRouter(), started: time.Now(), now: func() time.Time { return time.Now().UTC() },
 		newID: newUUID,
@@ -101,7 +110,7 @@ func New(cfg Config, st *state.State, node *cluster.Node, m *metrics.Metrics) *S
 		},
 	}
 	s.routes()
-	return s
+	return s, nil
 }
 
 // SetFleet wires the agent view (worker slots in /status).
@@ -115,7 +124,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 func (s *Server) routes() {
 	r := s.router
-	r.Use(s.recoverMiddleware, s.instrument)
+	r.Use(s.recoverMiddleware, s.instrument, s.authMiddleware, s.rateLimitMiddleware)
 	r.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/status", s.handleStatus).Methods(http.MethodGet)
 	r.HandleFunc("/jobs/submit", s.handleSubmit).Methods(http.MethodPost)
@@ -243,68 +252,8 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 	return b, true
 }
 
-// decodeStrict decodes exactly one JSON value with no unknown fields. allowEmpty makes an
-// empty body decode as the zero value.
-func decodeStrict(b []byte, v any, allowEmpty bool) error {
-	if len(bytes.TrimSpace(b)) == 0 {
-		if allowEmpty {
-			return nil
-		}
-		return errors.New("request body is empty: send a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return describeJSONError(err)
-	}
-	if dec.More() {
-		return errors.New("request body has data after the JSON object")
-	}
-	var extra json.RawMessage
-	if err := dec.Decode(&extra); err != io.EOF {
-		return errors.New("request body has data after the JSON object")
-	}
-	return nil
-}
-
-func describeJSONError(err error) error {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
-		return fmt.Errorf("malformed JSON at byte %d: %v", se.Offset, se)
-	case errors.As(err, &te):
-		field := te.Field
-		if field == "" {
-			field = "body"
-		}
-		if te.Type == nil {
-			return fmt.Errorf("field %q has the wrong type", field)
-		}
-		return fmt.Errorf("field %q must be %s, not %s", field, jsonKind(te.Type.Kind().String()), te.Value)
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return errors.New("malformed JSON: unexpected end of input")
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
-	}
-	return fmt.Errorf("malformed JSON: %v", err)
-}
-
-func jsonKind(k string) string {
-	switch k {
-	case "string":
-		return "a string"
-	case "bool":
-		return "a boolean"
-	case "map", "struct":
-		return "an object"
-	case "slice", "array":
-		return "an array"
-	case "int", "int64", "int32", "uint64", "uint32", "float64":
-		return "a number"
-	}
-	return k
-}
+// decodeStrict decodes exactly one JSON object with no unknown fields (proto.DecodeStrict).
+func decodeStrict(b []byte, v any, allowEmpty bool) error { return proto.DecodeStrict(b, v, allowEmpty) }
 
 // errStatus maps sentinel errors to HTTP status codes in one place.
 func errStatus(err error) int {
