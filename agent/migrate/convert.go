@@ -1,0 +1,192 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"github.com/hypersdk/hypersdk/agent/transfer"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/vsphere"
+)
+
+// convert copies every disk into <job dir>/<vm>-disk<N>.<format>, in parallel (bounded),
+// with one aggregated progress for the job.
+func (j *job) convert(ctx context.Context) error {
+	j.format = j.def.Options.OutputFormat
+	if j.format == "" {
+		j.format = transfer.FormatQcow2
+	}
+	// A previous attempt of this job (an agent killed mid-copy, then restarted) may have
+	// left files here: they are this job's own, start from scratch.
+	if err := os.RemoveAll(j.dir); err != nil {
+		return fmt.Errorf("%w: removing the files of an earlier attempt in %s: %v", ErrStorage, j.dir, err)
+	}
+	if err := os.MkdirAll(j.dir, 0o750); err != nil {
+		return fmt.Errorf("%w: %v", ErrStorage, err)
+	}
+	disks := j.info.Disks
+	sizes := make([]int64, len(disks))
+	j.disks = make([]string, len(disks))
+	var total int64
+	for i, d := range disks {
+		sizes[i] = d.CapacityBytes
+		total += d.CapacityBytes
+		j.disks[i] = filepath.Join(j.dir, fmt.Sprintf("%s-disk%d.%s", safeName(j.info.Name), i, j.format))
+	}
+	msg := fmt.Sprintf("copying %d disk(s) with %s", len(disks), j.method)
+	j.log.Info(msg, "bytes", total, "format", j.format, "dir", j.dir)
+	j.report(proto.Progress{Stage: proto.StageConversion, TotalBytes: total, Message: msg})
+
+	bytesC := j.p.metrics.bytes.WithLabelValues(j.method)
+	rateG := j.p.metrics.rate.WithLabelValues(j.lease.JobID)
+	var counted int64 // bytes already added to the counter; the aggregator is serial
+	agg := transfer.NewAggregator(func(pr proto.Progress) {
+		if d := pr.CurrentBytes - counted; d > 0 {
+			bytesC.Add(float64(d))
+			counted = pr.CurrentBytes
+		}
+		rateG.Set(pr.BytesPerSecond)
+		pr.Message = msg
+		j.report(pr)
+	}, sizes, 0, msg)
+
+	var err error
+	switch j.method {
+	case transfer.MethodHTTPS:
+		err = j.copyHTTPS(ctx, agg)
+	case transfer.MethodNFC:
+		err = j.copyNFC(ctx, agg)
+	case transfer.MethodVDDK:
+		err = j.copyVDDK(ctx, agg)
+	default:
+		err = fmt.Errorf("%w: method %q", transfer.ErrMethodUnavailable, j.method)
+	}
+	if err != nil {
+		if cerr := errCancelled(ctx, "disk copy"); cerr != nil {
+			return cerr
+		}
+		return err
+	}
+	agg.Finish()
+	return nil
+}
+
+func (j *job) output(i int, agg *transfer.Aggregator) transfer.Output {
+	return transfer.Output{Path: j.disks[i], Format: j.format, Progress: agg.Disk(i), Label: j.info.Disks[i].File}
+}
+
+// trust is the transfer's TLS decision for a host of the source, matching the session's:
+// insecure, or pinned (the device's own thumbprint when vSphere reports one, since NFC
+// URLs point at ESXi hosts with their own certificates), else the system roots.
+func (j *job) trust(deviceThumbprint string) transfer.Trust {
+	src := j.def.Source
+	switch {
+	case src.Insecure:
+		return transfer.Trust{Insecure: true}
+	case deviceThumbprint != "":
+		return transfer.Trust{Thumbprint: deviceThumbprint}
+	case src.Thumbprint != "":
+		return transfer.Trust{Thumbprint: src.Thumbprint}
+	}
+	return transfer.Trust{}
+}
+
+// copyHTTPS reads each disk's flat extents from the datastore /folder URL.
+func (j *job) copyHTTPS(ctx context.Context, agg *transfer.Aggregator) error {
+	return transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, j.info.Disks, func(ctx context.Context, i int, d vsphere.Disk) error {
+		u, hdr, err := j.client.DatastoreFileURL(ctx, d.Datastore, d.DatastorePath)
+		if err != nil {
+			return err
+		}
+		_, err = j.p.xfer.HTTPS(ctx, transfer.HTTPSSource{DescriptorURL: u.String(), Header: hdr, Trust: j.trust("")}, j.output(i, agg))
+		if err != nil {
+			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
+		}
+		return nil
+	})
+}
+
+// copyNFC opens an export lease and decodes each disk's stream-optimized VMDK as it
+// arrives. The lease is completed on success and aborted otherwise, so vSphere releases
+// the VM either way.
+func (j *job) copyNFC(ctx context.Context, agg *transfer.Aggregator) (err error) {
+	exp, err := j.client.ExportVM(ctx, j.vm)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ectx := context.WithoutCancel(ctx)
+		if err != nil {
+			cause := err
+			if ctx.Err() != nil {
+				cause = errors.New("migration cancelled")
+			}
+			if aerr := exp.Abort(ectx, cause); aerr != nil {
+				j.log.Warn("export lease abort", "err", aerr)
+			}
+			return
+		}
+		if cerr := exp.Complete(ectx); cerr != nil {
+			// The disks are here; vSphere will time the lease out by itself.
+			j.log.Warn("export lease complete", "err", cerr)
+		}
+	}()
+	var devices []vsphere.ExportDevice
+	var devIndex []int
+	for i, d := range exp.Devices {
+		if d.Disk {
+			devices = append(devices, d)
+			devIndex = append(devIndex, i)
+		}
+	}
+	if len(devices) != len(j.info.Disks) {
+		return fmt.Errorf("%w: the export lease offers %d disk(s) for a VM with %d", ErrUnsupportedVM, len(devices), len(j.info.Disks))
+	}
+	var mu sync.Mutex // Export.Progress is safe, but keep per-disk percentages together
+	return transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, devices, func(ctx context.Context, i int, dev vsphere.ExportDevice) error {
+		out := j.output(i, agg)
+		diskProgress := out.Progress
+		out.Progress = func(pr proto.Progress) {
+			diskProgress(pr)
+			mu.Lock()
+			exp.Progress(devIndex[i], float32(pr.PercentComplete))
+			mu.Unlock()
+		}
+		_, err := j.p.xfer.NFC(ctx, transfer.NFCSource{URL: dev.URL, Header: exp.Header, Trust: j.trust(dev.SSLThumbprint)}, out)
+		if err != nil {
+			return fmt.Errorf("disk %d (%s): %w", i, j.info.Disks[i].File, err)
+		}
+		exp.DeviceDone(devIndex[i])
+		return nil
+	})
+}
+
+// copyVDDK reads each disk through nbdkit's vddk plugin at the migration snapshot.
+func (j *job) copyVDDK(ctx context.Context, agg *transfer.Aggregator) error {
+	u := j.client.URL()
+	port := 0
+	if p := u.Port(); p != "" {
+		port, _ = strconv.Atoi(p)
+	}
+	host := u.Hostname()
+	snap := ""
+	if j.snapshot != nil {
+		snap = j.snapshot.Moref()
+	}
+	return transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, j.info.Disks, func(ctx context.Context, i int, d vsphere.Disk) error {
+		_, err := j.p.xfer.VDDK(ctx, transfer.VDDKSource{
+			Server: host, Port: port, User: j.def.Source.Username, Password: j.def.Source.Password,
+			Thumbprint: j.client.ServerThumbprint(), VMMoref: j.info.Moref, File: d.File, Snapshot: snap,
+			Libdir: j.p.cfg.VDDKLibDir, CapacityBytes: d.CapacityBytes,
+		}, j.output(i, agg))
+		if err != nil {
+			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,298 @@
+// Package migrate is the migration pipeline an agent runs for a leased job: connect to
+// vCenter, prepare the source VM, copy and convert its disks, define the libvirt domain.
+// It implements worker.Executor and orchestrates the packages that do the work
+// (shared/vsphere, agent/transfer, agent/libvirt); every stage reports progress and cleans
+// up after itself on failure and on cancel.
+//
+// Side effects are idempotent per job, because a lease is at-least-once: a job's disks live
+// in <storage_dir>/<job-id>/, which an attempt empties before it writes, and the domain
+// carries the job id in its metadata, so a later attempt redefines its own domain instead
+// of colliding with it.
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hypersdk/hypersdk/agent/transfer"
+	"github.com/hypersdk/hypersdk/agent/worker"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/vsphere"
+)
+
+// Config configures a Pipeline. Zero values mean the defaults of DefaultConfig.
+type Config struct {
+	// StorageDir holds one directory per job with its converted disks.
+	StorageDir string
+	// LibvirtURI is the hypervisor domains are defined on (the agent's own libvirtd).
+	LibvirtURI string
+	// DefaultNetwork receives NICs whose VMware network is not in the job's network_mapping.
+	DefaultNetwork string
+	// VDDKLibDir is VMware's VDDK (for the vddk method, where nbdkit's plugin exists).
+	VDDKLibDir string
+	// MaxParallelDisks bounds how many disks of one VM are copied at once: each costs a
+	// qemu-img and an nbdkit (or a decoder) and a stream from the source host.
+	MaxParallelDisks int
+	// ShutdownTimeout is the guest shutdown wait when the job does not set
+	// shutdown_timeout_seconds.
+	ShutdownTimeout time.Duration
+	// Transfer tunes the disk copies (tool paths, retries); its Logger is set from Logger.
+	Transfer transfer.Config
+	// Registry receives the transfer metrics (nil: not exported).
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// DefaultConfig matches the agent's defaults.
+func DefaultConfig() Config {
+	return Config{
+		StorageDir:       "/var/lib/hypersdk/storage",
+		LibvirtURI:       "qemu:///system",
+		DefaultNetwork:   "default",
+		MaxParallelDisks: 4,
+		ShutdownTimeout:  5 * time.Minute,
+		Logger:           slog.Default(),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.StorageDir == "" {
+		c.StorageDir = d.StorageDir
+	}
+	if c.LibvirtURI == "" {
+		c.LibvirtURI = d.LibvirtURI
+	}
+	if c.DefaultNetwork == "" {
+		c.DefaultNetwork = d.DefaultNetwork
+	}
+	if c.MaxParallelDisks <= 0 {
+		c.MaxParallelDisks = d.MaxParallelDisks
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	return c
+}
+
+// Pipeline runs migrations. It is safe for concurrent use: every job has its own vCenter
+// session, processes and directory.
+type Pipeline struct {
+	cfg     Config
+	log     *slog.Logger
+	xfer    *transfer.Transferer
+	metrics *metrics
+	domains domains
+
+	capsMu sync.Mutex
+	caps   transfer.Capabilities
+	capsAt time.Time
+}
+
+var _ worker.Executor = (*Pipeline)(nil)
+
+// capsTTL: host tools change only when packages are installed; probing runs a few
+// external commands, too many to repeat for every job.
+const capsTTL = 5 * time.Minute
+
+// New returns a pipeline. It creates the storage dir; it does not need libvirtd or any tool
+// to be present yet (a job fails with what is missing).
+func New(cfg Config) (*Pipeline, error) {
+	cfg = cfg.withDefaults()
+	if err := os.MkdirAll(cfg.StorageDir, 0o750); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStorage, err)
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: metrics: %w", err)
+	}
+	tc := cfg.Transfer
+	tc.Logger = cfg.Logger
+	p := &Pipeline{
+		cfg: cfg, log: cfg.Logger.With("component", "migrate"), xfer: transfer.New(tc), metrics: m,
+	}
+	p.domains = newDomains(cfg.LibvirtURI, cfg.DefaultNetwork, p.log)
+	return p, nil
+}
+
+// capabilities probes the host's transfer tools, cached for capsTTL.
+func (p *Pipeline) capabilities(ctx context.Context) transfer.Capabilities {
+	p.capsMu.Lock()
+	defer p.capsMu.Unlock()
+	if p.capsAt.IsZero() || time.Since(p.capsAt) > capsTTL {
+		p.caps = p.xfer.Probe(ctx, p.cfg.VDDKLibDir)
+		p.capsAt = time.Now()
+	}
+	return p.caps
+}
+
+// JobDir is where a job's disks are written.
+func (p *Pipeline) JobDir(jobID string) string {
+	return filepath.Join(p.cfg.StorageDir, safeName(jobID))
+}
+
+// safeName keeps a path component inside its directory whatever the controller sends.
+func safeName(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, s)
+	if s == "" || s == "." || s == ".." {
+		s = "_" + s
+	}
+	return s
+}
+
+// job is the state of one run, shared by the stages and the cleanup.
+type job struct {
+	p     *Pipeline
+	lease proto.Lease
+	def   proto.JobDefinition
+	rep   worker.Reporter
+	log   *slog.Logger
+
+	client   *vsphere.Client
+	vm       *vsphere.VM
+	info     *vsphere.VMInfo
+	method   string
+	snapshot *vsphere.Snapshot
+	dir      string
+	disks    []string // output image paths, in VM disk order
+	format   string
+	domain   *definedDomain // set once this attempt defined it
+	progress proto.Progress
+}
+
+// Run migrates the leased job's VM. On error and on cancel everything this attempt made
+// is removed (disk files, snapshot, export lease, domain it defined) and the source VM is
+// left as it is; the returned error says which stage failed and is marked
+// worker.Retryable when another attempt may succeed.
+func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter) (_ *proto.JobResult, err error) {
+	j := &job{
+		p: p, lease: lease, def: lease.Definition, rep: r,
+		log: p.log.With("job", lease.JobID, "attempt", lease.Attempt, "vm", lease.Definition.VMPath),
+		dir: p.JobDir(lease.JobID),
+	}
+	start := time.Now()
+	j.log.Info("migration starting", "method", j.def.Options.ConversionMethod, "vcenter", j.def.Source.VCenterURL)
+	defer func() {
+		// Cleanup runs even when ctx is cancelled: it has its own deadline.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		j.cleanup(cctx, err != nil || ctx.Err() != nil)
+		result := "completed"
+		switch {
+		case ctx.Err() != nil:
+			result = "cancelled"
+			if err == nil {
+				err = ctx.Err()
+			}
+		case err != nil:
+			result = "failed"
+		}
+		p.metrics.jobs.WithLabelValues(orUnknown(j.method), result).Inc()
+		p.metrics.rate.DeleteLabelValues(lease.JobID)
+		if err != nil && ctx.Err() != nil {
+			// The worker reports a cancel from context.Cause (cancelled, lease lost, fenced,
+			// shutting down); the error only says where the job stopped.
+			j.log.Info("migration stopped and cleaned up", "stage", j.progress.Stage, "cause", context.Cause(ctx),
+				"after", time.Since(start).Round(time.Millisecond))
+			err = fmt.Errorf("%s: stopped: %w", j.progress.Stage, ctx.Err())
+		} else if err != nil {
+			j.log.Warn("migration failed", "err", err, "after", time.Since(start).Round(time.Millisecond))
+		}
+	}()
+
+	if err := j.connect(ctx); err != nil {
+		return nil, classify(proto.StageConnecting, err)
+	}
+	if err := j.prepare(ctx); err != nil {
+		return nil, classify(proto.StagePreparing, err)
+	}
+	if err := j.convert(ctx); err != nil {
+		return nil, classify(proto.StageConversion, err)
+	}
+	res, err := j.define(ctx)
+	if err != nil {
+		return nil, classify(proto.StageDefining, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j.report(proto.Progress{Stage: proto.StageCompleted, PercentComplete: 100,
+		CurrentBytes: j.progress.TotalBytes, TotalBytes: j.progress.TotalBytes,
+		Message: fmt.Sprintf("domain %s defined on %s", res.DomainName, res.LibvirtURI)})
+	j.log.Info("migration completed", "domain", res.DomainName, "method", j.method, "disks", len(res.Disks),
+		"took", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+// report sends progress, keeping the byte counters of the conversion in later stages so
+// the job's numbers never go back to zero.
+func (j *job) report(pr proto.Progress) {
+	if pr.TotalBytes == 0 && j.progress.TotalBytes > 0 {
+		pr.CurrentBytes, pr.TotalBytes, pr.PercentComplete = j.progress.CurrentBytes, j.progress.TotalBytes, j.progress.PercentComplete
+	}
+	j.progress = pr
+	j.rep.Progress(pr)
+}
+
+// stage reports the start of a stage with a message.
+func (j *job) stage(stage, msg string) {
+	j.log.Info(msg, "stage", stage)
+	j.report(proto.Progress{Stage: stage, Message: msg})
+}
+
+// cleanup undoes what this attempt made. failed: the job did not complete, so its files
+// and the domain it defined go too. The snapshot goes in every case.
+func (j *job) cleanup(ctx context.Context, failed bool) {
+	if j.snapshot != nil && j.client != nil {
+		if err := j.client.RemoveSnapshot(ctx, j.vm, j.snapshot); err != nil {
+			j.log.Error("could not remove the migration snapshot: remove it in vSphere", "snapshot", j.snapshot.Name, "err", err)
+		}
+	}
+	if failed {
+		if j.domain != nil {
+			if err := j.p.domains.undefine(ctx, j.domain); err != nil {
+				j.log.Error("could not undefine the domain of the failed attempt", "domain", j.domain.name, "err", err)
+			}
+		}
+		if err := os.RemoveAll(j.dir); err != nil {
+			j.log.Error("could not remove the job's files", "dir", j.dir, "err", err)
+		}
+	}
+	if j.client != nil {
+		if err := j.client.Close(ctx); err != nil {
+			j.log.Debug("vcenter logout", "err", err)
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// errCancelled reports a cancelled context as an error mentioning what was interrupted.
+func errCancelled(ctx context.Context, what string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s interrupted: %w", what, err)
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+// Command hypersdk-agent runs the agent of a KVM host: it joins the fleet's gossip pool,
+// leases migration jobs from the controllers, copies the VMs' disks from vSphere and defines
+// the domains on the local libvirtd.
+//
+//	hypersdk-agent --config FILE --name NAME --controllers URL,... --gossip-addr H:P \
+//	               --gossip-join H:P,... --libvirt-uri URI --storage-dir DIR --max-jobs N
+//
+// With no flags it works on one machine: controller http://127.0.0.1:8080, qemu:///system.
+// Flags override the YAML file. SIGTERM or SIGINT stops it gracefully: no new leases,
+// running jobs get shutdown_grace to finish, the rest are handed back.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hypersdk/hypersdk/agent"
+	"github.com/hypersdk/hypersdk/agent/migrate"
+	"github.com/hypersdk/hypersdk/shared/logging"
+	"github.com/hypersdk/hypersdk/shared/version"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "hypersdk-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("hypersdk-agent", flag.ContinueOnError)
+	var (
+		configPath  = fs.String("config", "", "YAML config file")
+		name        = fs.String("name", "", "agent name, unique in the fleet (default: the host name)")
+		controllers = fs.String("controllers", "", "comma-separated controller API URLs (default http://127.0.0.1:8080)")
+		joinToken   = fs.String("join-token", "", "token presented to the controllers (or set HYPERSDK_JOIN_TOKEN, which keeps it out of ps)")
+		apiAddr     = fs.String("api-addr", "", "listen address of the agent's /health and /metrics (default 127.0.0.1:8082)")
+		gossipAddr  = fs.String("gossip-addr", "", "gossip listen address host:port (default 127.0.0.1:7947)")
+		gossipAdv   = fs.String("gossip-advertise", "", "gossip address other members reach (default: gossip-addr)")
+		gossipJoin  = fs.String("gossip-join", "", "comma-separated gossip members to join (default 127.0.0.1:7946)")
+		fastGossip  = fs.Bool("fast-gossip", false, "short gossip failure detection (tests and one-machine demos)")
+		libvirtURI  = fs.String("libvirt-uri", "", "libvirt URI domains are defined on (default qemu:///system)")
+		storageDir  = fs.String("storage-dir", "", "where converted disks are written (default /var/lib/hypersdk/storage)")
+		maxJobs     = fs.Int("max-jobs", 0, "jobs run at the same time (default 2)")
+		defaultNet  = fs.String("default-network", "", "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
+		vddkLibdir  = fs.String("vddk-libdir", "", "VMware VDDK directory, for the vddk method")
+		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
+		logFormat   = fs.String("log-format", "", "text|json")
+		showVersion = fs.Bool("version", false, "print the version and exit")
+	)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		fmt.Println(version.String("hypersdk-agent"))
+		return nil
+	}
+	cfg, err := agent.LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Name, *name)
+	set(&cfg.APIAddr, *apiAddr)
+	set(&cfg.LibvirtURI, *libvirtURI)
+	set(&cfg.StorageDir, *storageDir)
+	set(&cfg.DefaultNetwork, *defaultNet)
+	set(&cfg.VDDKLibDir, *vddkLibdir)
+	set(&cfg.Gossip.Addr, *gossipAddr)
+	set(&cfg.Gossip.Advertise, *gossipAdv)
+	set(&cfg.Log.Level, *logLevel)
+	set(&cfg.Log.Format, *logFormat)
+	set(&cfg.JoinToken, os.Getenv("HYPERSDK_JOIN_TOKEN"))
+	set(&cfg.JoinToken, *joinToken)
+	if *controllers != "" {
+		cfg.Controllers = splitList(*controllers)
+	}
+	if *gossipJoin != "" {
+		cfg.Gossip.Join = splitList(*gossipJoin)
+	}
+	if *maxJobs != 0 {
+		cfg.MaxJobs = *maxJobs
+	}
+	if *fastGossip {
+		cfg.Gossip.Fast = true
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	pipeline, err := migrate.New(migrate.Config{
+		StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, DefaultNetwork: cfg.DefaultNetwork,
+		VDDKLibDir: cfg.VDDKLibDir, Registry: reg, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, cfg, pipeline, reg, log)
+	if err != nil {
+		return err
+	}
+	log.Info("hypersdk-agent running", "version", version.Version, "name", cfg.Name, "libvirt_uri", cfg.LibvirtURI,
+		"storage_dir", cfg.StorageDir)
+	err = a.Run(ctx)
+	log.Info("hypersdk-agent stopped")
+	return err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
