@@ -129,10 +129,10 @@ func DefaultConfig() Config {
 		Database: DatabaseConfig{Path: defaultDataDir()},
 		API: APIConfig{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20,
 			RateLimit: api.RateLimit{RequestsPerSecond: 1000, Burst: 2000}},
-		Cluster:  ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
-		Gossip:   GossipConfig{Addr: "127.0.0.1:7946"},
-		Agents:   AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8},
-		Log:      LogConfig{Level: "info", Format: "text"},
+		Cluster: ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
+		Gossip:  GossipConfig{Addr: "127.0.0.1:7946"},
+		Agents:  AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8},
+		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 }
 

@@ -71,4 +71,3 @@ func jsonKind(k string) string {
 	}
 	return k
 }
-

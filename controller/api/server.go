@@ -49,7 +49,7 @@ type Config struct {
 	Tokens []Token
 	// RateLimit bounds requests per client.
 	RateLimit RateLimit
-	Logger         *slog.Logger
+	Logger    *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -253,7 +253,9 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 }
 
 // decodeStrict decodes exactly one JSON object with no unknown fields (proto.DecodeStrict).
-func decodeStrict(b []byte, v any, allowEmpty bool) error { return proto.DecodeStrict(b, v, allowEmpty) }
+func decodeStrict(b []byte, v any, allowEmpty bool) error {
+	return proto.DecodeStrict(b, v, allowEmpty)
+}
 
 // errStatus maps sentinel errors to HTTP status codes in one place.
 func errStatus(err error) int {

@@ -120,8 +120,8 @@ func New(cfg Config, st *state.State, raft Applier, fleet Fleet) *Manager {
 	cfg.fill()
 	return &Manager{
 		cfg: cfg, log: cfg.Logger.With("component", "lease"), st: st, raft: raft, fleet: fleet,
-		now:     func() time.Time { return time.Now().UTC() },
-		leases:  map[string]*held{}, waiters: map[*waiter]struct{}{}, reserved: map[string]bool{},
+		now:    func() time.Time { return time.Now().UTC() },
+		leases: map[string]*held{}, waiters: map[*waiter]struct{}{}, reserved: map[string]bool{},
 		lastProgress: map[string]time.Time{},
 		wake:         make(chan struct{}, 1), expireCh: make(chan state.LeaseToken, 1024),
 	}
