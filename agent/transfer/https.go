@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -128,6 +129,10 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 			}
 			return nil, fmt.Errorf("%w: %s", ErrTool, redact(err.Error(), secrets))
 		}
+		// nbdkit read the cookie while parsing its parameters (the retry filter reopens
+		// the plugin, not the configuration): the file can go now rather than outlive a
+		// crashed agent.
+		_ = os.Remove(filepath.Join(dir, fmt.Sprintf("cookie%d", i)))
 		sockets = append(sockets, "nbd+unix:///?socket="+sock)
 	}
 

@@ -215,6 +215,10 @@ func TestHTTPSTransferCancel(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // poll interval, bounded by the deadline
 	}
+	// While the copy runs the cookie is only in nbdkit's memory, not on disk.
+	if left, _ := filepath.Glob(filepath.Join(tmp, "hsx-*", "cookie*")); len(left) != 0 {
+		t.Errorf("cookie file on disk during the transfer: %v", left)
+	}
 	cancel()
 	select {
 	case err := <-errc:

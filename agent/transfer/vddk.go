@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -145,6 +146,7 @@ func (t *Transferer) VDDK(ctx context.Context, src VDDKSource, out Output) (*Res
 		}
 		return nil, fmt.Errorf("%w: nbdkit vddk: %s", ErrSource, redact(err.Error(), secrets))
 	}
+	_ = os.Remove(pw) // read during configuration; do not leave a password on disk
 	size := src.CapacityBytes
 	if size <= 0 {
 		if size, err = nbdExportSize(ctx, srv, sock, t.cfg.ReadyTimeout); err != nil {
