@@ -1,10 +1,12 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -263,4 +265,37 @@ func TestHTTPSTransferProgressPacing(t *testing.T) {
 	if mid.BytesPerSecond <= 0 || mid.ETASeconds <= 0 || mid.PercentComplete <= 0 || mid.PercentComplete >= 100 {
 		t.Errorf("mid-transfer update = %+v (all: %+v)", mid, ups)
 	}
+}
+
+// A split flat disk (twoGbMaxExtentFlat style): two extent files, the second starting 16
+// sectors into its file and followed by junk, concatenated by qemu-img in order.
+func TestHTTPSTransferMultiExtent(t *testing.T) {
+	requireTools(t, "qemu-img", "nbdkit")
+	t.Parallel()
+	const size, half = 8 << 20, 4 << 20
+	dir := t.TempDir()
+	flat := filepath.Join(dir, "whole.raw")
+	makeFlatDisk(t, flat, size, 0.75)
+	whole, err := os.ReadFile(flat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := bytes.Repeat([]byte{0xee}, 16*512)
+	os.WriteFile(filepath.Join(dir, "d-f001.vmdk"), whole[:half], 0o644)
+	os.WriteFile(filepath.Join(dir, "d-f002.vmdk"), append(append(append([]byte(nil), junk...), whole[half:]...), junk...), 0o644)
+	desc := fmt.Sprintf("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentFlat\"\nRW %d FLAT \"d-f001.vmdk\" 0\nRW %d FLAT \"d-f002.vmdk\" 16\n", half/512, (size-half)/512)
+	os.WriteFile(filepath.Join(dir, "d.vmdk"), []byte(desc), 0o644)
+	srv := newDiskServer(t, dir)
+	tmp := t.TempDir()
+	out := filepath.Join(tmp, "out.raw")
+	res, err := testTransferer(t, tmp).HTTPS(withTimeout(t, time.Minute), HTTPSSource{
+		DescriptorURL: srv.url("d.vmdk"), Header: cookieHeader(), Trust: Trust{Insecure: true},
+	}, Output{Path: out, Format: FormatRaw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.VirtualSize != size {
+		t.Errorf("virtual size %d", res.VirtualSize)
+	}
+	imagesIdentical(t, flat, out, FormatRaw)
 }
