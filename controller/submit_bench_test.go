@@ -14,7 +14,8 @@ import (
 // BenchmarkSubmitInProcess profiles the submit path (HTTP, forwarding, raft, apply) of a
 // 3-node in-process cluster; the process-level numbers live in test/bench.
 func BenchmarkSubmitInProcess(b *testing.B) {
-	nodes := controller.StartTestCluster(b, 3)
+	// LAN raft timers: the fast test timers elect a new leader under this load.
+	nodes := controller.StartTestClusterWith(b, 3, func(_ int, c *controller.Config) { c.Cluster.Fast = false })
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
 	var n atomic.Int64
 	b.SetParallelism(32)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -9,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
+	"github.com/hypersdk/hypersdk/controller/cluster"
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
 )
@@ -90,7 +92,11 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		if def.Options.MaxAttempts == 0 {
 			def.Options.MaxAttempts = s.cfg.MaxAttempts
 		}
-		if _, err := s.node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def})); err != nil {
+		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def}))
+		if errors.Is(err, cluster.ErrLeadershipLost) {
+			return 0, nil, fmt.Errorf("%w; the job may have been stored: resubmit with \"id\": %q to be sure (409 then means it is stored)", err, def.ID)
+		}
+		if err != nil {
 			return 0, nil, err
 		}
 		s.metrics.JobsSubmitted.Inc()

@@ -266,7 +266,7 @@ func errStatus(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, state.ErrExists), errors.Is(err, state.ErrStaleLease), errors.Is(err, state.ErrInvalidState):
 		return http.StatusConflict
-	case errors.Is(err, cluster.ErrNotLeader), errors.Is(err, cluster.ErrNoLeader),
+	case errors.Is(err, cluster.ErrNotLeader), errors.Is(err, cluster.ErrNoLeader), errors.Is(err, cluster.ErrLeadershipLost),
 		errors.Is(err, cluster.ErrShutdown), errors.Is(err, cluster.ErrTimeout):
 		return http.StatusServiceUnavailable
 	}
@@ -330,8 +330,12 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, body []byte, appl
 		}
 		if lt.self {
 			code, v, err := apply()
+			// Not leader: the entry was never enqueued, so it is safe to find the new leader
+			// and send it there. Leadership lost mid-commit is not retried here: the entry
+			// may be committed, and the client decides (a submit answer names the job id
+			// to resubmit with, which is idempotent).
 			if errors.Is(err, cluster.ErrNotLeader) && time.Now().Before(deadline) && r.Header.Get(forwardedHeader) == "" {
-				continue // lost leadership before the entry was enqueued: find the new leader
+				continue
 			}
 			if err != nil {
 				s.writeErr(w, err)

@@ -25,6 +25,9 @@ import (
 // Sentinel errors.
 var (
 	ErrNotLeader   = errors.New("not the raft leader")
+	// ErrLeadershipLost: leadership was lost while the entry was in flight; it may or may
+	// not have been committed. Retrying is safe only for idempotent commands.
+	ErrLeadershipLost = errors.New("raft leadership lost while committing")
 	ErrNoLeader    = errors.New("no raft leader")
 	ErrShutdown    = errors.New("raft is shut down")
 	ErrTimeout     = errors.New("raft apply timed out")
@@ -271,9 +274,10 @@ func (n *Node) Apply(cmd []byte) (any, error) {
 
 func mapRaftErr(err error) error {
 	switch {
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
-		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrAbortedByRestore):
+		return fmt.Errorf("%w: %v", ErrLeadershipLost, err)
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrShutdown
 	case errors.Is(err, raft.ErrEnqueueTimeout):
