@@ -29,19 +29,22 @@ import (
 
 // Config is the agent's configuration (YAML; flags override).
 type Config struct {
-	Name        string        `yaml:"name"`
-	Controllers []string      `yaml:"controllers"`
-	JoinToken   string        `yaml:"join_token"`
-	APIAddr     string        `yaml:"api_addr"`
-	LibvirtURI  string        `yaml:"libvirt_uri"`
-	StorageDir  string        `yaml:"storage_dir"`
-	MaxJobs     int           `yaml:"max_jobs"`
-	VDDKLibDir  string        `yaml:"vddk_libdir"`
+	Name        string   `yaml:"name"`
+	Controllers []string `yaml:"controllers"`
+	JoinToken   string   `yaml:"join_token"`
+	APIAddr     string   `yaml:"api_addr"`
+	LibvirtURI  string   `yaml:"libvirt_uri"`
+	StorageDir  string   `yaml:"storage_dir"`
+	MaxJobs     int      `yaml:"max_jobs"`
+	VDDKLibDir  string   `yaml:"vddk_libdir"`
 	// DefaultNetwork receives NICs whose VMware network is not mapped (libvirt "default").
 	DefaultNetwork string        `yaml:"default_network"`
 	ShutdownGrace  time.Duration `yaml:"shutdown_grace"`
-	Gossip         GossipConfig  `yaml:"gossip"`
-	Log            LogConfig     `yaml:"log"`
+	// AttemptLog, when set, is a file that gets one JSON line per job attempt start and
+	// end (worker.AttemptRecord), appended across restarts.
+	AttemptLog string       `yaml:"attempt_log"`
+	Gossip     GossipConfig `yaml:"gossip"`
+	Log        LogConfig    `yaml:"log"`
 }
 
 // GossipConfig is the agent's seat in the pool.
@@ -121,6 +124,8 @@ type Agent struct {
 	Registry *prometheus.Registry
 	http     *http.Server
 	apiAddr  string
+	// attemptLog is closed when Run returns (nil when not configured).
+	attemptLog *os.File
 }
 
 // New prepares an agent around an executor (the migration pipeline): probe, gossip, worker
@@ -171,6 +176,16 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 
+	var attemptLog io.Writer
+	if cfg.AttemptLog != "" {
+		f, err := os.OpenFile(cfg.AttemptLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			ln.Close()
+			a.Member.Shutdown()
+			return nil, fmt.Errorf("attempt log: %w", err)
+		}
+		a.attemptLog, attemptLog = f, f
+	}
 	a.Worker, err = worker.New(worker.Config{
 		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
 		ShutdownGrace: cfg.ShutdownGrace, Logger: log,
@@ -178,7 +193,8 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 			c, caps, _ := a.Prober.Probe(context.Background())
 			return c, caps
 		},
-		OnChange: a.Member.SetRunningJobs,
+		OnChange:   a.Member.SetRunningJobs,
+		AttemptLog: attemptLog,
 	}, exec)
 	if err != nil {
 		ln.Close()
@@ -217,6 +233,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = a.http.Shutdown(sctx)
+	if a.attemptLog != nil {
+		_ = a.attemptLog.Close()
+	}
 	return err
 }
 

@@ -6,8 +6,10 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -67,7 +69,11 @@ type Config struct {
 	WaitSeconds int
 	// OnChange is called when the number of running jobs changes (gossip metadata).
 	OnChange func(running int)
-	Logger   *slog.Logger
+	// AttemptLog, when set, receives one JSON line when the executor starts an attempt and
+	// one when it has returned (its processes stopped, its cleanup done): the record an
+	// audit, or a test, needs to show that no job ran on two agents at once.
+	AttemptLog io.Writer
+	Logger     *slog.Logger
 }
 
 func (c *Config) fill() error {
@@ -122,6 +128,37 @@ type Worker struct {
 	wg   sync.WaitGroup
 
 	stats Stats
+
+	attemptMu sync.Mutex // one line per Write to AttemptLog
+}
+
+// AttemptRecord is one line of Config.AttemptLog.
+type AttemptRecord struct {
+	Time    time.Time `json:"time"`
+	Agent   string    `json:"agent"`
+	JobID   string    `json:"job_id"`
+	Attempt int       `json:"attempt"`
+	// Event is "start" or "end".
+	Event string `json:"event"`
+	// Outcome (end only): completed, failed, cancelled, lease_lost, fenced, shutting_down.
+	Outcome string `json:"outcome,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+func (w *Worker) recordAttempt(tok proto.LeaseToken, event, outcome string, err error) {
+	if w.cfg.AttemptLog == nil {
+		return
+	}
+	rec := AttemptRecord{Time: time.Now().UTC(), Agent: w.cfg.Name, JobID: tok.JobID, Attempt: tok.Attempt, Event: event, Outcome: outcome}
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	b, _ := json.Marshal(rec)
+	w.attemptMu.Lock()
+	defer w.attemptMu.Unlock()
+	if _, werr := w.cfg.AttemptLog.Write(append(b, '\n')); werr != nil {
+		w.log.Warn("attempt log write failed", "err", werr)
+	}
 }
 
 // Stats are counters for the agent's /metrics.
@@ -263,33 +300,36 @@ func (w *Worker) start(l proto.Lease, sent time.Time) {
 
 func (w *Worker) runJob(ctx context.Context, r *running) {
 	defer close(r.done)
+	tok := r.lease.LeaseToken
+	w.recordAttempt(tok, "start", "", nil)
 	res, err := w.exec.Run(ctx, r.lease, r.rep)
 	r.rep.stop()
 	cause := context.Cause(ctx)
-	tok := r.lease.LeaseToken
+	how := outcome(err, ctx.Err(), cause)
+	w.recordAttempt(tok, "end", how, err)
 	log := w.log.With("job", tok.JobID, "attempt", tok.Attempt)
 	warnings := r.rep.warnings()
 	var rerr error
-	switch {
-	case err == nil && ctx.Err() == nil:
+	switch how {
+	case "completed":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/complete",
 			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Warnings: warnings}, nil, w.reportDeadline())
 		if rerr == nil {
 			log.Info("job completed")
 			w.count(func(s *Stats) { s.Completed++ })
 		}
-	case errors.Is(cause, ErrLeaseLost):
+	case "lease_lost":
 		log.Warn("job stopped: lease lost to the controller")
 		w.count(func(s *Stats) { s.LeaseLost++ })
-	case errors.Is(cause, ErrFenced):
+	case "fenced":
 		log.Warn("job stopped: self-fenced (controllers unreachable for a TTL)")
 		w.count(func(s *Stats) { s.Fenced++ })
-	case errors.Is(cause, ErrCancelRequested):
+	case "cancelled":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
 			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: "cancelled by request", Cancelled: true, Warnings: warnings}, nil, w.reportDeadline())
 		log.Info("job cancelled and cleaned up")
 		w.count(func(s *Stats) { s.Cancelled++ })
-	case errors.Is(cause, ErrShuttingDown):
+	case "shutting_down":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
 			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: fmt.Sprintf("agent %s shut down during the job", w.cfg.Name), Retryable: true, Warnings: warnings}, nil, w.reportDeadline())
 		log.Info("job handed back (shutdown)")
@@ -317,6 +357,23 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 	case w.slot <- struct{}{}:
 	default:
 	}
+}
+
+// outcome names how an attempt ended, in the terms of the report runJob sends.
+func outcome(err, ctxErr, cause error) string {
+	switch {
+	case err == nil && ctxErr == nil:
+		return "completed"
+	case errors.Is(cause, ErrLeaseLost):
+		return "lease_lost"
+	case errors.Is(cause, ErrFenced):
+		return "fenced"
+	case errors.Is(cause, ErrCancelRequested):
+		return "cancelled"
+	case errors.Is(cause, ErrShuttingDown):
+		return "shutting_down"
+	}
+	return "failed"
 }
 
 // reportDeadline bounds retries of a final report: beyond about a TTL the lease has

@@ -1,0 +1,72 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hypersdk/hypersdk/agent/worker"
+	"github.com/hypersdk/hypersdk/controller"
+)
+
+// lockedBuffer is an io.Writer the test can read while the worker writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) records(t *testing.T) []worker.AttemptRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []worker.AttemptRecord
+	for _, line := range bytes.Split(bytes.TrimSpace(l.b.Bytes()), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r worker.AttemptRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("attempt log line %q: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestAttemptLog: every attempt leaves a "start" line and, once the executor has returned,
+// an "end" line with its outcome; one JSON object per line.
+func TestAttemptLog(t *testing.T) {
+	cs := startCluster(t, 1, 2*time.Second)
+	exec := newExec(false)
+	var log lockedBuffer
+	w, err := worker.New(worker.Config{Name: "agent-log", Controllers: urls(cs), MaxJobs: 2, WaitSeconds: 2,
+		ShutdownGrace: time.Second, AttemptLog: &log, Logger: controller.TestLogger(t)}, exec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	id := submit(t, cs[0].URL(), "DC0/vm/logged")
+	controller.WaitFor(t, 10*time.Second, "start recorded", func() bool { return len(log.records(t)) == 1 })
+	exec.finish(id)
+	controller.WaitFor(t, 10*time.Second, "end recorded", func() bool { return len(log.records(t)) == 2 })
+	recs := log.records(t)
+	start, end := recs[0], recs[1]
+	if start.Event != "start" || start.JobID != id || start.Attempt != 1 || start.Agent != "agent-log" {
+		t.Errorf("start record %+v", start)
+	}
+	if end.Event != "end" || end.JobID != id || end.Attempt != 1 || end.Outcome != "completed" || end.Time.Before(start.Time) {
+		t.Errorf("end record %+v (start %s)", end, start.Time)
+	}
+}
