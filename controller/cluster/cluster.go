@@ -24,14 +24,14 @@ import (
 
 // Sentinel errors.
 var (
-	ErrNotLeader   = errors.New("not the raft leader")
+	ErrNotLeader = errors.New("not the raft leader")
 	// ErrLeadershipLost: leadership was lost while the entry was in flight; it may or may
 	// not have been committed. Retrying is safe only for idempotent commands.
 	ErrLeadershipLost = errors.New("raft leadership lost while committing")
-	ErrNoLeader    = errors.New("no raft leader")
-	ErrShutdown    = errors.New("raft is shut down")
-	ErrTimeout     = errors.New("raft apply timed out")
-	ErrUnknownNode = errors.New("unknown node")
+	ErrNoLeader       = errors.New("no raft leader")
+	ErrShutdown       = errors.New("raft is shut down")
+	ErrTimeout        = errors.New("raft apply timed out")
+	ErrUnknownNode    = errors.New("unknown node")
 )
 
 // Config configures a raft node. Zero values mean the defaults of DefaultConfig.
