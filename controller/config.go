@@ -85,6 +85,13 @@ type ClusterConfig struct {
 	LeaderWait    time.Duration `yaml:"leader_wait"`
 	// Fast shortens raft timers (tests and demos on one machine).
 	Fast bool `yaml:"fast"`
+	// SnapshotThreshold is how many log entries since the last snapshot trigger the next
+	// one, checked every SnapshotInterval; TrailingLogs is how many entries a snapshot
+	// leaves in the log for slow followers. They bound the raft log on disk. Zero: the
+	// defaults (8192, 30 s (2 s with fast), 10240).
+	SnapshotThreshold uint64        `yaml:"snapshot_threshold"`
+	SnapshotInterval  time.Duration `yaml:"snapshot_interval"`
+	TrailingLogs      uint64        `yaml:"trailing_logs"`
 }
 
 // GossipConfig is the memberlist pool shared with agents.

@@ -118,6 +118,15 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	// No --join and no stored state: this node forms a new cluster of one.
 	ccfg.Bootstrap = cfg.Cluster.Bootstrap || len(cfg.Cluster.Join) == 0
 	ccfg.Logger = log
+	if cfg.Cluster.SnapshotThreshold > 0 {
+		ccfg.SnapshotThreshold = cfg.Cluster.SnapshotThreshold
+	}
+	if cfg.Cluster.SnapshotInterval > 0 {
+		ccfg.SnapshotInterval = cfg.Cluster.SnapshotInterval
+	}
+	if cfg.Cluster.TrailingLogs > 0 {
+		ccfg.TrailingLogs = cfg.Cluster.TrailingLogs
+	}
 	c.Node, err = cluster.Open(ccfg, c.State)
 	if err != nil {
 		ln.Close()
