@@ -27,6 +27,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/schedule"
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/controller/web"
 	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/controller/ws"
 	"github.com/hypersdk/hypersdk/proto"
@@ -167,6 +168,8 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	}
 
 	c.wireEvents(log)
+	c.API.SetUI(web.Handler())
+	c.Metrics.Registry.MustRegister(transferCollector{c.State})
 
 	c.http = &http.Server{Handler: c.API, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	c.wg.Add(1)

@@ -1,0 +1,248 @@
+package web_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/controller/web"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/client"
+	"github.com/hypersdk/hypersdk/test/fleettest"
+)
+
+// TestFiles: the page, its script and style are embedded and served with a policy that
+// forbids anything from another origin.
+func TestFiles(t *testing.T) {
+	nodes := controller.StartTestCluster(t, 1)
+	cases := []struct {
+		path, contentType string
+		status            int
+	}{
+		{"/ui/", "text/html", 200},
+		{"/ui/app.js", "javascript", 200},
+		{"/ui/style.css", "text/css", 200},
+		{"/ui/favicon.svg", "image/svg+xml", 200},
+		{"/ui/nope.js", "", 404},
+		{"/ui", "", 200}, // redirected to /ui/
+		{"/", "", 200},   // redirected to /ui/
+	}
+	for _, tc := range cases {
+		resp, err := http.Get(nodes[0].URL() + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(resp.Header.Get("Content-Type"), tc.contentType) {
+			t.Fatalf("%s: %d %q", tc.path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		if tc.status == 200 && !strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+			t.Fatalf("%s: no CSP", tc.path)
+		}
+	}
+	// Nothing in the page may come from another origin: no CDN, no fonts.
+	for _, name := range []string{"index.html", "app.js", "style.css"} {
+		b, err := os.ReadFile(filepath.Join("static", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"http://", "https://", "//cdn", "innerHTML"} {
+			if strings.Contains(string(b), bad) && !(bad == "http://" && strings.Contains(string(b), "http://www.w3.org/2000/svg")) {
+				t.Fatalf("%s contains %q", name, bad)
+			}
+		}
+	}
+	if web.Prefix != "/ui/" {
+		t.Fatal(web.Prefix)
+	}
+}
+
+func chromiumPath(t *testing.T) string {
+	if p := os.Getenv("HYPERSDK_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("chromium not installed (apt-get install chromium, or make setup): skipping the browser test")
+	return ""
+}
+
+// newBrowser starts headless Chromium with a fresh profile, offline apart from loopback.
+func newBrowser(t *testing.T) (context.Context, func() []string) {
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1100),
+	}
+	var mu sync.Mutex
+	var jsErrors []string
+	// Runs on the tab's reader goroutine: record and return, nothing more.
+	listen := func(ev any) {
+		switch e := ev.(type) {
+		case *runtime.EventExceptionThrown:
+			mu.Lock()
+			jsErrors = append(jsErrors, fmt.Sprintf("%s %s:%d", e.ExceptionDetails.Text, e.ExceptionDetails.URL, e.ExceptionDetails.LineNumber))
+			mu.Unlock()
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				var parts []string
+				for _, a := range e.Args {
+					parts = append(parts, string(a.Value))
+				}
+				mu.Lock()
+				jsErrors = append(jsErrors, "console.error "+strings.Join(parts, " "))
+				mu.Unlock()
+			}
+		}
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithListener(listen))
+	t.Cleanup(func() {
+		cancelCtx()
+		cancelAlloc()
+	})
+	// Start the browser now, so its start-up is not charged to the first wait.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), jsErrors...)
+	}
+}
+
+// waitJS polls a JavaScript expression until it is true.
+func waitJS(t *testing.T, ctx context.Context, timeout time.Duration, what, expr string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			body, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+			t.Fatalf("after %s the page does not show %s (last error %v)\n--- page text ---\n%s", timeout, what, err, body)
+		}
+		<-tick.C
+	}
+}
+
+func jsString(s string) string { return fmt.Sprintf("%q", s) }
+
+// TestDashboardLive loads the dashboard of a follower of a 3-controller cluster with two
+// agents in the gossip pool, and checks that every agent has a card, and that a job's
+// progress bar follows the agent's progress reports without a reload.
+func TestDashboardLive(t *testing.T) {
+	ctx, jsErrors := newBrowser(t)
+	nodes := controller.StartTestCluster(t, 3)
+	var gossip []string
+	for _, n := range nodes {
+		gossip = append(gossip, n.GossipAddr())
+	}
+	agents := []string{"kvm-ui-1", "kvm-ui-2"}
+	var busy interface{ SetRunningJobs(int) }
+	for _, name := range agents {
+		m := fleettest.StartMember(t, name, 4, gossip...)
+		if busy == nil {
+			busy = m
+		}
+	}
+	leader := controller.Leader(nodes)
+	var follower *controller.Controller
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+		}
+	}
+
+	cl, err := client.New(client.Config{Servers: []string{follower.URL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := fleettest.JobBody("DC0/vm/dashboard-web-1")
+	def.Options.TargetAgent = "kvm-ui-1"
+	sub, err := cl.SubmitJob(context.Background(), def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := fleettest.NewAgent("kvm-ui-1", follower.URL())
+	lease := agent.Lease(t, 10*time.Second)
+	if lease.JobID != sub.JobID {
+		t.Fatalf("leased %s, want %s", lease.JobID, sub.JobID)
+	}
+	busy.SetRunningJobs(1) // what the agent's worker advertises when it starts a job
+	total := int64(40 << 30)
+	agent.Progress(t, lease, proto.Progress{Stage: proto.StageConversion, PercentComplete: 25, CurrentBytes: total / 4, TotalBytes: total, BytesPerSecond: 180 << 20, ETASeconds: 171})
+
+	if err := chromedp.Do(ctx, chromedp.Navigate(follower.URL()+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	row := `document.querySelector('tr[data-job-id=` + jsString(sub.JobID) + `]')`
+	fill := `parseFloat(` + row + `?.querySelector('.bar .fill')?.style.width)`
+
+	waitJS(t, ctx, 15*time.Second, "a card for every agent", fmt.Sprintf(
+		`[%s].every(n => document.querySelector('.agent-card[data-agent="' + n + '"] .agent-state')?.textContent === 'alive')`,
+		`"`+strings.Join(agents, `","`)+`"`))
+	waitJS(t, ctx, 10*time.Second, "the job at 25%", fill+` === 25`)
+	waitJS(t, ctx, 10*time.Second, "three controllers and a leader",
+		`document.querySelectorAll('#cluster-table tbody tr').length === 3 && !!document.querySelector('#cluster-table .role-leader')`)
+	waitJS(t, ctx, 10*time.Second, "live updates over the WebSocket", `document.body.dataset.mode === 'websocket'`)
+	// A reload would forget this.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.__sameDocument = 42`)); err != nil {
+		t.Fatal(err)
+	}
+
+	agent.Progress(t, lease, proto.Progress{Stage: proto.StageConversion, PercentComplete: 70, CurrentBytes: total * 7 / 10, TotalBytes: total, BytesPerSecond: 230 << 20, ETASeconds: 53})
+	waitJS(t, ctx, 10*time.Second, "the bar moved to 70%", fill+` === 70`)
+	waitJS(t, ctx, 10*time.Second, "the host's transfer rate and its history",
+		`document.querySelector('.agent-card[data-agent="kvm-ui-1"] .host-rate').textContent === '230 MiB/s' && `+
+			`Number(document.querySelector('.agent-card[data-agent="kvm-ui-1"] svg.spark').dataset.samples) >= 2`)
+	if same, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.__sameDocument || 0`)); err != nil || same != 42 {
+		t.Fatalf("the page was reloaded (marker %d, %v)", same, err)
+	}
+
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := os.Getenv("HYPERSDK_SCREENSHOT")
+	if out == "" {
+		out = filepath.Join(t.TempDir(), "dashboard.png")
+	}
+	if err := os.WriteFile(out, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", out, len(png))
+
+	agent.Complete(t, lease, &proto.JobResult{DomainName: "dashboard-web-1"})
+	waitJS(t, ctx, 10*time.Second, "the job completed", row+`?.querySelector('.status')?.textContent === 'completed'`)
+	if errs := jsErrors(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors: %v", errs)
+	}
+}
