@@ -22,6 +22,7 @@ type Config struct {
 	Metrics  MetricsConfig   `yaml:"metrics"`
 	API      APIConfig       `yaml:"api"`
 	Auth     AuthConfig      `yaml:"auth"`
+	Secrets  SecretsConfig   `yaml:"secrets"`
 	Cluster  ClusterConfig   `yaml:"cluster"`
 	Gossip   GossipConfig    `yaml:"gossip"`
 	Agents   AgentsConfig    `yaml:"agents"`
@@ -66,6 +67,12 @@ type TLSConfig struct {
 
 // Enabled reports whether the API is served over TLS.
 func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// SecretsConfig: KeyFile (32 bytes, hex or base64, mode 0600, the same on every
+// controller) seals vCenter passwords in the raft log and snapshots.
+type SecretsConfig struct {
+	KeyFile string `yaml:"key_file"`
+}
 
 // AuthConfig lists the API tokens. With none, the controller refuses to listen on a
 // non-loopback address unless InsecureNoAuth is set.

@@ -32,6 +32,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/ws"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/gossip"
+	"github.com/hypersdk/hypersdk/shared/secrets"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
 
@@ -53,8 +54,9 @@ type Controller struct {
 
 	savedControllers []byte
 
-	scheme     string      // http or https
-	peerTLS    *tls.Config // verifies peer controllers
+	secrets    *secrets.Box // seals passwords in the raft log (nil: no key configured)
+	scheme     string       // http or https
+	peerTLS    *tls.Config  // verifies peer controllers
 	peerClient *http.Client
 	peerToken  string // admin token used on calls to peer controllers (join)
 
@@ -107,6 +109,10 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		ln.Close()
 		return nil, err
 	}
+	if c.secrets, err = secrets.LoadKeyFile(cfg.Secrets.KeyFile); err != nil {
+		ln.Close()
+		return nil, err
+	}
 
 	ccfg := cluster.DefaultConfig()
 	if cfg.Cluster.Fast {
@@ -142,7 +148,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	c.API, err = api.New(api.Config{
 		NodeID: nodeID, MaxBodyBytes: cfg.API.MaxBodyBytes, LeaderWait: cfg.Cluster.LeaderWait,
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
-		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit,
+		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit, Secrets: c.secrets,
 		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS,
 	}, c.State, c.Node, c.Metrics)
 	if err != nil {
@@ -156,7 +162,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		ln.Close()
 		return nil, err
 	}
-	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Logger: log}, c.State, c.Node, c.Fleet)
+	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
 	c.Node.OnLeadership(c.Leases.Run)
 	c.Fleet.OnDead(func(name string) {
 		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))

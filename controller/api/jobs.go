@@ -92,6 +92,9 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		if def.Options.MaxAttempts == 0 {
 			def.Options.MaxAttempts = s.cfg.MaxAttempts
 		}
+		if err := s.sealPassword(&def); err != nil {
+			return 0, nil, err
+		}
 		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def}))
 		if errors.Is(err, cluster.ErrLeadershipLost) {
 			return 0, nil, fmt.Errorf("%w; the job may have been stored: resubmit with \"id\": %q to be sure (409 then means it is stored)", err, def.ID)

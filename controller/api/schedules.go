@@ -113,6 +113,9 @@ func (a *scheduleAPI) handleCreate(w http.ResponseWriter, r *http.Request) {
 		if req.ID == "" {
 			req.ID = a.s.newID()
 		}
+		if err := a.s.sealPassword(req.JobTemplate); err != nil {
+			return 0, nil, err
+		}
 		cmd := state.ScheduleUpsert{
 			ID: req.ID, Create: true, Name: &req.Name, Description: &req.Description, Schedule: &req.Schedule,
 			Enabled: req.Enabled, JobTemplate: req.JobTemplate, At: a.s.now(),
@@ -152,6 +155,9 @@ func (a *scheduleAPI) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.s.write(w, r, body, func() (int, any, error) {
+		if err := a.s.sealPassword(u.JobTemplate); err != nil {
+			return 0, nil, err
+		}
 		cmd := state.ScheduleUpsert{ID: id, Name: u.Name, Description: u.Description, Schedule: u.Schedule,
 			Enabled: u.Enabled, JobTemplate: u.JobTemplate, At: a.s.now()}
 		v, err := a.s.node.Apply(state.MustEncode(state.CmdScheduleUpsert, cmd))

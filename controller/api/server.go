@@ -22,6 +22,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
 // Fleet is the part of the agent view the API shows (nil until agents exist).
@@ -49,7 +50,9 @@ type Config struct {
 	Tokens []Token
 	// RateLimit bounds requests per client.
 	RateLimit RateLimit
-	Logger    *slog.Logger
+	// Secrets seals passwords before they enter the raft log (nil: stored as sent).
+	Secrets *secrets.Box
+	Logger  *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -211,6 +214,19 @@ func (s *Server) recoverMiddleware(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sealPassword seals a job's (or template's) password on the leader before it is proposed.
+func (s *Server) sealPassword(d *proto.JobDefinition) error {
+	if d == nil {
+		return nil
+	}
+	sealed, err := s.cfg.Secrets.Seal(d.Source.Password)
+	if err != nil {
+		return fmt.Errorf("seal password: %w", err)
+	}
+	d.Source.Password = sealed
+	return nil
 }
 
 // writeJSON writes v with a status code.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
 // Sentinel errors.
@@ -54,7 +55,9 @@ type Config struct {
 	PerVCenterLimit int
 	// ProgressInterval is the minimum time between two progress writes of one job.
 	ProgressInterval time.Duration
-	Logger           *slog.Logger
+	// Secrets opens sealed passwords for the agent's lease (nil: stored in clear).
+	Secrets *secrets.Box
+	Logger  *slog.Logger
 }
 
 // DefaultConfig returns production timings.
@@ -104,12 +107,15 @@ type Manager struct {
 	fleet Fleet
 	now   func() time.Time
 
-	mu           sync.Mutex
-	leading      bool
-	term         context.Context
-	leases       map[string]*held // by job id
-	waiters      map[*waiter]struct{}
-	reserved     map[string]bool // jobs being granted right now
+	mu       sync.Mutex
+	leading  bool
+	term     context.Context
+	leases   map[string]*held // by job id
+	waiters  map[*waiter]struct{}
+	reserved map[string]bool // jobs being granted right now
+	// sealedFail holds jobs whose password this leader cannot open (wrong or missing
+	// secrets key): skipping them keeps the dispatcher from spinning on them.
+	sealedFail   map[string]bool
 	lastProgress map[string]time.Time
 	wake         chan struct{}
 	expireCh     chan state.LeaseToken
@@ -121,7 +127,7 @@ func New(cfg Config, st *state.State, raft Applier, fleet Fleet) *Manager {
 	return &Manager{
 		cfg: cfg, log: cfg.Logger.With("component", "lease"), st: st, raft: raft, fleet: fleet,
 		now:    func() time.Time { return time.Now().UTC() },
-		leases: map[string]*held{}, waiters: map[*waiter]struct{}{}, reserved: map[string]bool{},
+		leases: map[string]*held{}, waiters: map[*waiter]struct{}{}, reserved: map[string]bool{}, sealedFail: map[string]bool{},
 		lastProgress: map[string]time.Time{},
 		wake:         make(chan struct{}, 1), expireCh: make(chan state.LeaseToken, 1024),
 	}
@@ -371,7 +377,7 @@ func (m *Manager) dispatch(ctx context.Context) {
 		}
 		var pick *proto.Job
 		m.st.Jobs(proto.StatusPending, func(j *proto.Job) bool {
-			if m.reserved[j.Definition.ID] || !fits(j, w.req, known) {
+			if m.reserved[j.Definition.ID] || m.sealedFail[j.Definition.ID] || !fits(j, w.req, known) {
 				return true
 			}
 			if perVC[vcenterKey(j)] >= m.cfg.PerVCenterLimit {
@@ -429,6 +435,17 @@ func (m *Manager) dispatch(ctx context.Context) {
 }
 
 func (m *Manager) grant(j *proto.Job, agent string) (*proto.Lease, error) {
+	def := j.Definition
+	pw, err := m.cfg.Secrets.Open(def.Source.Password)
+	if err != nil {
+		// Granting would only make the agent fail with "bad credentials": keep it pending
+		// until a leader with the right key takes over.
+		m.mu.Lock()
+		m.sealedFail[def.ID] = true
+		m.mu.Unlock()
+		return nil, fmt.Errorf("job %s: %w", def.ID, err)
+	}
+	def.Source.Password = pw
 	tok := state.LeaseToken{JobID: j.Definition.ID, Attempt: j.Attempt + 1}
 	at := m.now()
 	if _, err := m.raft.Apply(state.MustEncode(state.CmdLeaseGrant, state.LeaseGrant{LeaseToken: tok, Agent: agent, At: at})); err != nil {
@@ -440,7 +457,7 @@ func (m *Manager) grant(j *proto.Job, agent string) (*proto.Lease, error) {
 	m.log.Info("lease granted", "job", tok.JobID, "attempt", tok.Attempt, "agent", agent, "vm", j.Definition.VMPath)
 	return &proto.Lease{
 		LeaseToken: proto.LeaseToken{JobID: tok.JobID, Attempt: tok.Attempt},
-		TTLSeconds: m.cfg.TTL.Seconds(), Definition: j.Definition, GrantedAt: at,
+		TTLSeconds: m.cfg.TTL.Seconds(), Definition: def, GrantedAt: at,
 	}, nil
 }
 
