@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/vcsim"
 	"github.com/hypersdk/hypersdk/test/fleettest"
 )
 
@@ -372,30 +374,54 @@ func testWebhooks(t *testing.T, env map[string]string) {
 }
 
 func testVMs(t *testing.T, env map[string]string) {
-	pwFile := writeFile(t, "pw", fleettest.CanaryPassword+"\n")
-	vc := []string{"--vcenter", "https://127.0.0.1:1/sdk", "--username", "admin"}
-
-	r := hyperctl(t, env, "", append([]string{"vms", "list"}, vc...)...)
-	if r.code != exitUsage || !strings.Contains(r.stderr, "password is required") {
-		t.Fatalf("vms list without a password: %s", r)
+	cfg := vcsim.DefaultConfig()
+	cfg.VMs, cfg.DisksPerVM, cfg.DiskSize, cfg.PowerOn = 2, 1, 4<<20, true
+	cfg.Username, cfg.Password = "admin", fleettest.CanaryPassword
+	sim, err := vcsim.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	withEnv := map[string]string{"HYPERSDK_SERVER": env["HYPERSDK_SERVER"], "HYPERSDK_VCENTER_PASSWORD": fleettest.CanaryPassword}
-	for _, args := range [][]string{
-		append([]string{"vms", "list", "--password-file", pwFile}, vc...),
-		append([]string{"vms", "info", "DC0/vm/web-1", "--password-file", pwFile}, vc...),
-		append([]string{"vms", "shutdown", "DC0/vm/web-1"}, vc...),
-		append([]string{"vms", "poweroff", "DC0/vm/web-1"}, vc...),
-		append([]string{"vms", "remove-cdrom", "DC0/vm/web-1"}, vc...),
-	} {
-		r := hyperctl(t, withEnv, "", args...)
-		// The controller cannot reach the vCenter at 127.0.0.1:1 (or has no VM API yet):
-		// either way a one-line error without the password (hyperctl() checks that).
-		if r.code == 0 || r.stderr == "" || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
-			t.Fatalf("hyperctl %s: %s", strings.Join(args, " "), r)
-		}
-		if strings.Contains(r.stderr, "no route for") && !strings.Contains(r.stderr, "has no VM discovery API yet") {
-			t.Fatalf("missing VM API not explained: %s", r)
-		}
+	t.Cleanup(sim.Close)
+	vm := strings.TrimPrefix(sim.VMs[0].Path, "/")
+	other := strings.TrimPrefix(sim.VMs[1].Path, "/")
+	pwFile := writeFile(t, "pw", fleettest.CanaryPassword+"\n")
+	badPw := writeFile(t, "bad", "wrong-password\n")
+	vc := []string{"--vcenter", sim.URL.Host, "--username", "admin", "--vcenter-insecure"}
+	withPw := func(args ...string) []string { return append(append(args, vc...), "--password-file", pwFile) }
+	envPw := map[string]string{"HYPERSDK_SERVER": env["HYPERSDK_SERVER"], "HYPERSDK_VCENTER_PASSWORD": fleettest.CanaryPassword}
+
+	cases := []struct {
+		name   string
+		env    map[string]string
+		args   []string
+		code   int
+		want   []string
+		errHas string
+	}{
+		{name: "no password", env: env, args: append([]string{"vms", "list"}, vc...), code: exitUsage, errHas: "password is required"},
+		{name: "no vcenter", env: env, args: []string{"vms", "list", "--username", "a", "--password-file", pwFile}, code: exitUsage, errHas: "--vcenter"},
+		{name: "list", env: env, args: withPw("vms", "list"), want: []string{"NAME", "POWER", vm, other, "poweredOn"}},
+		{name: "list pattern json", env: env, args: withPw("vms", "list", "--pattern", vm, "-o", "json"), want: []string{`"total": 1`, vm}},
+		{name: "list wrong password", env: env, args: append(append([]string{"vms", "list"}, vc...), "--password-file", badPw), code: exitRejected, errHas: "HTTP 400"},
+		{name: "info from env password", env: envPw, args: append([]string{"vms", "info", vm}, vc...), want: []string{"Path:", vm, "CPUs:", "DISK", "CAPACITY", "NIC"}},
+		{name: "info unknown", env: envPw, args: append([]string{"vms", "info", "DC0/vm/nope"}, vc...), code: exitRejected, errHas: "HTTP 404"},
+		{name: "remove cdrom", env: envPw, args: append([]string{"vms", "remove-cdrom", vm}, vc...), want: []string{vm + ": CD-ROM devices removed"}},
+		{name: "shutdown", env: envPw, args: append([]string{"vms", "shutdown", vm}, vc...), want: []string{vm + ":"}},
+		{name: "poweroff", env: envPw, args: append([]string{"vms", "poweroff", other, "-o", "json"}, vc...), want: []string{`"message"`}},
+		{name: "info after poweroff", env: envPw, args: append([]string{"vms", "info", other, "-o", "json"}, vc...), want: []string{`"power_state": "poweredOff"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := hyperctl(t, tc.env, "", tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.errHas) {
+				t.Fatalf("want exit %d and %q: %s", tc.code, tc.errHas, r)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Fatalf("stdout lacks %q: %s", w, r)
+				}
+			}
+		})
 	}
 }
 

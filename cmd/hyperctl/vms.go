@@ -14,8 +14,8 @@ import (
 // vcenterFlags are the vCenter connection flags of every vms command. The password is
 // never a flag: flags show up in ps and shell history.
 type vcenterFlags struct {
-	url, user, datacenter, passwordFile string
-	insecure                            bool
+	url, user, datacenter, passwordFile, thumbprint string
+	insecure                                        bool
 }
 
 func (v *vcenterFlags) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -24,10 +24,11 @@ func (v *vcenterFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&v.datacenter, "datacenter", getenv("HYPERSDK_VCENTER_DATACENTER"), "datacenter (optional)")
 	fs.StringVar(&v.passwordFile, "password-file", "", "file holding the vCenter password (or env HYPERSDK_VCENTER_PASSWORD)")
 	fs.BoolVar(&v.insecure, "vcenter-insecure", false, "do not verify the vCenter's certificate")
+	fs.StringVar(&v.thumbprint, "thumbprint", getenv("HYPERSDK_VCENTER_THUMBPRINT"), "pin the vCenter's certificate (SHA-1/SHA-256 hex)")
 }
 
 func (v *vcenterFlags) resolve(a *app) (client.VCenter, error) {
-	vc := client.VCenter{URL: v.url, Username: v.user, Datacenter: v.datacenter, Insecure: v.insecure}
+	vc := client.VCenter{URL: v.url, Username: v.user, Datacenter: v.datacenter, Insecure: v.insecure, Thumbprint: v.thumbprint}
 	if vc.URL == "" {
 		return vc, usagef("--vcenter URL is required (or HYPERSDK_VCENTER_URL)")
 	}
@@ -52,11 +53,15 @@ func (v *vcenterFlags) resolve(a *app) (client.VCenter, error) {
 
 func init() {
 	var vf vcenterFlags
+	var pattern string
 	flags := func(a *app, fs *flag.FlagSet) { vf.register(fs, a.getenv) }
 	register("vms", "list", &command{
-		usage: "--vcenter URL --username USER [--password-file FILE] [--datacenter DC]",
+		usage: "--vcenter URL --username USER [--password-file FILE] [--datacenter DC] [--pattern GLOB]",
 		help:  "list the VMs of a vCenter (through the controller)",
-		flags: flags,
+		flags: func(a *app, fs *flag.FlagSet) {
+			vf.register(fs, a.getenv)
+			fs.StringVar(&pattern, "pattern", "", `inventory path glob, e.g. "DC0/vm/prod/*" (default: every VM)`)
+		},
 		run: func(a *app, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
@@ -65,7 +70,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			res, err := a.client.ListVMs(a.ctx, vc)
+			res, err := a.client.ListVMs(a.ctx, vc, pattern)
 			if err != nil {
 				return vmsErr(err, "GET /vms/list")
 			}
@@ -85,7 +90,7 @@ func init() {
 	})
 	register("vms", "info", &command{
 		usage: "VM_PATH --vcenter URL --username USER [--password-file FILE]",
-		help:  "show a VM's hardware and disks",
+		help:  "show a VM's hardware, disks and NICs",
 		flags: flags,
 		run: func(a *app, args []string) error {
 			if err := needArgs(args, 1, "one VM path"); err != nil {
@@ -102,13 +107,16 @@ func init() {
 			if a.jsonOut() {
 				return a.printJSON(info)
 			}
-			cpus, mem := info.Hardware.NumCPU, info.Hardware.MemoryMB
+			cpus, mem, fw := info.Hardware.NumCPU, info.Hardware.MemoryMB, info.Hardware.Firmware
 			if cpus == 0 {
 				cpus, mem = info.NumCPU, info.MemoryMB
 			}
+			if fw == "" {
+				fw = info.Firmware
+			}
 			if err := fields(a.stdout,
 				"Name", info.Name, "Path", info.Path, "UUID", info.UUID, "Power", info.PowerState,
-				"CPUs", itoa(cpus), "Memory", humanBytes(int64(mem)<<20), "Firmware", info.Firmware,
+				"CPUs", itoa(cpus), "Memory", humanBytes(int64(mem)<<20), "Firmware", fw,
 				"Guest OS", info.GuestOS, "IP", info.IPAddress,
 			); err != nil {
 				return err
@@ -118,6 +126,16 @@ func init() {
 				t := a.table("DISK", "CAPACITY", "FILE")
 				for _, d := range info.Disks {
 					t.row(d.Label, humanBytes(d.Bytes()), d.Backing())
+				}
+				if err := t.flush(); err != nil {
+					return err
+				}
+			}
+			if len(info.NICs) > 0 {
+				fmt.Fprintln(a.stdout)
+				t := a.table("NIC", "NETWORK", "MAC", "ADAPTER", "CONNECTED")
+				for _, n := range info.NICs {
+					t.row(n.Label, n.Network, n.MAC, n.AdapterType, yesNo(n.Connected))
 				}
 				return t.flush()
 			}

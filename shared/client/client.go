@@ -260,6 +260,7 @@ type request struct {
 	method string
 	path   string
 	query  url.Values
+	header http.Header
 	body   []byte
 	// idempotent calls may be retried on another controller after any transport error.
 	idempotent bool
@@ -349,6 +350,9 @@ func (c *Client) once(ctx context.Context, base *url.URL, req request) ([]byte, 
 	}
 	if req.body != nil {
 		hr.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range req.header {
+		hr.Header[k] = v
 	}
 	hr.Header.Set("Accept", "application/json")
 	hr.Header.Set("User-Agent", c.cfg.UserAgent)

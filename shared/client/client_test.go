@@ -136,7 +136,7 @@ func TestUnreachableIsOneLine(t *testing.T) {
 		t.Fatalf("got %q, want %q", err, want)
 	}
 	// The password of a VM query is in the URL's query string: never in the error.
-	_, err = c.ListVMs(context.Background(), VCenter{URL: "vc", Username: "u", Password: "hunter2-secret"})
+	_, err = c.ListVMs(context.Background(), VCenter{URL: "vc", Username: "u", Password: "hunter2-secret"}, "")
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error %v", err)
 	}

@@ -2,33 +2,49 @@ package client
 
 import (
 	"context"
+	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/hypersdk/hypersdk/proto"
 )
 
 // VCenter is how the controller reaches a vCenter for the VM discovery API. The password
-// travels to the controller only; it is never part of an error message of this package.
+// travels in the X-Vcenter-Password header, never in a URL (a query string ends up in
+// proxies' logs), and never in an error message of this package.
 type VCenter struct {
 	URL        string
 	Username   string
 	Password   string
 	Datacenter string
 	Insecure   bool
+	// Thumbprint pins the vCenter's certificate (SHA-1 or SHA-256, hex with colons).
+	Thumbprint string
 }
+
+// vcenterPasswordHeader is how GET /vms/* takes the password out of the query string.
+const vcenterPasswordHeader = "X-Vcenter-Password"
 
 func (v VCenter) query() url.Values {
 	q := url.Values{}
 	q.Set("vcenter_url", v.URL)
 	q.Set("username", v.Username)
-	q.Set("password", v.Password)
 	if v.Datacenter != "" {
 		q.Set("datacenter", v.Datacenter)
 	}
 	if v.Insecure {
 		q.Set("insecure", "true")
 	}
+	if v.Thumbprint != "" {
+		q.Set("thumbprint", v.Thumbprint)
+	}
 	return q
+}
+
+func (v VCenter) header() http.Header {
+	h := http.Header{}
+	h.Set(vcenterPasswordHeader, v.Password)
+	return h
 }
 
 // VMOperation is the body of POST /vms/shutdown, /vms/poweroff and /vms/remove-cdrom.
@@ -39,6 +55,7 @@ type VMOperation struct {
 	VMPath     string `json:"vm_path"`
 	Datacenter string `json:"datacenter,omitempty"`
 	Insecure   bool   `json:"insecure,omitempty"`
+	Thumbprint string `json:"thumbprint,omitempty"`
 }
 
 // VM is one row of GET /vms/list. It accepts both the API document's field names and the
@@ -101,9 +118,11 @@ type VMInfo struct {
 	UUID       string `json:"uuid"`
 	PowerState string `json:"power_state"`
 	Hardware   struct {
-		NumCPU          int `json:"num_cpu"`
-		MemoryMB        int `json:"memory_mb"`
-		NumVirtualDisks int `json:"num_virtual_disks"`
+		NumCPU          int    `json:"num_cpu"`
+		CoresPerSocket  int    `json:"cores_per_socket,omitempty"`
+		MemoryMB        int    `json:"memory_mb"`
+		NumVirtualDisks int    `json:"num_virtual_disks"`
+		Firmware        string `json:"firmware,omitempty"`
 	} `json:"hardware"`
 	NumCPU    int      `json:"num_cpu,omitempty"`
 	MemoryMB  int      `json:"memory_mb,omitempty"`
@@ -111,12 +130,28 @@ type VMInfo struct {
 	GuestOS   string   `json:"guest_os,omitempty"`
 	IPAddress string   `json:"ip_address,omitempty"`
 	Disks     []VMDisk `json:"disks"`
+	NICs      []VMNIC  `json:"nics,omitempty"`
 }
 
-// ListVMs calls GET /vms/list.
-func (c *Client) ListVMs(ctx context.Context, vc VCenter) (VMList, error) {
+// VMNIC is one network adapter in GET /vms/info.
+type VMNIC struct {
+	Label       string `json:"label"`
+	Network     string `json:"network"`
+	MAC         string `json:"mac"`
+	AdapterType string `json:"adapter_type"`
+	Connected   bool   `json:"connected"`
+}
+
+// ListVMs calls GET /vms/list. pattern is an inventory path glob ("DC0/vm/prod/*"); empty
+// lists every VM of the datacenter.
+func (c *Client) ListVMs(ctx context.Context, vc VCenter, pattern string) (VMList, error) {
+	q := vc.query()
+	if pattern != "" {
+		q.Set("pattern", pattern)
+	}
 	var out VMList
-	return out, c.get(ctx, "/vms/list", vc.query(), &out)
+	// Logging in to a vCenter and walking its inventory takes longer than a REST call.
+	return out, c.call(ctx, request{method: http.MethodGet, path: "/vms/list", query: q, header: vc.header(), idempotent: true, timeout: 90 * time.Second}, nil, &out)
 }
 
 // VMInfo calls GET /vms/info.
@@ -124,13 +159,14 @@ func (c *Client) VMInfo(ctx context.Context, vc VCenter, vmPath string) (VMInfo,
 	q := vc.query()
 	q.Set("vm_path", vmPath)
 	var out VMInfo
-	return out, c.get(ctx, "/vms/info", q, &out)
+	return out, c.call(ctx, request{method: http.MethodGet, path: "/vms/info", query: q, header: vc.header(), idempotent: true, timeout: 90 * time.Second}, nil, &out)
 }
 
 // VMAction calls POST /vms/{action} (shutdown, poweroff, remove-cdrom).
 func (c *Client) VMAction(ctx context.Context, action string, vc VCenter, vmPath string) (proto.MessageResponse, error) {
 	body := VMOperation{VCenterURL: vc.URL, Username: vc.Username, Password: vc.Password, VMPath: vmPath,
-		Datacenter: vc.Datacenter, Insecure: vc.Insecure}
+		Datacenter: vc.Datacenter, Insecure: vc.Insecure, Thumbprint: vc.Thumbprint}
 	var out proto.MessageResponse
-	return out, c.post(ctx, "/vms/"+pathEscape(action), body, &out)
+	// A graceful shutdown waits for the guest: allow more than a REST call.
+	return out, c.call(ctx, request{method: http.MethodPost, path: "/vms/" + pathEscape(action), timeout: 5 * time.Minute}, body, &out)
 }
