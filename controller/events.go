@@ -20,9 +20,7 @@ func (c *Controller) wireEvents(log *slog.Logger) {
 
 	c.Scheduler = schedule.New(schedule.Config{
 		Poll: cfg.Scheduler.Poll, MaxAttempts: cfg.Cluster.MaxAttempts, Logger: log,
-		// No inventory lister yet: a template with a vm_path glob fails its run with
-		// schedule.ErrNoLister until shared/vsphere is wired here.
-		Lister: nil,
+		Lister: vsphereLister{log: log.With("component", "scheduler"), box: c.secrets},
 	}, c.State, c.Node)
 	if cfg.SchedulerEnabled() {
 		c.Node.OnLeadership(c.Scheduler.Run)

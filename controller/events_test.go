@@ -22,6 +22,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/vcsim"
 )
 
 // fakeClock is the scheduler's clock in tests: moving it across a minute boundary fires a
@@ -539,5 +540,49 @@ func TestWebSocket(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// A vm_path glob expands at fire time to one job per VM of the simulator's inventory.
+func TestScheduleGlobExpandsAgainstSimulator(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sim, err := vcsim.Start(ctx, vcsim.Config{VMs: 3, DiskSize: 1 << 20, Logger: controller.TestLogger(t)})
+	if err != nil {
+		t.Fatalf("simulator: %v", err)
+	}
+	t.Cleanup(sim.Close)
+	c := controller.StartTestCluster(t, 1)[0]
+	tpl, _ := json.Marshal(proto.JobDefinition{
+		VMPath:      "DC0/vm/vm-*",
+		Source:      proto.Source{Type: "vsphere", VCenterURL: sim.URL.String(), Username: sim.Username, Password: sim.Password, Thumbprint: sim.Thumbprint},
+		Destination: proto.Destination{Type: "kvm"},
+	})
+	if code, out := postRetry(t, c.URL()+"/schedules", []byte(`{"id":"fleet","schedule":"0 2 * * *","job_template":`+string(tpl)+`}`), http.StatusCreated); code != http.StatusCreated {
+		t.Fatalf("create: %d %v", code, out)
+	}
+	code, out := postRetry(t, c.URL()+"/schedules/fleet/trigger", nil, http.StatusOK)
+	if code != http.StatusOK || len(out["job_ids"].([]any)) != 3 {
+		t.Fatalf("trigger: %d %v", code, out)
+	}
+	var paths []string
+	c.State.Jobs(proto.StatusPending, func(j *proto.Job) bool {
+		if j.Definition.ScheduleID == "fleet" {
+			paths = append(paths, j.Definition.VMPath)
+		}
+		return true
+	})
+	if fmt.Sprint(paths) != "[DC0/vm/vm-1 DC0/vm/vm-2 DC0/vm/vm-3]" {
+		t.Fatalf("jobs for %v", paths)
+	}
+	// A pattern that matches nothing is a failed run with the reason.
+	if code, out := postRetry(t, c.URL()+"/schedules", []byte(`{"id":"none","schedule":"0 2 * * *","job_template":`+strings.Replace(string(tpl), "vm-*", "db-*", 1)+`}`), http.StatusCreated); code != http.StatusCreated {
+		t.Fatalf("create: %d %v", code, out)
+	}
+	if code, out := postRetry(t, c.URL()+"/schedules/none/trigger", nil, http.StatusBadGateway); code != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "matched no VM") {
+		t.Fatalf("trigger of an empty pattern: %d %v", code, out)
+	}
+	if st := c.State.ScheduleStats(); st.FailedRuns != 1 || st.TotalRuns != 2 {
+		t.Fatalf("stats %+v", st)
 	}
 }

@@ -26,7 +26,8 @@ func TestSchedulesContract(t *testing.T) {
 	if code, _, b := do(t, "POST", base+"/schedules", schedBody("daily-backup", "0 2 * * *")); code != http.StatusCreated {
 		t.Fatalf("create: %d %s", code, b)
 	}
-	globTpl := strings.Replace(validTemplate, "DC0/vm/web-1", "DC0/vm/*", 1)
+	// A glob against a vCenter that is not there: the run fails with the reason.
+	globTpl := strings.NewReplacer("DC0/vm/web-1", "DC0/vm/*", "vcenter.example.com", "127.0.0.1:1").Replace(validTemplate)
 	if code, _, b := do(t, "POST", base+"/schedules", `{"id":"glob","schedule":"0 3 * * *","job_template":`+globTpl+`}`); code != http.StatusCreated {
 		t.Fatalf("create glob: %d %s", code, b)
 	}
@@ -66,7 +67,7 @@ func TestSchedulesContract(t *testing.T) {
 		{"enable unknown", "POST", "/schedules/nope/enable", "", 404, "not found"},
 		{"trigger", "POST", "/schedules/daily-backup/trigger", "", 200, ""},
 		{"trigger unknown", "POST", "/schedules/nope/trigger", "", 404, "not found"},
-		{"trigger glob without lister", "POST", "/schedules/glob/trigger", "", 502, "no vSphere inventory lister"},
+		{"trigger glob, vCenter unreachable", "POST", "/schedules/glob/trigger", "", 502, "expand vm_path DC0/vm/*"},
 		{"delete unknown", "DELETE", "/schedules/nope", "", 404, "not found"},
 		{"wrong method", "PATCH", "/schedules/daily-backup", "", 405, "not allowed"},
 		{"wrong method on stats", "POST", "/schedules/stats", "", 405, "not allowed"},

@@ -311,16 +311,21 @@ func (s *State) Schedule(id string) (proto.Schedule, bool) {
 
 // Schedules returns every schedule in creation order (copies; passwords NOT masked).
 func (s *State) Schedules() []proto.Schedule {
+	type item struct {
+		seq uint64
+		s   *proto.Schedule
+	}
 	s.mu.RLock()
-	recs := make([]*scheduleRecord, 0, len(s.sw.schedules))
+	// Copy the pointers under the lock: apply swaps rec.s for a new version.
+	items := make([]item, 0, len(s.sw.schedules))
 	for _, r := range s.sw.schedules {
-		recs = append(recs, r)
+		items = append(items, item{r.seq, r.s})
 	}
 	s.mu.RUnlock()
-	sort.Slice(recs, func(i, j int) bool { return recs[i].seq < recs[j].seq })
-	out := make([]proto.Schedule, len(recs))
-	for i, r := range recs {
-		out[i] = *r.s
+	sort.Slice(items, func(i, j int) bool { return items[i].seq < items[j].seq })
+	out := make([]proto.Schedule, len(items))
+	for i, it := range items {
+		out[i] = *it.s
 	}
 	return out
 }

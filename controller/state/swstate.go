@@ -243,3 +243,11 @@ func (sw *swState) restoreLocked(snap *swSnapshot, ended func(jobID string) bool
 	sw.signal(sw.scheduleCh)
 	sw.signal(sw.outboxCh)
 }
+
+// Subscribers is the number of open event subscriptions (the WebSocket hub holds one only
+// while clients are connected).
+func (s *State) Subscribers() int {
+	s.events.mu.RLock()
+	defer s.events.mu.RUnlock()
+	return len(s.events.subs)
+}

@@ -1,0 +1,156 @@
+package webhook
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+type localApplier struct {
+	mu  sync.Mutex
+	st  *state.State
+	idx uint64
+}
+
+func (a *localApplier) Apply(cmd []byte) (any, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.idx++
+	r := a.st.Apply(a.idx, cmd)
+	if err, ok := r.(error); ok {
+		return nil, err
+	}
+	return r, nil
+}
+
+func TestSend(t *testing.T) {
+	var mu sync.Mutex
+	var got http.Header
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/hang":
+			// The server notices the client hanging up only once the body was read.
+			_, _ = io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+		case "/redirect":
+			http.Redirect(w, r, "/ok", http.StatusFound)
+		case "/ok":
+			mu.Lock()
+			got = r.Header.Clone()
+			mu.Unlock()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cases := []struct {
+		name, path  string
+		errContains string
+	}{
+		{"success", "/ok", ""},
+		{"a redirect is not followed", "/redirect", "302"},
+		{"each attempt has its deadline", "/hang", "no answer within 1s"},
+		{"receiver down", "", "refused"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			url := srv.URL + tc.path
+			if tc.path == "" {
+				url = "http://127.0.0.1:1/x"
+			}
+			hook := proto.Webhook{URL: url + "?token=abc", Timeout: 1, Secret: "k", Headers: map[string]string{"Authorization": "Bearer t"}}
+			start := time.Now()
+			err := Send(context.Background(), NewClient(), hook, "42", "job.failed", []byte(`{"event":"job.failed"}`))
+			if tc.errContains == "" && err != nil || tc.errContains != "" && (err == nil || !strings.Contains(err.Error(), tc.errContains)) {
+				t.Fatalf("err %v, want %q", err, tc.errContains)
+			}
+			if err != nil && strings.Contains(err.Error(), "token=abc") {
+				t.Fatalf("error repeats the URL's query: %v", err)
+			}
+			if time.Since(start) > 3*time.Second {
+				t.Fatalf("took %v", time.Since(start))
+			}
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got.Get(proto.HeaderWebhookDelivery) != "42" || got.Get(proto.HeaderWebhookEvent) != "job.failed" ||
+		got.Get(proto.HeaderWebhookSignature) != Sign("k", []byte(`{"event":"job.failed"}`)) || got.Get("Authorization") != "Bearer t" ||
+		got.Get("Content-Type") != "application/json" {
+		t.Fatalf("headers %v", got)
+	}
+	// The reference value of HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog").
+	if Sign("key", []byte("The quick brown fox jumps over the lazy dog")) != "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8" {
+		t.Fatal("signature is not HMAC-SHA256 hex")
+	}
+}
+
+func TestBackoffDoublesWithJitter(t *testing.T) {
+	d := New(Config{Backoff: 100 * time.Millisecond, MaxBackoff: 350 * time.Millisecond}, state.New(), nil)
+	for _, tc := range []struct {
+		attempt int
+		base    time.Duration
+	}{{1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {3, 350 * time.Millisecond}, {8, 350 * time.Millisecond}} {
+		for i := 0; i < 50; i++ {
+			if b := d.backoff(tc.attempt); b < tc.base/2 || b >= tc.base*3/2 {
+				t.Fatalf("retry %d waited %v, want [%v, %v)", tc.attempt, b, tc.base/2, tc.base*3/2)
+			}
+		}
+	}
+}
+
+// The deliverer retries a failing receiver, then records the delivery, which empties the
+// outbox; a receiver that never recovers is given up on after retry_count retries.
+func TestRunDeliversAndRecords(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[r.URL.Path]++
+		if r.URL.Path == "/broken" || calls[r.URL.Path] <= 2 {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	st := state.New()
+	a := &localApplier{st: st}
+	retries := 2
+	seed := []proto.Webhook{}
+	for _, p := range []string{"/flaky", "/broken"} {
+		r := proto.WebhookRequest{URL: srv.URL + p, Events: []string{proto.EventJobSubmitted}, RetryCount: &retries}
+		seed = append(seed, r.Webhook())
+	}
+	d := New(Config{Backoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Poll: 20 * time.Millisecond, Seed: seed}, st, a)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	deadline := time.Now().Add(5 * time.Second)
+	for !st.WebhooksSeeded() && time.Now().Before(deadline) {
+		<-time.After(5 * time.Millisecond)
+	}
+	def := proto.JobDefinition{ID: "j", VMPath: "DC0/vm/j", Source: proto.Source{Type: "vsphere", VCenterURL: "127.0.0.1:1", Username: "u", Password: "pw"}, Destination: proto.Destination{Type: "kvm"}}
+	if _, err := a.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def})); err != nil {
+		t.Fatal(err)
+	}
+	for st.OutboxLen() > 0 && time.Now().Before(deadline) {
+		<-time.After(5 * time.Millisecond)
+	}
+	ok, failed, dropped := st.WebhookDeliveryCounters()
+	mu.Lock()
+	defer mu.Unlock()
+	if st.OutboxLen() != 0 || ok != 1 || failed != 1 || dropped != 0 {
+		t.Fatalf("outbox %d, counters %d/%d/%d", st.OutboxLen(), ok, failed, dropped)
+	}
+	if calls["/flaky"] != 3 || calls["/broken"] != 3 {
+		t.Fatalf("attempts %v, want 3 each (1 + retry_count 2)", calls)
+	}
+}
