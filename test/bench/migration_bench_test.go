@@ -189,4 +189,3 @@ func toolsRSS(parent int) int64 {
 	}
 	return sum
 }
-
