@@ -72,12 +72,13 @@ func DefaultConfig() Config {
 	}
 }
 
-// FastConfig shortens every timer for in-process tests.
+// FastConfig shortens every timer for tests and one-machine demos. Not shorter than this:
+// on a loaded 2-core CI machine, 200 ms timeouts made leaders step down spuriously.
 func FastConfig() Config {
 	c := DefaultConfig()
-	c.HeartbeatTimeout = 200 * time.Millisecond
-	c.ElectionTimeout = 200 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.HeartbeatTimeout = 500 * time.Millisecond
+	c.ElectionTimeout = 500 * time.Millisecond
+	c.LeaderLeaseTimeout = 250 * time.Millisecond
 	c.SnapshotInterval = 2 * time.Second
 	return c
 }
