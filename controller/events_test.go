@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -552,7 +554,13 @@ func TestScheduleGlobExpandsAgainstSimulator(t *testing.T) {
 		t.Fatalf("simulator: %v", err)
 	}
 	t.Cleanup(sim.Close)
-	c := controller.StartTestCluster(t, 1)[0]
+	// With secrets.key_file the template's password is sealed in the state: the expansion
+	// must open it, and a PUT of the masked template must keep it.
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, []byte("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := controller.StartTestClusterWith(t, 1, func(_ int, cfg *controller.Config) { cfg.Secrets.KeyFile = key })[0]
 	tpl, _ := json.Marshal(proto.JobDefinition{
 		VMPath:      "DC0/vm/vm-*",
 		Source:      proto.Source{Type: "vsphere", VCenterURL: sim.URL.String(), Username: sim.Username, Password: sim.Password, Thumbprint: sim.Thumbprint},
@@ -560,6 +568,18 @@ func TestScheduleGlobExpandsAgainstSimulator(t *testing.T) {
 	})
 	if code, out := postRetry(t, c.URL()+"/schedules", []byte(`{"id":"fleet","schedule":"0 2 * * *","job_template":`+string(tpl)+`}`), http.StatusCreated); code != http.StatusCreated {
 		t.Fatalf("create: %d %v", code, out)
+	}
+	sealed, _ := c.State.Schedule("fleet")
+	if !strings.HasPrefix(sealed.JobTemplate.Source.Password, "sealed:") {
+		t.Fatal("template password not sealed in the state")
+	}
+	masked := strings.Replace(string(tpl), `"password":"`+sim.Password+`"`, `"password":"********"`, 1)
+	req, _ := http.NewRequest(http.MethodPut, c.URL()+"/schedules/fleet", strings.NewReader(`{"job_template":`+masked+`}`))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT masked template: %v %v", err, resp)
+	}
+	if kept, _ := c.State.Schedule("fleet"); kept.JobTemplate.Source.Password != sealed.JobTemplate.Source.Password {
+		t.Fatal("PUT of the masked template replaced the stored password")
 	}
 	code, out := postRetry(t, c.URL()+"/schedules/fleet/trigger", nil, http.StatusOK)
 	if code != http.StatusOK || len(out["job_ids"].([]any)) != 3 {

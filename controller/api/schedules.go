@@ -155,8 +155,11 @@ func (a *scheduleAPI) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.s.write(w, r, body, func() (int, any, error) {
-		if err := a.s.sealPassword(u.JobTemplate); err != nil {
-			return 0, nil, err
+		// The mask means "keep the stored password": apply must see it as sent, not sealed.
+		if u.JobTemplate != nil && u.JobTemplate.Source.Password != proto.RedactedPassword {
+			if err := a.s.sealPassword(u.JobTemplate); err != nil {
+				return 0, nil, err
+			}
 		}
 		cmd := state.ScheduleUpsert{ID: id, Name: u.Name, Description: u.Description, Schedule: u.Schedule,
 			Enabled: u.Enabled, JobTemplate: u.JobTemplate, At: a.s.now()}
