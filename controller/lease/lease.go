@@ -652,7 +652,13 @@ func PendingReason(j *proto.Job, st *state.State, fleet Fleet, perVCenterLimit i
 	}
 	alive := 0
 	byName := map[string]proto.AgentInfo{}
-	for _, a := range agents {
+	// Leases in the state are fresher than the running count an agent gossips.
+	leased := st.RunningByAgent()
+	for i, a := range agents {
+		if n := leased[a.Name]; n > a.RunningJobs {
+			agents[i].RunningJobs = n
+			a.RunningJobs = n
+		}
 		byName[a.Name] = a
 		if a.State.Member() {
 			alive++
