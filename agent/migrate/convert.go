@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/hypersdk/hypersdk/agent/transfer"
 	"github.com/hypersdk/hypersdk/proto"
@@ -55,6 +56,7 @@ func (j *job) convert(ctx context.Context) error {
 		j.report(pr)
 	}, sizes, 0, msg)
 
+	started := time.Now()
 	var err error
 	switch j.method {
 	case transfer.MethodHTTPS:
@@ -73,6 +75,11 @@ func (j *job) convert(ctx context.Context) error {
 		return err
 	}
 	agg.Finish()
+	if d := time.Since(started).Seconds(); d > 0 {
+		j.copyRate = float64(total) / d
+	}
+	j.report(proto.Progress{Stage: proto.StageConversion, PercentComplete: 100, CurrentBytes: total, TotalBytes: total,
+		BytesPerSecond: j.copyRate, Message: msg})
 	return nil
 }
 

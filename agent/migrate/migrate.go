@@ -175,6 +175,7 @@ type job struct {
 	format   string
 	domain   *definedDomain // set once this attempt defined it
 	progress proto.Progress
+	copyRate float64 // average bytes per second of the whole copy, shown once it is done
 }
 
 // Run migrates the leased job's VM. On error and on cancel everything this attempt made
@@ -234,7 +235,7 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 		return nil, err
 	}
 	j.report(proto.Progress{Stage: proto.StageCompleted, PercentComplete: 100,
-		CurrentBytes: j.progress.TotalBytes, TotalBytes: j.progress.TotalBytes,
+		CurrentBytes: j.progress.TotalBytes, TotalBytes: j.progress.TotalBytes, BytesPerSecond: j.copyRate,
 		Message: fmt.Sprintf("domain %s defined on %s", res.DomainName, res.LibvirtURI)})
 	j.log.Info("migration completed", "domain", res.DomainName, "method", j.method, "disks", len(res.Disks),
 		"took", time.Since(start).Round(time.Millisecond))
@@ -246,6 +247,7 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 func (j *job) report(pr proto.Progress) {
 	if pr.TotalBytes == 0 && j.progress.TotalBytes > 0 {
 		pr.CurrentBytes, pr.TotalBytes, pr.PercentComplete = j.progress.CurrentBytes, j.progress.TotalBytes, j.progress.PercentComplete
+		pr.BytesPerSecond = j.progress.BytesPerSecond
 	}
 	j.progress = pr
 	j.rep.Progress(pr)
