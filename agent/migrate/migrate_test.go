@@ -48,7 +48,7 @@ func TestMigrate(t *testing.T) {
 	}{
 		{name: "https to qcow2, NIC mapped to a bridge", opts: proto.Options{ConversionMethod: "https", NetworkMapping: map[string]string{"VM Network": "bridge:hsdk-br9"}},
 			format: "qcow2", nicKind: "bridge", nicTarget: "hsdk-br9", warning: `host bridge "hsdk-br9", which does not exist`},
-		{name: "nfc to raw, NIC unmapped", opts: proto.Options{ConversionMethod: "nfc", OutputFormat: "raw", DiskBus: "sata"},
+		{name: "nfc to raw, NIC unmapped", opts: proto.Options{ConversionMethod: "nfc", OutputFormat: "raw", DiskBus: "sata", GuestConversion: true},
 			format: "raw", nicKind: "network", nicTarget: "default", warning: "not in network_mapping"},
 		{name: "auto picks https for a powered-off VM with flat disks", opts: proto.Options{ConversionMethod: "auto", NetworkMapping: map[string]string{"VM Network": "network:hsdk-net9"}},
 			wantMethod: "https", format: "qcow2", nicKind: "network", nicTarget: "hsdk-net9", warning: `libvirt network "hsdk-net9", which does not exist`},
@@ -72,6 +72,10 @@ func TestMigrate(t *testing.T) {
 			}
 			if !strings.Contains(strings.Join(rec.warns(), "\n"), tc.warning) {
 				t.Errorf("warnings %q lack %q", rec.warns(), tc.warning)
+			}
+			if _, err := exec.LookPath("virt-v2v-in-place"); err != nil && tc.opts.GuestConversion &&
+				!strings.Contains(strings.Join(rec.warns(), "\n"), "virt-v2v-in-place is not installed") {
+				t.Errorf("guest_conversion without virt-v2v-in-place: warnings %q do not say so", rec.warns())
 			}
 			if tc.wantMethod != "" && !strings.Contains(strings.Join(progressMessages(rec), "\n"), "with "+tc.wantMethod) {
 				t.Errorf("progress never says the method is %s: %q", tc.wantMethod, progressMessages(rec))
