@@ -67,13 +67,7 @@ func TestChaos(t *testing.T) {
 		defs = append(defs, d)
 		k++
 	}
-	sub := newSubmitter(func() []string {
-		urls := make([]string, len(f.cs))
-		for i, c := range f.cs {
-			urls[i] = c.URL()
-		}
-		return urls
-	})
+	sub := newSubmitter(f.urls)
 
 	// Clients spread the submits evenly over the chaos period.
 	start := time.Now()
@@ -139,7 +133,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	acked := sub.ackedIDs()
-	conv := waitConverged(t, f.cs, acked, 4*time.Minute)
+	conv := waitConverged(t, f.cs, acked, 4*time.Minute, true)
 	settled := time.Since(chaosEnd)
 
 	atts := readAttempts(t, f.attemptLogs)

@@ -273,27 +273,30 @@ type convergence struct {
 }
 
 // waitConverged polls until every node stores every acknowledged job exactly once, no
-// job is stored twice (same VM path under two ids), every acknowledged job is terminal,
-// and all nodes agree on every job's status and attempt; on timeout it returns what
+// job is stored twice (same VM path under two ids), all nodes agree on every job's status,
+// attempt and agent, and (if terminal) every job has ended; on timeout it returns what
 // differed last (the caller reports it).
-func waitConverged(t *testing.T, cs []*harness.Controller, acked []string, timeout time.Duration) convergence {
+func waitConverged(t *testing.T, cs []*harness.Controller, acked []string, timeout time.Duration, terminal bool) convergence {
 	t.Helper()
 	var last convergence
 	deadline := time.Now().Add(timeout)
 	for {
 		last = checkConverged(cs, acked)
-		if last.ok() || time.Now().After(deadline) {
+		if last.ok(terminal) || time.Now().After(deadline) {
 			return last
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 }
 
-func (c convergence) ok() bool {
+func (c convergence) ok(terminal bool) bool {
 	if c.byID == nil || len(c.lost)+len(c.duplicated)+len(c.disagree) > 0 {
 		return false
 	}
 	for _, j := range c.byID {
+		if !terminal {
+			break
+		}
 		if !j.Status.Terminal() {
 			return false
 		}
