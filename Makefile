@@ -40,6 +40,10 @@ demo: setup build ## Migrate a simulated vSphere VM to a libvirt domain on this 
 bench: setup build ## Run the benchmarks (cluster throughput, queries, failover, transfers)
 	HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
 
+.PHONY: packages
+packages: build ## Build the agent and controller .deb and .rpm packages into dist/
+	$(GO) run ./packaging/cmd/mkpkg -root . -bin bin -out dist -version "$(VERSION)"
+
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf bin dist bench.out
