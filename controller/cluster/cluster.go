@@ -197,6 +197,11 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.NotifyCh = n.notifyCh
+	// Let concurrent writers queue their entries without blocking on the leader loop, and
+	// let one disk write and one replication round carry up to 256 of them: the log's fsync
+	// is the cost of a write, so batching is what makes concurrent submits fast.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
 
 	hasState, err := raft.HasExistingState(logs, n.store, snaps)
 	if err != nil {
