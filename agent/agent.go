@@ -42,9 +42,21 @@ type Config struct {
 	ShutdownGrace  time.Duration `yaml:"shutdown_grace"`
 	// AttemptLog, when set, is a file that gets one JSON line per job attempt start and
 	// end (worker.AttemptRecord), appended across restarts.
-	AttemptLog string       `yaml:"attempt_log"`
-	Gossip     GossipConfig `yaml:"gossip"`
-	Log        LogConfig    `yaml:"log"`
+	AttemptLog string         `yaml:"attempt_log"`
+	Transfer   TransferConfig `yaml:"transfer"`
+	Gossip     GossipConfig   `yaml:"gossip"`
+	Log        LogConfig      `yaml:"log"`
+}
+
+// TransferConfig tunes the disk copies against a flaky source (zero: the defaults of
+// agent/transfer: 5 retries from 2 s doubling, 2 min per HTTP range request).
+type TransferConfig struct {
+	// Retries and RetryDelay: how often nbdkit's retry filter reopens a broken source
+	// connection and repeats the read, and its first back-off (doubled each time).
+	Retries    int           `yaml:"retries"`
+	RetryDelay time.Duration `yaml:"retry_delay"`
+	// RequestTimeout bounds one range request, so a stalled source becomes a retry.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
 // GossipConfig is the agent's seat in the pool.

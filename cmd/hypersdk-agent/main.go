@@ -23,6 +23,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/agent"
 	"github.com/hypersdk/hypersdk/agent/migrate"
+	"github.com/hypersdk/hypersdk/agent/transfer"
 	"github.com/hypersdk/hypersdk/shared/logging"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
@@ -115,6 +116,8 @@ func run(args []string) error {
 	pipeline, err := migrate.New(migrate.Config{
 		StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, DefaultNetwork: cfg.DefaultNetwork,
 		VDDKLibDir: cfg.VDDKLibDir, Registry: reg, Logger: log,
+		Transfer: transfer.Config{Retries: cfg.Transfer.Retries, RetryDelay: cfg.Transfer.RetryDelay,
+			RequestTimeout: cfg.Transfer.RequestTimeout},
 	})
 	if err != nil {
 		return err
