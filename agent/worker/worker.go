@@ -107,8 +107,8 @@ func (c *Config) fill() error {
 type running struct {
 	lease  proto.Lease
 	cancel context.CancelCauseFunc
-	// renewedAt: send time of the last heartbeat that renewed this lease (or of the lease
-	// request that granted it). The leader's expiry is at least TTL after it.
+	// renewedAt: send time of the last heartbeat that renewed this lease (or arrival of the
+	// grant). The leader's expiry is at least TTL after a renewal's send time.
 	renewedAt time.Time
 	done      chan struct{}
 	rep       *reporter
@@ -251,7 +251,6 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 			Agent: w.cfg.Name, Capacity: capacity, Capabilities: caps,
 			RunningJobs: w.Running(), MaxJobs: w.cfg.MaxJobs, WaitSeconds: w.cfg.WaitSeconds,
 		}
-		sent := time.Now()
 		var resp proto.LeaseResponse
 		err := w.c.post(ctx, "/agent/v1/lease", req, &resp, time.Duration(w.cfg.WaitSeconds+10)*time.Second)
 		if err != nil {
@@ -271,13 +270,16 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 		if resp.Lease == nil {
 			continue
 		}
-		w.start(*resp.Lease, sent)
+		// The fence clock starts now, not when the long-poll was sent: the grant may have
+		// come 20 s into the poll, and the leader's timer started at the grant. The 20%
+		// fence margin covers the response's flight time.
+		w.start(*resp.Lease, time.Now())
 	}
 }
 
-func (w *Worker) start(l proto.Lease, sent time.Time) {
+func (w *Worker) start(l proto.Lease, received time.Time) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	r := &running{lease: l, cancel: cancel, renewedAt: sent, done: make(chan struct{})}
+	r := &running{lease: l, cancel: cancel, renewedAt: received, done: make(chan struct{})}
 	r.rep = newReporter(w, l.LeaseToken, cancel)
 	w.mu.Lock()
 	if l.TTLSeconds > 0 {

@@ -509,3 +509,30 @@ func (p *proxy) cut() {
 	}
 	p.conns = nil
 }
+
+// A grant that arrives late in a long-poll (after 80% of the TTL) must not be fenced at
+// once: the fence clock starts when the lease arrives, as the leader's timer starts at
+// the grant.
+func TestLateGrantInLongPollIsNotFenced(t *testing.T) {
+	cs := startCluster(t, 1, 1500*time.Millisecond)
+	c := cs[0]
+	exec := newExec(false)
+	w, err := worker.New(worker.Config{Name: "patient", Controllers: urls(cs), MaxJobs: 1, WaitSeconds: 5, Logger: controller.TestLogger(t)}, exec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// Let the long-poll wait longer than the TTL before there is work.
+	time.Sleep(2 * time.Second) // the condition is the passage of time itself
+	id := submit(t, c.URL(), "DC0/vm/late")
+	controller.WaitFor(t, 10*time.Second, "running", func() bool { return job(c, id).Status == proto.StatusRunning })
+	time.Sleep(2 * time.Second) // longer than the TTL: heartbeats must have kept it
+	if j := job(c, id); j.Status != proto.StatusRunning || j.Attempt != 1 {
+		t.Fatalf("job %s attempt %d: a late grant was fenced or expired", j.Status, j.Attempt)
+	}
+	exec.finish(id)
+	controller.WaitFor(t, 10*time.Second, "completed", func() bool { return job(c, id).Status == proto.StatusCompleted })
+}

@@ -600,7 +600,9 @@ func (m *Manager) Progress(req proto.ProgressRequest) (proto.ReportResponse, err
 	}
 	m.armLocked(tok, req.Agent)
 	last := m.lastProgress[req.JobID]
-	throttled := now.Sub(last) < m.cfg.ProgressInterval && len(req.Warnings) == 0
+	// 80% of the interval: agents pace reports at the interval on their side, and network
+	// jitter must not make every other one arrive "too early".
+	throttled := now.Sub(last) < m.cfg.ProgressInterval*8/10 && len(req.Warnings) == 0
 	if !throttled {
 		m.lastProgress[req.JobID] = now
 	}

@@ -5,6 +5,7 @@
 package vcsim
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -340,8 +341,26 @@ func (s *Sim) createVM(ctx context.Context, i int, folder *object.Folder, pool *
 		if _, err := os.Stat(d.FlatPath); err != nil {
 			return VMInfo{}, fmt.Errorf("vcsim: the simulator did not create the extent of %s: %w", d.DatastorePath, err)
 		}
+		if err := fixParentCID(d.Descriptor); err != nil {
+			return VMInfo{}, err
+		}
 	}
 	return info, nil
+}
+
+// fixParentCID writes ESXi's "no parent" value into a base disk's descriptor: the govmomi
+// simulator writes parentCID=00000000, which a strict reader (qemu's rule looks at the
+// parent hint, ours at both) takes for a snapshot delta.
+func fixParentCID(descriptor string) error {
+	b, err := os.ReadFile(descriptor)
+	if err != nil {
+		return fmt.Errorf("vcsim: %w", err)
+	}
+	fixed := bytes.Replace(b, []byte("\nparentCID=00000000\n"), []byte("\nparentCID=ffffffff\n"), 1)
+	if bytes.Equal(fixed, b) {
+		return nil
+	}
+	return os.WriteFile(descriptor, fixed, 0o644)
 }
 
 // coresPerSocket picks 2 cores per socket for even counts, like the vSphere client's
