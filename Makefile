@@ -44,6 +44,11 @@ bench: setup build ## Run the benchmarks (cluster throughput, queries, failover,
 packages: build ## Build the agent and controller .deb and .rpm packages into dist/
 	$(GO) run ./packaging/cmd/mkpkg -root . -bin bin -out dist -version "$(VERSION)"
 
+.PHONY: screenshot
+screenshot: ## PNG of the dashboard: of URL=http://controller:8080, else of a test fleet (SCREENSHOT=file.png)
+	set -o pipefail; HYPERSDK_SCREENSHOT=$(abspath $(or $(SCREENSHOT),controller/web/dashboard.png)) HYPERSDK_SCREENSHOT_URL=$(URL) \
+		$(GO) test -count=1 -run '^$(if $(URL),TestDashboardURL,TestDashboardLive)$$' -v ./controller/web | grep -E 'screenshot|^(ok|FAIL|---)'
+
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf bin dist bench.out

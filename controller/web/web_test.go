@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/controller/web"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/client"
@@ -199,6 +201,7 @@ func TestDashboardLive(t *testing.T) {
 	busy.SetRunningJobs(1) // what the agent's worker advertises when it starts a job
 	total := int64(40 << 30)
 	agent.Progress(t, lease, proto.Progress{Stage: proto.StageConversion, PercentComplete: 25, CurrentBytes: total / 4, TotalBytes: total, BytesPerSecond: 180 << 20, ETASeconds: 171})
+	populate(t, cl, follower.URL())
 
 	if err := chromedp.Do(ctx, chromedp.Navigate(follower.URL()+"/ui/")); err != nil {
 		t.Fatal(err)
@@ -242,6 +245,115 @@ func TestDashboardLive(t *testing.T) {
 
 	agent.Complete(t, lease, &proto.JobResult{DomainName: "dashboard-web-1"})
 	waitJS(t, ctx, 10*time.Second, "the job completed", row+`?.querySelector('.status')?.textContent === 'completed'`)
+	if errs := jsErrors(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors: %v", errs)
+	}
+}
+
+// populate gives the page the rest of a working fleet: a job running on the second host,
+// a completed one, a pending one, a schedule and a webhook.
+func populate(t *testing.T, cl *client.Client, url string) {
+	ctx := context.Background()
+	agent2 := fleettest.NewAgent("kvm-ui-2", url)
+	submit := func(vm, target string) string {
+		def := fleettest.JobBody(vm)
+		def.Options.TargetAgent = target
+		sub, err := cl.SubmitJob(ctx, def)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub.JobID
+	}
+	submit("DC0/vm/db-replica-2", "kvm-ui-2")
+	l := agent2.Lease(t, 10*time.Second)
+	agent2.Progress(t, l, proto.Progress{Stage: proto.StageConversion, PercentComplete: 62, CurrentBytes: 62 << 30, TotalBytes: 100 << 30, BytesPerSecond: 95 << 20, ETASeconds: 400})
+	submit("DC0/vm/build-agent-7", "kvm-ui-2")
+	done := agent2.Lease(t, 10*time.Second)
+	agent2.Complete(t, done, &proto.JobResult{DomainName: "build-agent-7"})
+	submit("DC0/vm/legacy-crm", "kvm-ui-1")
+	if _, err := cl.CreateSchedule(ctx, proto.ScheduleRequest{ID: "nightly-web", Name: "Nightly web tier", Schedule: "0 2 * * *",
+		JobTemplate: &proto.JobDefinition{VMPath: "DC0/vm/web-*", Source: fleettest.JobBody("x").Source, Destination: proto.Destination{Type: "kvm"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.AddWebhook(ctx, proto.WebhookRequest{URL: "http://127.0.0.1:9/hooks/migrations", Events: []string{proto.EventJobFailed}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDashboardURL takes a screenshot of the dashboard of a running fleet
+// (make screenshot URL=http://controller:8080); skipped unless HYPERSDK_SCREENSHOT_URL is set.
+func TestDashboardURL(t *testing.T) {
+	base := strings.TrimRight(os.Getenv("HYPERSDK_SCREENSHOT_URL"), "/")
+	out := os.Getenv("HYPERSDK_SCREENSHOT")
+	if base == "" || out == "" {
+		t.Skip("HYPERSDK_SCREENSHOT_URL and HYPERSDK_SCREENSHOT not set")
+	}
+	ctx, _ := newBrowser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, 15*time.Second, "data from the controller", `document.querySelectorAll('#cluster-table tbody tr').length > 0`)
+	// Let the sparklines gather a few samples.
+	waitJS(t, ctx, 30*time.Second, "a few rate samples", `[...document.querySelectorAll('svg.spark')].every(s => Number(s.dataset.samples) >= 5)`)
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", out, len(png))
+}
+
+// TestDashboardToken: against a controller that wants a token, the page asks for it once,
+// keeps it in sessionStorage only, and then shows live data (the WebSocket included).
+func TestDashboardToken(t *testing.T) {
+	ctx, jsErrors := newBrowser(t)
+	const token = "viewer-token-0123456789"
+	cfg := controller.TestConfig(t, "auth1", t.TempDir())
+	cfg.Auth.Tokens = []api.Token{{Name: "dash", Role: api.RoleViewer, Token: token}}
+	c, err := controller.New(cfg, controller.TestLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	controller.WaitFor(t, 10*time.Second, "leader", c.Node.IsLeader)
+
+	var mu sync.Mutex
+	prompts := 0
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			prompts++
+			mu.Unlock()
+			_, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: ev.Type == page.DialogTypePrompt, PromptText: token})
+		}
+	}()
+	if err := chromedp.Do(ctx, chromedp.Navigate(c.URL()+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, 15*time.Second, "data behind the token", `document.querySelectorAll('#cluster-table tbody tr').length === 1`)
+	waitJS(t, ctx, 10*time.Second, "the WebSocket with the token", `document.body.dataset.mode === 'websocket'`)
+	// Two more refresh cycles must not ask again.
+	seen, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Number(document.body.dataset.refreshes)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, 10*time.Second, "two more refreshes", fmt.Sprintf(`Number(document.body.dataset.refreshes) >= %d`, seen+2))
+	mu.Lock()
+	n := prompts
+	mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the page asked for the token %d times, want once", n)
+	}
+	kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`sessionStorage.getItem('hypersdk.token') === '` + token + `' && localStorage.length === 0`))
+	if err != nil || !kept {
+		t.Fatalf("token not kept in sessionStorage only (%v)", err)
+	}
 	if errs := jsErrors(); len(errs) > 0 {
 		t.Fatalf("JavaScript errors: %v", errs)
 	}

@@ -533,6 +533,8 @@
   }
 
   async function refresh() {
+    // Counted for whoever watches the page (tests): how many refresh cycles ran.
+    document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
     const tasks = [pollCluster(), pollAgents()];
     if (!state.wsLive) tasks.push(pollJobs(), pollStatus());
     if (Date.now() - state.lastSlow > SLOW_REFRESH_MS) {
