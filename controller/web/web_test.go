@@ -350,7 +350,7 @@ func TestDashboardToken(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("the page asked for the token %d times, want once", n)
 	}
-	kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`sessionStorage.getItem('hypersdk.token') === '` + token + `' && localStorage.length === 0`))
+	kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`sessionStorage.getItem('hypersdk.token') === '`+token+`' && localStorage.length === 0`))
 	if err != nil || !kept {
 		t.Fatalf("token not kept in sessionStorage only (%v)", err)
 	}
