@@ -53,7 +53,7 @@ func postRetry(t *testing.T, url string, body []byte, want int) (int, map[string
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for attempt := 0; ; attempt++ {
-		code, out := post(t, url, body)
+		code, out := postOnce(t, url, body)
 		if code == http.StatusConflict && attempt > 0 {
 			return want, out
 		}
@@ -62,6 +62,19 @@ func postRetry(t *testing.T, url string, body []byte, want int) (int, map[string
 		}
 		<-time.After(100 * time.Millisecond)
 	}
+}
+
+// postOnce is one POST, no retry: postRetry must see every 503 to read a later 409 right.
+func postOnce(t *testing.T, url string, body []byte) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
 }
 
 // jobBodyID is jobBody with a client-chosen id, so a retried submit cannot create two jobs.
