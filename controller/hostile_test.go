@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -19,7 +20,9 @@ import (
 // endpoint: none may get a 5xx (or kill the node), every 4xx carries {"error"}, and what
 // the state holds afterwards is exactly what was acknowledged (nothing half-applied).
 func TestHostileInput(t *testing.T) {
-	c := controller.StartTestCluster(t, 1)[0]
+	// Rate limits would answer most of this flood with 429 (tested in TestRateLimit); here
+	// every request must reach its handler.
+	c := controller.StartTestClusterWith(t, 1, func(_ int, cfg *controller.Config) { cfg.API.RateLimit = api.RateLimit{} })[0]
 	base := c.URL()
 	client := &http.Client{Timeout: 10 * time.Second}
 

@@ -38,6 +38,7 @@ func run(args []string) error {
 		join        = fs.String("join", "", "comma-separated API addresses of existing controllers to join")
 		fastRaft    = fs.Bool("fast-raft", false, "short raft timers (tests and single-machine demos)")
 		noAuth      = fs.Bool("insecure-no-auth", false, "serve a non-loopback address without API tokens (unsafe)")
+		rateLimit   = fs.Float64("rate-limit", -1, "API requests per second per client (0 disables; default 1000)")
 		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
 		logFormat   = fs.String("log-format", "", "text|json")
 		showVersion = fs.Bool("version", false, "print the version and exit")
@@ -81,6 +82,10 @@ func run(args []string) error {
 	}
 	if *noAuth {
 		cfg.Auth.InsecureNoAuth = true
+	}
+	if *rateLimit >= 0 {
+		cfg.API.RateLimit.RequestsPerSecond = *rateLimit
+		cfg.API.RateLimit.Burst = 0 // twice the rate
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {

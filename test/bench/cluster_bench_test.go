@@ -74,7 +74,7 @@ func load(b *testing.B, cs []*harness.Controller, n, clients int, prefix string)
 // over a 3-node cluster (followers forward to the leader).
 func BenchmarkSubmit(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	load(b, cs, 500, 64, "warm")
 	for i := 0; i < b.N; i++ {
 		lat, wall, failed := load(b, cs, 20000, 64, fmt.Sprintf("run%d", i))
@@ -89,7 +89,7 @@ func BenchmarkSubmit(b *testing.B) {
 // for comparison side by side.
 func BenchmarkSubmitViaLeaderOnly(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	leader := []*harness.Controller{harness.LeaderOf(cs)}
 	load(b, leader, 500, 64, "warm")
 	for i := 0; i < b.N; i++ {
@@ -104,7 +104,7 @@ func BenchmarkSubmitViaLeaderOnly(b *testing.B) {
 // BenchmarkGetJob: GET /jobs/{id} requests/s on one node with 64 concurrent clients.
 func BenchmarkGetJob(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	var ids []string
 	for i := 0; i < 100; i++ {
 		var out proto.SubmitResponse
@@ -147,7 +147,7 @@ func BenchmarkGetJob(b *testing.B) {
 // and at 100k stored jobs on the same cluster, and their ratio.
 func BenchmarkQueryScaling(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	leader := []*harness.Controller{harness.LeaderOf(cs)}
 	measure := func() time.Duration {
 		var lat []time.Duration
@@ -187,7 +187,7 @@ func waitTotal(b *testing.B, c *harness.Controller, n int) {
 // default (LAN) raft timers operators run.
 func BenchmarkFailover(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	for i := 0; i < b.N; i++ {
 		var times []time.Duration
 		for round := 0; round < 5; round++ {

@@ -18,7 +18,7 @@ import (
 // asking again; reports lease grants per second and the grant latency after submit.
 func BenchmarkLeaseGrants(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	const agents, jobs = 50, 2000
 	for i := 0; i < b.N; i++ {
 		// Queue the jobs first so grants, not submits, are measured. Jobs come from 100
@@ -85,7 +85,7 @@ func BenchmarkLeaseGrants(b *testing.B) {
 // another agent, with the default 15 s TTL and with gossip not involved.
 func BenchmarkReleaseAfterAgentKill(b *testing.B) {
 	skipUnlessBench(b)
-	cs := harness.StartControllers(b, b.TempDir(), 3)
+	cs := harness.StartControllers(b, b.TempDir(), 3, "--rate-limit", "0")
 	for i := 0; i < b.N; i++ {
 		var out proto.SubmitResponse
 		if code, err := harness.PostJSON(cs[0].URL()+"/jobs/submit", harness.JobBody("DC0/vm/kill"), &out); err != nil || code != 201 {
