@@ -291,7 +291,11 @@ func (a *app) report(err error) int {
 	case errors.Is(err, context.DeadlineExceeded):
 		code = exitUnavailable
 	}
-	fmt.Fprintln(a.stderr, "hyperctl: "+oneLine(err.Error()))
+	msg := oneLine(err.Error())
+	if api != nil && api.StatusCode == 401 {
+		msg += " (give a token: --token, --token-file or HYPERSDK_TOKEN)"
+	}
+	fmt.Fprintln(a.stderr, "hyperctl: "+msg)
 	return code
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 	"github.com/hypersdk/hypersdk/test/fleettest"
@@ -554,5 +555,72 @@ func TestTokenNotShown(t *testing.T) {
 	r := hyperctl(t, map[string]string{"HYPERSDK_TOKEN": "tok-secret-123"}, "", "jobs", "list", "--help")
 	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "tok-secret-123") {
 		t.Fatalf("help shows the token: %s", r)
+	}
+}
+
+// TestTLSAndToken: a controller serving TLS and wanting a token; hyperctl trusts it through
+// --ca-file (or --insecure), sends the token, and says clearly what is wrong otherwise.
+func TestTLSAndToken(t *testing.T) {
+	dir := t.TempDir()
+	caFile, certFile, keyFile := fleettest.WriteTestCA(t, dir)
+	const token = "admin-token-0123456789abcdef"
+	cfg := controller.TestConfig(t, "tls1", t.TempDir())
+	cfg.API.TLS = controller.TLSConfig{CertFile: certFile, KeyFile: keyFile, CAFile: caFile}
+	cfg.Auth.Tokens = []api.Token{{Name: "ops", Role: api.RoleAdmin, Token: token}}
+	c, err := controller.New(cfg, controller.TestLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	controller.WaitFor(t, 10*time.Second, "leader", c.Node.IsLeader)
+	url := c.URL()
+	if !strings.HasPrefix(url, "https://") {
+		t.Fatalf("controller URL %s", url)
+	}
+	tokenFile := writeFile(t, "token", token+"\n")
+	withToken := map[string]string{"HYPERSDK_SERVER": url, "HYPERSDK_TOKEN": token}
+	noToken := map[string]string{"HYPERSDK_SERVER": url}
+
+	cases := []struct {
+		name   string
+		env    map[string]string
+		args   []string
+		stdin  string
+		code   int
+		want   string
+		errHas string
+	}{
+		{name: "untrusted certificate", env: withToken, args: []string{"jobs", "list"}, code: exitUnavailable,
+			errHas: "cannot reach " + url + " (TLS certificate not trusted: use --ca-file, or --insecure for a test setup)"},
+		{name: "no token", env: noToken, args: []string{"jobs", "list", "--ca-file", caFile}, code: exitRejected, errHas: "(HTTP 401) (give a token: --token, --token-file or HYPERSDK_TOKEN)"},
+		{name: "wrong token", env: noToken, args: []string{"jobs", "list", "--ca-file", caFile, "--token", "wrong-token-0123456789"}, code: exitRejected, errHas: "(HTTP 401)"},
+		{name: "token from env", env: withToken, args: []string{"jobs", "list", "--ca-file", caFile}, want: "No jobs."},
+		{name: "token file", env: noToken, args: []string{"cluster", "status", "--ca-file", caFile, "--token-file", tokenFile}, want: "tls1"},
+		{name: "insecure", env: withToken, args: []string{"--insecure", "agents", "list"}, want: "No agents."},
+		{name: "submit", env: withToken, args: []string{"jobs", "submit", "-f", "-", "--ca-file", caFile}, stdin: jobJSON("DC0/vm/tls"), want: "submitted"},
+		{name: "plain http to https", env: withToken, args: []string{"--server", strings.Replace(url, "https", "http", 1), "jobs", "list"}, code: exitRejected, errHas: "HTTPS"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := hyperctl(t, tc.env, tc.stdin, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stdout, tc.want) || !strings.Contains(r.stderr, tc.errHas) {
+				t.Fatalf("want exit %d, %q, %q: %s", tc.code, tc.want, tc.errHas, r)
+			}
+			if strings.Contains(r.stdout+r.stderr, token) {
+				t.Fatalf("token printed: %s", r)
+			}
+		})
+	}
+	// The WebSocket over TLS with the token: a finished job is watched without falling
+	// back to polling.
+	sub := hyperctl(t, withToken, jobJSON("DC0/vm/tls-watch"), "jobs", "submit", "-f", "-", "-o", "json", "--ca-file", caFile)
+	var s proto.SubmitResponse
+	mustJSON(t, sub.stdout, &s)
+	if r := hyperctl(t, withToken, "", "jobs", "cancel", s.JobID, "--ca-file", caFile); r.code != 0 {
+		t.Fatalf("cancel: %s", r)
+	}
+	r := hyperctl(t, withToken, "", "jobs", "watch", s.JobID, "--ca-file", caFile)
+	if r.code != exitJobFailed || !strings.Contains(r.stdout, "cancelled") || strings.Contains(r.stderr, "polling") {
+		t.Fatalf("watch over wss: %s", r)
 	}
 }
