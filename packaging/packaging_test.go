@@ -66,6 +66,77 @@ func TestShippedConfigs(t *testing.T) {
 	}
 }
 
+// TestGuideConfigs: the YAML of the README's "High availability" guide loads with the
+// daemons' strict loaders (a misspelt key in the guide would be an error on the machine).
+func TestGuideConfigs(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, guide, ok := strings.Cut(string(b), "\n## High availability\n")
+	if !ok {
+		t.Fatal("README has no High availability section")
+	}
+	guide, _, _ = strings.Cut(guide, "\n## ")
+	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(guide, -1)
+	seen := map[string]bool{}
+	for _, m := range blocks {
+		y := strings.ReplaceAll(m[1], `"…"`, `"x"`)
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(y, "database:"):
+			seen["controller"] = true
+			cfg, err := controller.LoadConfig(path)
+			if err != nil {
+				t.Fatalf("controller config of the guide: %v\n%s", err, y)
+			}
+			if len(cfg.Auth.Tokens) == 0 || !cfg.API.TLS.Enabled() || len(cfg.Gossip.Join) != 3 {
+				t.Fatalf("the guide's controller config lost tokens, TLS or gossip join: %+v", cfg)
+			}
+		case strings.Contains(y, "controllers:"):
+			seen["agent"] = true
+			cfg, err := agent.LoadConfig(path)
+			if err != nil {
+				t.Fatalf("agent config of the guide: %v\n%s", err, y)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+		case strings.Contains(y, "scrape_configs:"):
+			seen["prometheus"] = true
+			checkPrometheusConfig(t, y)
+		}
+	}
+	if len(seen) != 3 {
+		t.Fatalf("guide YAML blocks found: %v", seen)
+	}
+}
+
+// checkPrometheusConfig runs promtool on the guide's scrape config, its files (CA, token)
+// created in a temp dir.
+func checkPrometheusConfig(t *testing.T, y string) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Log("promtool not installed: the guide's scrape config is not checked")
+		return
+	}
+	dir := t.TempDir()
+	for _, f := range regexp.MustCompile(`/etc/prometheus/[\w.-]+`).FindAllString(y, -1) {
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), []byte("x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(y, "/etc/prometheus/", dir+"/")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("promtool", "check", "config", path).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check config of the guide's scrape config: %v\n%s", err, out)
+	}
+}
+
 type built struct {
 	deb, rpm map[string]string // package -> path
 }
