@@ -19,12 +19,13 @@ fi
 
 # Packages: the field's tools the agent orchestrates, libvirt (daemon + client + headers for
 # cgo), and the test-only tools (chromium for the dashboard test, rpm to inspect packages,
-# prometheus for promtool, iproute2 for network namespaces, curl for baselines).
+# prometheus for promtool, systemd for systemd-analyze, iproute2 for network namespaces, curl
+# for baselines).
 PKGS=(
 	qemu-utils nbdkit libnbd-bin
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 ovmf
 	pkg-config gcc curl iproute2 procps psmisc
-	chromium rpm prometheus wrk
+	chromium rpm prometheus wrk systemd
 )
 
 missing=()
