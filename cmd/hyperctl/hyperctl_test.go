@@ -124,7 +124,7 @@ func TestCommands(t *testing.T) {
 		errHas string   // substring of stderr
 		check  func(t *testing.T, r result)
 	}{
-		{name: "version", args: []string{"version"}, want: []string{"hyperctl ", "server: hypersdk-controller", "node node"}},
+		{name: "version", args: []string{"version"}, want: []string{"hyperctl ", "server: hypersdk-controller", "on node node"}},
 		{name: "version json", args: []string{"version", "-o", "json"}, check: func(t *testing.T, r result) {
 			var v versionInfo
 			mustJSON(t, r.stdout, &v)

@@ -52,7 +52,11 @@ func (a *app) version(args []string, clientOnly bool) error {
 	}
 	fmt.Fprintln(a.stdout, version.String("hyperctl"))
 	if v.Server != nil {
-		fmt.Fprintf(a.stdout, "server: hypersdk-controller %s (node %s, %s; leader %s)\n", v.Server.Version, v.Server.NodeID, v.Server.RaftRole, firstNonEmpty(v.Server.Leader, "none"))
+		role := v.Server.RaftRole
+		if v.Server.Leader != v.Server.NodeID {
+			role += ", leader " + firstNonEmpty(v.Server.Leader, "none")
+		}
+		fmt.Fprintf(a.stdout, "server: hypersdk-controller %s on node %s (%s)\n", v.Server.Version, v.Server.NodeID, role)
 	}
 	return serverErr
 }
