@@ -154,11 +154,19 @@
   }
 
   function sortedJobs() {
-    return [...state.jobs.values()].sort((a, b) => {
+    const all = [...state.jobs.values()].sort((a, b) => {
       const s = (STATUS_ORDER[a.status] ?? 9) - (STATUS_ORDER[b.status] ?? 9);
       if (s !== 0) return s;
       return Date.parse(b.submitted_at || 0) - Date.parse(a.submitted_at || 0);
-    }).slice(0, MAX_JOB_ROWS);
+    });
+    // A page left open for days sees every job go by: keep what can be shown, and the
+    // running ones (their rates make the hosts' rates).
+    if (all.length > 3 * MAX_JOB_ROWS) {
+      for (const j of all.slice(3 * MAX_JOB_ROWS)) {
+        if (j.status !== 'running') state.jobs.delete(j.definition.id);
+      }
+    }
+    return all.slice(0, MAX_JOB_ROWS);
   }
 
   function jobRow(id) {
