@@ -45,7 +45,9 @@ type Options struct {
 // ErrMissingBinary: a binary a package needs was not built.
 var ErrMissingBinary = errors.New("binary not built")
 
-var gitDescribe = regexp.MustCompile(`^v?([0-9]+(?:\.[0-9]+)*)(.*)$`)
+// gitDescribe matches a tag-based version: v1.2, 1.2.3, v1.2.3-4-gabc... A bare commit hash
+// (which may start with digits: "88c55fe") has no dot and does not match.
+var gitDescribe = regexp.MustCompile(`^v?([0-9]+(?:\.[0-9]+)+)((?:[-+~].*)?)$`)
 
 // PackageVersion turns a git-describe version into one dpkg and rpm both accept and order
 // correctly: "v1.2.0" → "1.2.0", "v1.2.0-3-gabc" → "1.2.0+git3.gabc", an untagged

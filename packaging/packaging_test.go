@@ -31,6 +31,9 @@ func TestPackageVersion(t *testing.T) {
 		"v1.2.0-3-gabc1234": "1.2.0+git3.gabc1234",
 		"0.1.0-dev":         "0.1.0~dev",
 		"abc1234-dirty":     "0.0.0~git.abc1234.dirty",
+		"88c55fe-dirty":     "0.0.0~git.88c55fe.dirty",
+		"1234567":           "0.0.0~git.1234567",
+		"v2.0":              "2.0",
 		"":                  "0.0.0",
 	}
 	for in, want := range cases {
