@@ -46,6 +46,8 @@ type fleetConfig struct {
 	Sim                             vcsim.Config
 	// ExtraConfig is appended to the controllers' YAML (whole top-level sections).
 	ExtraConfig string
+	// AgentArgs are extra flags of every agent.
+	AgentArgs []string
 }
 
 // fleet is a running set of controllers, agents and the simulator.
@@ -91,15 +93,12 @@ func startFleet(t *testing.T, cfg fleetConfig) *fleet {
 	}
 	f := &fleet{t: t, dir: t.TempDir(), attemptLogs: map[string]string{}}
 	if cfg.Sim.VMs > 0 {
-		cfg.Sim.Username, cfg.Sim.Password = "admin", faultPassword
-		cfg.Sim.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		f.sim = harness.StartSim(t, cfg.Sim)
-		cleanupSimDomains(t, f.sim)
+		f.sim = startSim(t, cfg.Sim)
 	}
 	conf := controllerConfig(t, f.dir, cfg)
 	f.cs = harness.StartControllers(t, f.dir, cfg.Controllers, "--config", conf, "--fast-raft")
 	for i := 0; i < cfg.Agents; i++ {
-		f.startAgent(fmt.Sprintf("agent-%d", i+1), cfg.MaxJobs)
+		f.startAgent(fmt.Sprintf("agent-%d", i+1), cfg.MaxJobs, cfg.AgentArgs...)
 	}
 	return f
 }
@@ -114,17 +113,33 @@ func (f *fleet) startAgent(name string, maxJobs int, extra ...string) *harness.A
 	return a
 }
 
-// jobDef is a job migrating VM i of the simulator over https through vcenter (host:port;
-// empty: the simulator itself).
+// startSim starts a simulator with the fault tests' credentials; the domains named after
+// its VMs are undefined when the test ends.
+func startSim(t *testing.T, cfg vcsim.Config) *vcsim.Sim {
+	t.Helper()
+	cfg.Username, cfg.Password = "admin", faultPassword
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	sim := harness.StartSim(t, cfg)
+	cleanupSimDomains(t, sim)
+	return sim
+}
+
+// jobDef is a job migrating VM i of the fleet's simulator (see simJob).
 func (f *fleet) jobDef(id string, i int, vcenter string, maxAttempts int) proto.JobDefinition {
+	return simJob(f.sim, id, i, vcenter, maxAttempts)
+}
+
+// simJob is a job migrating VM i of sim over https through vcenter (host:port; empty: the
+// simulator itself).
+func simJob(sim *vcsim.Sim, id string, i int, vcenter string, maxAttempts int) proto.JobDefinition {
 	if vcenter == "" {
-		vcenter = f.sim.URL.Host
+		vcenter = sim.URL.Host
 	}
-	vm := f.sim.VMs[i]
+	vm := sim.VMs[i]
 	return proto.JobDefinition{
 		ID: id, Name: "fault " + vm.Name, VMPath: vm.Path,
 		Source: proto.Source{Type: "vsphere", VCenterURL: "https://" + vcenter + "/sdk", Username: "admin",
-			Password: faultPassword, Thumbprint: f.sim.Thumbprint},
+			Password: faultPassword, Thumbprint: sim.Thumbprint},
 		Destination: proto.Destination{Type: "kvm"},
 		Options:     proto.Options{ConversionMethod: "https", MaxAttempts: maxAttempts},
 	}
