@@ -98,17 +98,8 @@ func leaseErr(err error) error {
 }
 
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, req, ok := readRequest[proto.LeaseRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.LeaseRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -124,17 +115,8 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, req, ok := readRequest[proto.HeartbeatRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.HeartbeatRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -144,17 +126,8 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, req, ok := readRequest[proto.ProgressRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.ProgressRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -164,17 +137,8 @@ func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, req, ok := readRequest[proto.CompleteRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.CompleteRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -186,17 +150,8 @@ func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, req, ok := readRequest[proto.FailRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.FailRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {

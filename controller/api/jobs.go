@@ -62,17 +62,8 @@ func (s *Server) slots() (total, busy int) {
 func (s *Server) ActiveWorkers() int { _, b := s.slots(); return b }
 
 func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, def, ok := readRequest[proto.JobDefinition](s, w, r, false)
 	if !ok {
-		return
-	}
-	var def proto.JobDefinition
-	if err := decodeStrict(body, &def, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := def.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if def.ID != "" && (!jobIDPattern.MatchString(def.ID) || def.ID == "submit" || def.ID == "query" || def.ID == "cancel") {
@@ -108,17 +99,8 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	_, q, ok := readRequest[proto.QueryRequest](s, w, r, true)
 	if !ok {
-		return
-	}
-	var q proto.QueryRequest
-	if err := decodeStrict(body, &q, true); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := q.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	res, err := s.st.Query(q)
@@ -149,17 +131,8 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, c, ok := readRequest[proto.CancelRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var c proto.CancelRequest
-	if err := decodeStrict(body, &c, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := c.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {

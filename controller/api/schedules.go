@@ -92,17 +92,8 @@ func (a *scheduleAPI) checkFires(expr string) error {
 }
 
 func (a *scheduleAPI) handleCreate(w http.ResponseWriter, r *http.Request) {
-	body, ok := a.s.readBody(w, r)
+	body, req, ok := readRequest[proto.ScheduleRequest](a.s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.ScheduleRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if err := a.checkFires(req.Schedule); err != nil {

@@ -268,6 +268,29 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 	return b, true
 }
 
+// validator is a request body that checks itself.
+type validator interface{ Validate() error }
+
+// readRequest reads a body, decodes it strictly into a T and validates it. On failure it
+// has written the 4xx answer and ok is false. body is kept for forwarding to the leader.
+func readRequest[T any, P interface {
+	*T
+	validator
+}](s *Server, w http.ResponseWriter, r *http.Request, allowEmpty bool) (body []byte, req T, ok bool) {
+	if body, ok = s.readBody(w, r); !ok {
+		return nil, req, false
+	}
+	if err := decodeStrict(body, &req, allowEmpty); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return nil, req, false
+	}
+	if err := P(&req).Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return nil, req, false
+	}
+	return body, req, true
+}
+
 // decodeStrict decodes exactly one JSON object with no unknown fields (proto.DecodeStrict).
 func decodeStrict(b []byte, v any, allowEmpty bool) error {
 	return proto.DecodeStrict(b, v, allowEmpty)

@@ -42,17 +42,8 @@ func (a *webhookAPI) handleList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *webhookAPI) handleAdd(w http.ResponseWriter, r *http.Request) {
-	body, ok := a.s.readBody(w, r)
+	body, req, ok := readRequest[proto.WebhookRequest](a.s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.WebhookRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	a.s.write(w, r, body, func() (int, any, error) {
@@ -88,17 +79,8 @@ func (a *webhookAPI) handleDelete(w http.ResponseWriter, r *http.Request) {
 
 // handleTest sends from the node that received the request: nothing is replicated.
 func (a *webhookAPI) handleTest(w http.ResponseWriter, r *http.Request) {
-	body, ok := a.s.readBody(w, r)
+	_, req, ok := readRequest[proto.WebhookTestRequest](a.s, w, r, false)
 	if !ok {
-		return
-	}
-	var req proto.WebhookTestRequest
-	if err := decodeStrict(body, &req, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if a.tester == nil {

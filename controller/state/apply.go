@@ -22,79 +22,53 @@ func (s *State) Apply(idx uint64, data []byte) any {
 	t, body := CommandType(data[0]), data[1:]
 	switch t {
 	case CmdSubmitJob:
-		var c SubmitJob
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applySubmit(idx, []proto.JobDefinition{c.Definition})
+		return decoded(body, func(c SubmitJob) any { return s.applySubmit(idx, []proto.JobDefinition{c.Definition}) })
 	case CmdSubmitBatch:
-		var c SubmitBatch
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applySubmit(idx, c.Definitions)
+		return decoded(body, func(c SubmitBatch) any { return s.applySubmit(idx, c.Definitions) })
 	case CmdCancelJobs:
-		var c CancelJobs
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyCancel(idx, c)
+		return decoded(body, func(c CancelJobs) any { return s.applyCancel(idx, c) })
 	case CmdLeaseGrant:
-		var c LeaseGrant
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyLeaseGrant(idx, c)
+		return decoded(body, func(c LeaseGrant) any { return s.applyLeaseGrant(idx, c) })
 	case CmdLeaseExpire:
-		var c LeaseExpire
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyLeaseExpire(idx, c)
+		return decoded(body, func(c LeaseExpire) any { return s.applyLeaseExpire(idx, c) })
 	case CmdProgress:
-		var c ProgressReport
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyProgress(idx, c)
+		return decoded(body, func(c ProgressReport) any { return s.applyProgress(idx, c) })
 	case CmdComplete:
-		var c CompleteReport
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyComplete(idx, c)
+		return decoded(body, func(c CompleteReport) any { return s.applyComplete(idx, c) })
 	case CmdFail:
-		var c FailReport
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		return s.applyFail(idx, c)
+		return decoded(body, func(c FailReport) any { return s.applyFail(idx, c) })
 	case CmdRegisterNode:
-		var c NodeInfo
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		if c.ID == "" {
-			return fmt.Errorf("%w: register_node without id", ErrBadCommand)
-		}
-		s.mu.Lock()
-		s.nodes[c.ID] = c
-		s.mu.Unlock()
-		return nil
+		return decoded(body, func(c NodeInfo) any {
+			if c.ID == "" {
+				return fmt.Errorf("%w: register_node without id", ErrBadCommand)
+			}
+			s.mu.Lock()
+			s.nodes[c.ID] = c
+			s.mu.Unlock()
+			return nil
+		})
 	case CmdRemoveNode:
-		var c RemoveNode
-		if err := decode(body, &c); err != nil {
-			return err
-		}
-		s.mu.Lock()
-		delete(s.nodes, c.ID)
-		s.mu.Unlock()
-		return nil
+		return decoded(body, func(c RemoveNode) any {
+			s.mu.Lock()
+			delete(s.nodes, c.ID)
+			s.mu.Unlock()
+			return nil
+		})
 	}
 	if r, ok := s.applySW(idx, t, body); ok {
 		return r
 	}
 	return fmt.Errorf("%w: %d", ErrUnknownCmd, t)
+}
+
+// decoded decodes a command payload of type T and hands it to apply (a malformed payload
+// is the answer instead).
+func decoded[T any](body []byte, apply func(T) any) any {
+	var c T
+	if err := decode(body, &c); err != nil {
+		return err
+	}
+	return apply(c)
 }
 
 func decode(b []byte, v any) error {

@@ -91,47 +91,19 @@ func (sw *swState) signal(ch chan struct{}) {
 func (s *State) applySW(idx uint64, t CommandType, body []byte) (any, bool) {
 	switch t {
 	case CmdScheduleUpsert:
-		var c ScheduleUpsert
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyScheduleUpsert(c), true
+		return decoded(body, func(c ScheduleUpsert) any { return s.applyScheduleUpsert(c) }), true
 	case CmdScheduleDelete:
-		var c ScheduleDelete
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyScheduleDelete(c), true
+		return decoded(body, func(c ScheduleDelete) any { return s.applyScheduleDelete(c) }), true
 	case CmdScheduleFired:
-		var c ScheduleFired
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyScheduleFired(idx, c), true
+		return decoded(body, func(c ScheduleFired) any { return s.applyScheduleFired(idx, c) }), true
 	case CmdWebhookAdd:
-		var c WebhookAdd
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyWebhookAdd(c), true
+		return decoded(body, func(c WebhookAdd) any { return s.applyWebhookAdd(c) }), true
 	case CmdWebhookDelete:
-		var c WebhookDelete
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyWebhookDelete(c), true
+		return decoded(body, func(c WebhookDelete) any { return s.applyWebhookDelete(c) }), true
 	case CmdWebhookDelivered:
-		var c WebhookDelivered
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyWebhookDelivered(c), true
+		return decoded(body, func(c WebhookDelivered) any { return s.applyWebhookDelivered(c) }), true
 	case CmdWebhookSeed:
-		var c WebhookSeed
-		if err := decode(body, &c); err != nil {
-			return err, true
-		}
-		return s.applyWebhookSeed(c), true
+		return decoded(body, func(c WebhookSeed) any { return s.applyWebhookSeed(c) }), true
 	}
 	return nil, false
 }
