@@ -36,11 +36,16 @@ type State struct {
 	all      *btree.BTreeG[*entry]
 	byStatus map[proto.JobStatus]*btree.BTreeG[*entry]
 	byAgent  map[string]*btree.BTreeG[*entry]
-	byVMPath map[string]*btree.BTreeG[*entry]
+	// byVMPath holds a VM's few jobs in submission order: a slice, not a btree per VM
+	// (100k VMs each with a btree cost about 40% of the controller's memory).
+	byVMPath map[string][]*entry
 	// running counts leased jobs per agent (what placement needs without scanning).
 	running map[string]int
 	nextSeq uint64
 	nodes   map[string]NodeInfo
+	// strs interns the strings jobs repeat (vCenter, user, types, agent names): JSON
+	// decoding allocates each copy anew, which at 100k jobs is megabytes of duplicates.
+	strs map[string]string
 
 	appliedIndex atomic.Uint64
 	events       *broker
@@ -64,20 +69,50 @@ func (s *State) reset() {
 		s.byStatus[st] = newIndex()
 	}
 	s.byAgent = make(map[string]*btree.BTreeG[*entry])
-	s.byVMPath = make(map[string]*btree.BTreeG[*entry])
+	s.byVMPath = make(map[string][]*entry)
 	s.running = make(map[string]int)
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
+	s.strs = make(map[string]string)
+}
+
+// intern returns the stored copy of v. Caller holds the write lock.
+func (s *State) intern(v string) string {
+	if v == "" {
+		return ""
+	}
+	if c, ok := s.strs[v]; ok {
+		return c
+	}
+	if len(s.strs) < 100000 { // bounded: unique values are not worth keeping
+		s.strs[v] = v
+	}
+	return v
+}
+
+// internJob shares the job's repeated strings with earlier jobs. Caller holds the lock.
+func (s *State) internJob(j *proto.Job) {
+	d := &j.Definition
+	d.Source.Type, d.Source.VCenterURL = s.intern(d.Source.Type), s.intern(d.Source.VCenterURL)
+	d.Source.Username, d.Source.Datacenter = s.intern(d.Source.Username), s.intern(d.Source.Datacenter)
+	d.Source.Thumbprint, d.Destination.Type = s.intern(d.Source.Thumbprint), s.intern(d.Destination.Type)
+	d.Destination.LibvirtURI, d.Options.ConversionMethod = s.intern(d.Destination.LibvirtURI), s.intern(d.Options.ConversionMethod)
+	d.Options.OutputFormat, d.Options.DiskBus = s.intern(d.Options.OutputFormat), s.intern(d.Options.DiskBus)
+	d.Options.TargetAgent, d.ScheduleID = s.intern(d.Options.TargetAgent), s.intern(d.ScheduleID)
+	j.Agent, j.Progress.Stage = s.intern(j.Agent), s.intern(j.Progress.Stage)
 }
 
 // insert adds a new job to every index. Caller holds the write lock.
 func (s *State) insert(j *proto.Job) {
+	s.internJob(j)
 	s.nextSeq++
 	e := &entry{seq: s.nextSeq, job: j}
 	s.jobs[j.Definition.ID] = e
 	s.all.ReplaceOrInsert(e)
 	s.byStatus[j.Status].ReplaceOrInsert(e)
-	idx(s.byVMPath, j.Definition.VMPath).ReplaceOrInsert(e)
+	// Inserts come in increasing seq order (apply, and restore in snapshot order), so
+	// appending keeps the slice sorted.
+	s.byVMPath[j.Definition.VMPath] = append(s.byVMPath[j.Definition.VMPath], e)
 	if j.Agent != "" {
 		idx(s.byAgent, j.Agent).ReplaceOrInsert(e)
 	}
@@ -251,7 +286,11 @@ func (s *State) Query(q proto.QueryRequest) (QueryResult, error) {
 	filtered := true // whether items from sources still need match()
 	switch {
 	case q.VMPath != "":
-		if t, ok := s.byVMPath[q.VMPath]; ok {
+		if es := s.byVMPath[q.VMPath]; len(es) > 0 {
+			t := newIndex()
+			for _, e := range es {
+				t.ReplaceOrInsert(e)
+			}
 			sources = append(sources, t)
 		}
 	case q.Agent != "":
