@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -17,11 +16,6 @@ import (
 )
 
 func main() {
-	// The controller's heap is mostly long-lived jobs: collecting at 50% growth instead of
-	// 100% keeps RSS near 1.5× the live state at a small CPU cost. GOGC overrides it.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "hypersdk-controller:", err)
 		os.Exit(1)
