@@ -353,7 +353,7 @@ func TestCancelAndBrokenTransfer(t *testing.T) {
 		{name: "source gone during https", vm: 1, opts: proto.Options{ConversionMethod: "https"},
 			stop: func(_ context.CancelFunc, th *harness.Throttle) { th.Close() },
 			check: func(t *testing.T, err error) {
-				if err == nil || !errors.Is(err, worker.ErrRetryable) || !strings.HasPrefix(err.Error(), "retryable: conversion:") {
+				if err == nil || !errors.Is(err, worker.ErrRetryable) || !strings.HasPrefix(err.Error(), "conversion:") {
 					t.Errorf("Run after the source went away: %v, want a retryable conversion error", err)
 				}
 			}},

@@ -32,13 +32,19 @@ var (
 	ErrRetryable = errors.New("retryable")
 )
 
-// Retryable marks err as worth another attempt.
+// Retryable marks err as worth another attempt. The message stays err's own: it becomes
+// the job's error, which an operator reads.
 func Retryable(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("%w: %w", ErrRetryable, err)
+	return retryableError{err}
 }
+
+type retryableError struct{ err error }
+
+func (e retryableError) Error() string   { return e.err.Error() }
+func (e retryableError) Unwrap() []error { return []error{ErrRetryable, e.err} }
 
 // Reporter is how an executor reports on its job.
 type Reporter interface {
@@ -145,11 +151,11 @@ type AttemptRecord struct {
 	Error   string `json:"error,omitempty"`
 }
 
-func (w *Worker) recordAttempt(tok proto.LeaseToken, event, outcome string, err error) {
+func (w *Worker) recordAttempt(at time.Time, tok proto.LeaseToken, event, outcome string, err error) {
 	if w.cfg.AttemptLog == nil {
 		return
 	}
-	rec := AttemptRecord{Time: time.Now().UTC(), Agent: w.cfg.Name, JobID: tok.JobID, Attempt: tok.Attempt, Event: event, Outcome: outcome}
+	rec := AttemptRecord{Time: at.UTC(), Agent: w.cfg.Name, JobID: tok.JobID, Attempt: tok.Attempt, Event: event, Outcome: outcome}
 	if err != nil {
 		rec.Error = err.Error()
 	}
@@ -303,12 +309,15 @@ func (w *Worker) start(l proto.Lease, received time.Time) {
 func (w *Worker) runJob(ctx context.Context, r *running) {
 	defer close(r.done)
 	tok := r.lease.LeaseToken
-	w.recordAttempt(tok, "start", "", nil)
+	w.recordAttempt(time.Now(), tok, "start", "", nil)
 	res, err := w.exec.Run(ctx, r.lease, r.rep)
+	// The attempt's work ends here; stopping the reporter may wait for a progress report
+	// in flight, which is not work on the job.
+	ended := time.Now()
 	r.rep.stop()
 	cause := context.Cause(ctx)
 	how := outcome(err, ctx.Err(), cause)
-	w.recordAttempt(tok, "end", how, err)
+	w.recordAttempt(ended, tok, "end", how, err)
 	log := w.log.With("job", tok.JobID, "attempt", tok.Attempt)
 	warnings := r.rep.warnings()
 	var rerr error
@@ -389,6 +398,13 @@ func (w *Worker) reportDeadline() time.Duration {
 // heartbeatLoop renews every lease each TTL/3 and checks the fence ten times per TTL.
 func (w *Worker) heartbeatLoop(ctx context.Context) {
 	var lastBeat time.Time
+	// The heartbeat runs beside the loop, one at a time: in a partition it hangs for its
+	// whole timeout (TTL/3), and the fence checks must go on meanwhile, or the job runs
+	// past 80% of its TTL, up to past the lease itself (test/partition_test.go saw both
+	// agents copy one job).
+	inFlight := make(chan struct{}, 1)
+	var beats sync.WaitGroup
+	defer beats.Wait()
 	for {
 		w.mu.Lock()
 		ttl := w.ttl
@@ -399,8 +415,17 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		case <-time.After(ttl / 10):
 		}
 		if time.Since(lastBeat) >= ttl/3 {
-			lastBeat = time.Now()
-			w.heartbeat(ctx)
+			select {
+			case inFlight <- struct{}{}:
+				lastBeat = time.Now()
+				beats.Add(1)
+				go func() {
+					defer beats.Done()
+					defer func() { <-inFlight }()
+					w.heartbeat(ctx)
+				}()
+			default: // the previous heartbeat still waits for its answer
+			}
 		}
 		w.fence()
 	}
