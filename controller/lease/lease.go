@@ -8,7 +8,8 @@
 //   - A timer that fires commits LeaseExpire; apply requeues (or fails after max attempts).
 //   - A new leader rebuilds every timer with a full TTL: a lease may outlive its TTL after
 //     a failover, it never dies early.
-//   - Gossip declaring an agent dead expires its leases at once (still through raft).
+//   - Gossip declaring an agent dead does not shorten its leases: a partitioned agent looks
+//     dead too, and works on until it fences itself (see ExpireAgent).
 package lease
 
 import (
@@ -273,18 +274,23 @@ func (m *Manager) expire(tok state.LeaseToken, reason string) {
 	}
 }
 
-// ExpireAgent ends every lease an agent holds right away (gossip declared it dead).
+// ExpireAgent is told that gossip declared an agent dead. It does not end the agent's
+// leases before their TTL: to memberlist an agent cut off by a partition looks exactly
+// like a dead one, and such an agent keeps copying until it fences itself at 80% of the
+// TTL after its last renewal. Ending its leases at once let a second agent start the same
+// job while the first still ran (test/partition_test.go caught it); the TTL timers end
+// them instead: late is fine, early never.
 func (m *Manager) ExpireAgent(name, reason string) {
 	m.mu.Lock()
-	var toks []state.LeaseToken
+	n := 0
 	for _, h := range m.leases {
 		if h.agent == name {
-			toks = append(toks, h.token)
+			n++
 		}
 	}
 	m.mu.Unlock()
-	for _, tok := range toks {
-		m.expire(tok, reason)
+	if n > 0 {
+		m.log.Info("agent declared dead; its leases end when their TTL runs out", "agent", name, "leases", n, "reason", reason)
 	}
 }
 
