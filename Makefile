@@ -40,6 +40,12 @@ demo: setup build ## Migrate a simulated vSphere VM to a libvirt domain on this 
 bench: setup build ## Run the benchmarks (cluster throughput, queries, failover, transfers)
 	HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
 
+.PHONY: chaos
+chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, restarts, 20k-job load (~15 min, root)
+	set -o pipefail; HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_CHAOS=long $(GO) test -count=1 -v -timeout 60m \
+		-run '^(TestChaos|TestPartitionLeader|TestPartitionAgent|TestBrokenTransfers|TestDiskFull|TestRestartSafety|TestLoad)$$' ./test/ \
+		| grep -v 'TLS handshake error' | tee chaos.out
+
 .PHONY: packages
 packages: build ## Build the agent and controller .deb and .rpm packages into dist/
 	$(GO) run ./packaging/cmd/mkpkg -root . -bin bin -out dist -version "$(VERSION)"
@@ -51,4 +57,4 @@ screenshot: ## PNG of the dashboard: of URL=http://controller:8080, else of a te
 
 .PHONY: clean
 clean: ## Remove build outputs
-	rm -rf bin dist bench.out
+	rm -rf bin dist bench.out chaos.out
