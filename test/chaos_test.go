@@ -226,6 +226,9 @@ func TestChaos(t *testing.T) {
 	if len(ov) > 0 {
 		t.Errorf("attempts of one job ran at the same time:\n  %s", listSome(ov, 10))
 	}
+	if lateReports > 0 {
+		t.Errorf("%d attempts finished their migration but their lease had moved on: their disks and domain stay behind", lateReports)
+	}
 	if len(badDisks) > 0 {
 		t.Errorf("completed jobs with a wrong disk:\n  %s", listSome(badDisks, 10))
 	}
