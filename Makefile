@@ -41,10 +41,10 @@ bench: setup build ## Run the benchmarks (cluster throughput, queries, failover,
 	HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
 
 .PHONY: chaos
-chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, restarts, 20k-job load (~15 min, root)
+chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, restarts, 20k-job load (~10 min, root)
 	set -o pipefail; HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_CHAOS=long $(GO) test -count=1 -v -timeout 60m \
 		-run '^(TestChaos|TestPartitionLeader|TestPartitionAgent|TestBrokenTransfers|TestDiskFull|TestRestartSafety|TestLoad)$$' ./test/ \
-		| grep -v 'TLS handshake error' | tee chaos.out
+		| grep --line-buffered -v 'TLS handshake error' | tee chaos.out
 
 .PHONY: packages
 packages: build ## Build the agent and controller .deb and .rpm packages into dist/

@@ -147,6 +147,8 @@ func TestLoad(t *testing.T) {
 	close(sampling)
 
 	conv := waitConverged(t, cs, sub.ackedIDs(), 2*time.Minute, true)
+	var cl harness.ClusterView
+	harness.GetJSON(cs[0].URL()+"/cluster", &cl)
 	notCompleted := 0
 	for _, j := range conv.byID {
 		if j.Status != proto.StatusCompleted {
@@ -179,6 +181,7 @@ func TestLoad(t *testing.T) {
 			float64(jobs)/drained.Seconds(), grants.Load(), progressWrites.Load())},
 		[2]string{"peak controller RSS", fmt.Sprintf("%.0f MB", peakRSS)},
 		[2]string{"raft.db (c1) mid-run → end, peak of 3", fmt.Sprintf("%.1f → %.1f MB, %.1f MB", mb(midDB), mb(lastDB), mb(peakDB))},
+		[2]string{"raft log entries committed", fmt.Sprint(cl.CommitIndex)},
 		[2]string{"lost / not completed / disagreeing", fmt.Sprintf("%d / %d / %d", len(conv.lost), notCompleted, len(conv.disagree))},
 	)
 	t.Log(table(fmt.Sprintf("load (%d jobs, %d simulated agents × %d slots, 3 controllers, snapshot every 8192 entries)", jobs, agents, loadSlots), rows))
