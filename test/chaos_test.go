@@ -67,7 +67,7 @@ func TestChaos(t *testing.T) {
 		defs = append(defs, d)
 		k++
 	}
-	sub := newSubmitter(f.urls)
+	sub := newSubmitter(urlsOf(f.cs))
 
 	// Clients spread the submits evenly over the chaos period.
 	start := time.Now()

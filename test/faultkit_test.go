@@ -177,6 +177,25 @@ func cleanupSimDomains(t *testing.T, sim *vcsim.Sim) {
 	})
 }
 
+// idJob is job k of a run, with an id of the client's choosing; its source is unreachable
+// (for tests where no agent runs it, or where it must fail at once).
+func idJob(run string, k int64) proto.JobDefinition {
+	return proto.JobDefinition{ID: fmt.Sprintf("%s-%06d", run, k), VMPath: fmt.Sprintf("/DC0/vm/%s-%06d", run, k),
+		Source:      proto.Source{Type: "vsphere", VCenterURL: "https://127.0.0.1:1/sdk", Username: "admin", Password: faultPassword},
+		Destination: proto.Destination{Type: "kvm"}}
+}
+
+// urlsOf returns a function listing the controllers' API base URLs (for a submitter).
+func urlsOf(cs []*harness.Controller) func() []string {
+	return func() []string {
+		out := make([]string, len(cs))
+		for i, c := range cs {
+			out[i] = c.URL()
+		}
+		return out
+	}
+}
+
 // submitter is a set of clients that submit jobs with ids they chose, through any
 // controller, and retry on 503 and transport errors: a 409 on a retry means an earlier try
 // was stored, so the job counts as acknowledged.

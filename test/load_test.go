@@ -60,15 +60,8 @@ func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	conf := controllerConfig(t, dir, fleetConfig{LeaseTTL: 15 * time.Second})
 	cs := harness.StartControllers(t, dir, 3, "--config", conf, "--fast-raft")
-	urls := func() []string {
-		out := make([]string, len(cs))
-		for i, c := range cs {
-			out[i] = c.URL()
-		}
-		return out
-	}
 	run := fmt.Sprintf("load-%x", time.Now().UnixNano()&0xffffff)
-	sub := newSubmitter(urls)
+	sub := newSubmitter(urlsOf(cs))
 	start := time.Now()
 
 	var completed, progressWrites, grants atomic.Int64
@@ -128,7 +121,7 @@ func TestLoad(t *testing.T) {
 				if k > jobs {
 					return
 				}
-				def := restartJob(run, k)
+				def := idJob(run, k)
 				def.Source.VCenterURL = fmt.Sprintf("https://127.0.0.%d:443/sdk", 1+k%vcenters)
 				sub.submit(def, time.Minute)
 			}

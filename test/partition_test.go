@@ -54,15 +54,9 @@ func TestPartitionLeader(t *testing.T) {
 	ncs := harness.StartNetControllers(t, dir, ms, "--config", conf, "--fast-raft")
 	cs := plain(ncs)
 	run := fmt.Sprintf("split-%x", time.Now().UnixNano()&0xffffff)
-	sub := newSubmitter(func() []string {
-		out := make([]string, len(cs))
-		for i, c := range cs {
-			out[i] = c.URL()
-		}
-		return out
-	})
+	sub := newSubmitter(urlsOf(cs))
 	for k := 0; k < 20; k++ {
-		if !sub.submit(restartJob(run+"-before", int64(k)), 20*time.Second) {
+		if !sub.submit(idJob(run+"-before", int64(k)), 20*time.Second) {
 			t.Fatal("submit on the healthy cluster failed")
 		}
 	}
@@ -96,7 +90,7 @@ func TestPartitionLeader(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for k := int64(0); time.Since(cut) < window; k++ {
-			def := restartJob(run+"-minority", k)
+			def := idJob(run+"-minority", k)
 			code, _ := sub.post(old.URL()+"/jobs/submit", mustJSON(def))
 			mu.Lock()
 			minorityCodes[code]++
@@ -131,10 +125,10 @@ func TestPartitionLeader(t *testing.T) {
 		return false
 	})
 	elected := time.Since(cut)
-	majoritySub := newSubmitter(func() []string { return []string{majority[0].URL(), majority[1].URL()} })
+	majoritySub := newSubmitter(urlsOf(majority))
 	majorityAcked := 0
 	for k := int64(0); time.Since(cut) < window; k++ {
-		if majoritySub.submit(restartJob(run+"-majority", k), 10*time.Second) {
+		if majoritySub.submit(idJob(run+"-majority", k), 10*time.Second) {
 			majorityAcked++
 		}
 	}

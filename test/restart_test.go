@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -28,7 +29,7 @@ func TestRestartSafety(t *testing.T) {
 		rounds, preload = 12, 20000
 	}
 	f := startFleet(t, fleetConfig{Controllers: 3, LeaseTTL: 5 * time.Second, SnapshotThreshold: 200, TrailingLogs: 100})
-	sub := newSubmitter(f.urls)
+	sub := newSubmitter(urlsOf(f.cs))
 	run := fmt.Sprintf("restart-%x", time.Now().UnixNano()&0xffffff)
 	var seq atomic.Int64
 	submitN := func(n, clients int) {
@@ -39,7 +40,7 @@ func TestRestartSafety(t *testing.T) {
 				defer wg.Done()
 				for seq.Load() < int64(n) {
 					k := seq.Add(1)
-					sub.submit(restartJob(run, k), 30*time.Second)
+					sub.submit(idJob(run, k), 30*time.Second)
 				}
 			}()
 		}
@@ -52,7 +53,7 @@ func TestRestartSafety(t *testing.T) {
 	var scheduleIDs, webhookIDs []string
 	for i := 0; i < 5; i++ {
 		id := fmt.Sprintf("%s-schedule-%d", run, i)
-		tmpl := restartJob(run, 0)
+		tmpl := idJob(run, 0)
 		tmpl.ID = ""
 		code, err := harness.PostJSON(f.cs[i%3].URL()+"/schedules", proto.ScheduleRequest{ID: id, Name: "restart " + id,
 			Schedule: "0 3 1 1 *", JobTemplate: &tmpl}, nil)
@@ -81,7 +82,7 @@ func TestRestartSafety(t *testing.T) {
 			t.Fatal("no leader")
 		}
 		if r%2 == 1 {
-			victim = f.cs[(indexOf(f.cs, victim)+1)%len(f.cs)]
+			victim = f.cs[(slices.Index(f.cs, victim)+1)%len(f.cs)]
 		}
 		stop := make(chan struct{})
 		writerDone := make(chan struct{})
@@ -93,7 +94,7 @@ func TestRestartSafety(t *testing.T) {
 					return
 				default:
 				}
-				sub.submit(restartJob(run, seq.Add(1)), 30*time.Second)
+				sub.submit(idJob(run, seq.Add(1)), 30*time.Second)
 			}
 		}()
 		if killMidSnapshot(victim, 20*time.Second) {
@@ -150,8 +151,8 @@ func TestRestartSafety(t *testing.T) {
 			missingWebhooks = append(missingWebhooks, fmt.Sprintf("%s has %v, want %v", c.ID, got, webhookIDs))
 		}
 	}
-	after := newSubmitter(f.urls)
-	writes := after.submit(restartJob(run, seq.Add(1)), 30*time.Second)
+	after := newSubmitter(urlsOf(f.cs))
+	writes := after.submit(idJob(run, seq.Add(1)), 30*time.Second)
 	snaps := 0
 	for _, c := range f.cs {
 		snaps += len(completeSnapshots(c))
@@ -184,30 +185,6 @@ func TestRestartSafety(t *testing.T) {
 	if len(sub.unexpected) > 0 {
 		t.Errorf("clients saw answers other than 201, 503 and 409-on-retry:\n  %s", listSome(sub.unexpected, 10))
 	}
-}
-
-func restartJob(run string, k int64) proto.JobDefinition {
-	return proto.JobDefinition{ID: fmt.Sprintf("%s-%06d", run, k), VMPath: fmt.Sprintf("/DC0/vm/%s-%06d", run, k),
-		Source:      proto.Source{Type: "vsphere", VCenterURL: "https://127.0.0.1:1/sdk", Username: "admin", Password: faultPassword},
-		Destination: proto.Destination{Type: "kvm"}}
-}
-
-func indexOf(cs []*harness.Controller, c *harness.Controller) int {
-	for i, x := range cs {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
-
-// urls lists the controllers' API base URLs.
-func (f *fleet) urls() []string {
-	out := make([]string, len(f.cs))
-	for i, c := range f.cs {
-		out[i] = c.URL()
-	}
-	return out
 }
 
 // killMidSnapshot watches c's snapshot dir and SIGKILLs c as soon as raft is writing a

@@ -68,7 +68,6 @@ type FaultProxy struct {
 	faults  []Fault
 	fired   []string
 	conns   map[net.Conn]struct{}
-	accept  int
 	severed bool
 }
 
@@ -120,14 +119,7 @@ func (p *FaultProxy) Pending() int {
 	return len(p.faults)
 }
 
-// Connections is how many connections were accepted.
-func (p *FaultProxy) Connections() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.accept
-}
-
-// Sever resets every open connection and every new one until Restore: the source is gone.
+// Sever resets every open connection and every new one: the source is gone for good.
 func (p *FaultProxy) Sever() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -135,13 +127,6 @@ func (p *FaultProxy) Sever() {
 	for c := range p.conns {
 		reset(c)
 	}
-}
-
-// Restore ends Sever.
-func (p *FaultProxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.severed = false
 }
 
 // Close stops accepting and drops every connection.
@@ -173,7 +158,6 @@ func (p *FaultProxy) acceptLoop() {
 			return
 		}
 		p.mu.Lock()
-		p.accept++
 		severed := p.severed
 		p.mu.Unlock()
 		if severed {
@@ -253,7 +237,10 @@ func (p *FaultProxy) serve(c net.Conn) {
 						_ = tc.CloseWrite()
 					}
 					_ = up.Close()
-					<-done
+					select { // the client closes once it has read the short body
+					case <-done:
+					case <-time.After(30 * time.Second):
+					}
 					return
 				case FaultStall, FaultStallThenReset:
 					time.Sleep(f.Stall) // the fault itself: nothing moves meanwhile
