@@ -358,7 +358,12 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 		log.Warn("final report not accepted", "err", rerr)
 	}
 	w.mu.Lock()
-	delete(w.jobs, tok.JobID)
+	// While this attempt's report was retried, the lease may have expired and the next
+	// attempt of the job been granted to this agent: that one is not ours to drop (it
+	// would no longer be renewed nor fenced).
+	if w.jobs[tok.JobID] == r {
+		delete(w.jobs, tok.JobID)
+	}
 	n := len(w.jobs)
 	w.mu.Unlock()
 	if w.cfg.OnChange != nil {
