@@ -207,8 +207,8 @@ func TestPartitionAgent(t *testing.T) {
 	am := []*harness.Member{n.Add("a1", 21), n.Add("a2", 22)}
 	sim := startSim(t, vcsim.Config{VMs: 2, DisksPerVM: 1, DiskSize: 64 << 20, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}})
 	src := n.Expose(sim.URL.Host)
-	src.SetRate(4 << 20) // 64 MiB take ~16 s: long enough to cut the agent mid-copy
-	const ttl = 6 * time.Second
+	src.SetRate(3 << 20) // 64 MiB take ~21 s: the agent is cut, and fenced, mid-copy
+	const ttl = 10 * time.Second
 	conf := controllerConfig(t, dir, fleetConfig{LeaseTTL: ttl})
 	ncs := harness.StartNetControllers(t, dir, ms, "--config", conf, "--fast-raft")
 	cs := plain(ncs)
