@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +23,7 @@ import (
 	"github.com/hypersdk/hypersdk/agent"
 	"github.com/hypersdk/hypersdk/agent/migrate"
 	"github.com/hypersdk/hypersdk/agent/transfer"
+	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/logging"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
@@ -93,10 +93,10 @@ func run(args []string) error {
 	set(&cfg.JoinToken, os.Getenv("HYPERSDK_JOIN_TOKEN"))
 	set(&cfg.JoinToken, *joinToken)
 	if *controllers != "" {
-		cfg.Controllers = splitList(*controllers)
+		cfg.Controllers = config.SplitList(*controllers)
 	}
 	if *gossipJoin != "" {
-		cfg.Gossip.Join = splitList(*gossipJoin)
+		cfg.Gossip.Join = config.SplitList(*gossipJoin)
 	}
 	if *maxJobs != 0 {
 		cfg.MaxJobs = *maxJobs
@@ -133,14 +133,4 @@ func run(args []string) error {
 	err = a.Run(ctx)
 	log.Info("hypersdk-agent stopped")
 	return err
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/logging"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
@@ -69,10 +69,10 @@ func run(args []string) error {
 	set(&cfg.Log.Level, *logLevel)
 	set(&cfg.Log.Format, *logFormat)
 	if *gossipJoin != "" {
-		cfg.Gossip.Join = splitList(*gossipJoin)
+		cfg.Gossip.Join = config.SplitList(*gossipJoin)
 	}
 	if *join != "" {
-		cfg.Cluster.Join = splitList(*join)
+		cfg.Cluster.Join = config.SplitList(*join)
 	}
 	if *bootstrap {
 		cfg.Cluster.Bootstrap = true
@@ -100,14 +100,4 @@ func run(args []string) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	return c.Close()
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
