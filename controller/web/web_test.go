@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/google/uuid"
 
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/api"
@@ -157,6 +158,26 @@ func waitJS(t *testing.T, ctx context.Context, timeout time.Duration, what, expr
 
 func jsString(s string) string { return fmt.Sprintf("%q", s) }
 
+// submitOnce submits def with a client-chosen id and, as the API asks, resubmits it after a
+// 503 (an election on a loaded machine): a 409 then means the first try was stored.
+func submitOnce(t *testing.T, cl *client.Client, def proto.JobDefinition) proto.SubmitResponse {
+	t.Helper()
+	def.ID = uuid.NewString()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sub, err := cl.SubmitJob(context.Background(), def)
+		switch code := client.StatusCode(err); {
+		case err == nil:
+			return sub
+		case code == http.StatusConflict:
+			return proto.SubmitResponse{JobID: def.ID}
+		case code != http.StatusServiceUnavailable || time.Now().After(deadline):
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // TestDashboardLive loads the dashboard of a follower of a 3-controller cluster with two
 // agents in the gossip pool, and checks that every agent has a card, and that a job's
 // progress bar follows the agent's progress reports without a reload.
@@ -189,10 +210,7 @@ func TestDashboardLive(t *testing.T) {
 	}
 	def := fleettest.JobBody("DC0/vm/dashboard-web-1")
 	def.Options.TargetAgent = "kvm-ui-1"
-	sub, err := cl.SubmitJob(context.Background(), def)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := submitOnce(t, cl, def)
 	agent := fleettest.NewAgent("kvm-ui-1", follower.URL())
 	lease := agent.Lease(t, 10*time.Second)
 	if lease.JobID != sub.JobID {
@@ -258,11 +276,7 @@ func populate(t *testing.T, cl *client.Client, url string) {
 	submit := func(vm, target string) string {
 		def := fleettest.JobBody(vm)
 		def.Options.TargetAgent = target
-		sub, err := cl.SubmitJob(ctx, def)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sub.JobID
+		return submitOnce(t, cl, def).JobID
 	}
 	submit("DC0/vm/db-replica-2", "kvm-ui-2")
 	l := agent2.Lease(t, 10*time.Second)
