@@ -58,7 +58,8 @@ type APIConfig struct {
 }
 
 // TLSConfig serves the API over TLS when CertFile and KeyFile are set; CAFile verifies
-// peer controllers (forwarding, joins) and defaults to the system roots.
+// peer controllers (forwarding, joins) and defaults to the system roots. With all three
+// set it also serves as the cluster TLS unless cluster.tls says otherwise (cluster_tls.go).
 type TLSConfig struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
@@ -90,6 +91,9 @@ type ClusterConfig struct {
 	Bootstrap     bool          `yaml:"bootstrap"`
 	MaxAttempts   int           `yaml:"max_attempts"`
 	LeaderWait    time.Duration `yaml:"leader_wait"`
+	// TLS is raft's mutual TLS (and the peer certificate on forwarding and joins); each
+	// field defaults to the api.tls one (cluster_tls.go).
+	TLS TLSConfig `yaml:"tls"`
 	// Fast shortens raft timers (tests and demos on one machine).
 	Fast bool `yaml:"fast"`
 	// SnapshotThreshold is how many log entries since the last snapshot trigger the next
@@ -216,5 +220,5 @@ func (c *Config) Validate() error {
 	if err := c.validateEvents(); err != nil {
 		return err
 	}
-	return nil
+	return c.validateClusterSecurity()
 }

@@ -59,6 +59,8 @@ type Controller struct {
 	peerTLS    *tls.Config  // verifies peer controllers
 	peerClient *http.Client
 	peerToken  string // admin token used on calls to peer controllers (join)
+	// clusterTLS is raft's and the peer calls' mutual TLS (nil: off; cluster_tls.go).
+	clusterTLS *cluster.TransportTLS
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -80,6 +82,11 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	clusterTLS, err := loadClusterTLS(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	warnInsecureCluster(&cfg, log)
 	dataDir := cfg.DataDir()
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w (set --data-dir)", dataDir, err)
@@ -103,7 +110,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		}
 	}
 
-	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr, scheme: "http"}
+	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr, scheme: "http", clusterTLS: clusterTLS}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if err := c.setupSecurity(ln); err != nil {
 		ln.Close()
@@ -122,6 +129,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	ccfg.DataDir = dataDir
 	ccfg.RaftAddr = cfg.Cluster.RaftAddr
 	ccfg.RaftAdvertise = cfg.Cluster.RaftAdvertise
+	ccfg.TLS = c.clusterTLS
 	// No --join and no stored state: this node forms a new cluster of one.
 	ccfg.Bootstrap = cfg.Cluster.Bootstrap || len(cfg.Cluster.Join) == 0
 	ccfg.Logger = log
@@ -426,9 +434,12 @@ func (c *Controller) setupSecurity(ln net.Listener) error {
 		if err != nil {
 			return fmt.Errorf("api.tls: %w", err)
 		}
-		c.ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+		srv := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		peerServerTLS(srv, c.clusterTLS)
+		c.ln = tls.NewListener(ln, srv)
 		c.scheme = "https"
 	}
+	peerClientTLS(c.peerTLS, c.clusterTLS)
 	c.peerClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c.peerTLS}}
 	return nil
 }

@@ -1,27 +1,21 @@
 package controller_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/api"
+	"github.com/hypersdk/hypersdk/test/fleettest"
 )
 
 const (
@@ -159,7 +153,7 @@ func TestRateLimit(t *testing.T) {
 // forwarded over TLS; a client without the CA is refused.
 func TestTLSCluster(t *testing.T) {
 	dir := t.TempDir()
-	caFile, certFile, keyFile := writeTestCA(t, dir)
+	caFile, certFile, keyFile := fleettest.WriteTestCA(t, dir)
 	mk := func(id string, join ...string) *controller.Controller {
 		cfg := controller.TestConfig(t, id, t.TempDir(), join...)
 		cfg.API.TLS = controller.TLSConfig{CertFile: certFile, KeyFile: keyFile, CAFile: caFile}
@@ -187,37 +181,6 @@ func TestTLSCluster(t *testing.T) {
 	if _, err := http.Get(b.URL() + "/health"); err == nil {
 		t.Fatal("a client without the CA must not trust the controller")
 	}
-}
-
-func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hypersdk test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "controller"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	write := func(name, typ string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("cert.pem", "CERTIFICATE", der), write("key.pem", "EC PRIVATE KEY", keyDER)
 }
 
 var _ = fmt.Sprint

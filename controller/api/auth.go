@@ -135,7 +135,7 @@ func readOnly(r *http.Request) bool {
 // API has its own join-token check (agentAuth) which also accepts admin tokens.
 func (s *Server) authMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.auth.Enabled() || r.URL.Path == "/health" || strings.HasPrefix(r.URL.Path, "/agent/v1/") || strings.HasPrefix(r.URL.Path, "/ui") {
+		if !s.auth.Enabled() || r.URL.Path == "/health" || strings.HasPrefix(r.URL.Path, "/agent/v1/") || strings.HasPrefix(r.URL.Path, "/ui") || peerJoin(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -224,12 +224,12 @@ func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
 }
 
 // rateLimitMiddleware answers 429 with Retry-After beyond the per-client rate. Requests a
-// peer controller forwarded were counted where they entered; agents are limited by their
-// own slots, not here.
+// peer controller forwarded (proven by its certificate, peer.go) were counted where they
+// entered; agents are limited by their own slots, not here.
 func (s *Server) rateLimitMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.limiter == nil || r.URL.Path == "/health" || strings.HasPrefix(r.URL.Path, "/agent/v1/") ||
-			(r.Header.Get(forwardedHeader) != "" && s.fromPeer(r)) {
+			(r.Header.Get(forwardedHeader) != "" && fromPeer(r)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -255,17 +255,6 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// fromPeer reports whether the request comes from the host of a registered controller.
-func (s *Server) fromPeer(r *http.Request) bool {
-	ip := clientIP(r)
-	for _, n := range s.st.Nodes() {
-		if host, _, err := net.SplitHostPort(n.APIAddr); err == nil && host == ip {
-			return true
-		}
-	}
-	return false
 }
 
 // agentAllowed checks the agent join token, or an admin token.

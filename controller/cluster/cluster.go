@@ -43,6 +43,8 @@ type Config struct {
 	RaftAdvertise string
 	// Bootstrap makes this node form a new single-node cluster when it has no state.
 	Bootstrap bool
+	// TLS, when set, runs the raft transport over mutual TLS (transport.go); nil: plain TCP.
+	TLS *TransportTLS
 
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
@@ -165,7 +167,7 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 	} else if bindAddr.IP.IsUnspecified() {
 		return nil, fmt.Errorf("cluster: raft address %q binds every interface: set an advertise address", cfg.RaftAddr)
 	}
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 5, 10*time.Second, hlog)
+	n.transport, err = newTransport(cfg, advertise, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
 	}
