@@ -223,13 +223,14 @@ func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
 	return true, 0
 }
 
-// rateLimitMiddleware answers 429 with Retry-After beyond the per-client rate. Requests a
-// peer controller forwarded (proven by its certificate, peer.go) were counted where they
-// entered; agents are limited by their own slots, not here.
+// rateLimitMiddleware answers 429 with Retry-After beyond the per-client rate. Peer
+// controllers (proven by their certificate, peer.go, never by X-Hypersdk-Forwarded-By)
+// are not limited: the requests they forward were counted where they entered, and their
+// joins are theirs. Agents are limited by their own slots, not here.
 func (s *Server) rateLimitMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.limiter == nil || r.URL.Path == "/health" || strings.HasPrefix(r.URL.Path, "/agent/v1/") ||
-			(r.Header.Get(forwardedHeader) != "" && fromPeer(r)) {
+			fromPeer(r) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -71,6 +71,20 @@ func (ca *TestCA) Pool() *x509.CertPool {
 // Issue returns the PEM certificate and key of a new leaf named cn, valid for 127.0.0.1
 // and localhost, with the given extended key usages (none: serverAuth and clientAuth).
 func (ca *TestCA) Issue(cn string, usages ...x509.ExtKeyUsage) (certPEM, keyPEM []byte, err error) {
+	return ca.IssueFor(cn, []string{"127.0.0.1", "localhost"}, usages...)
+}
+
+// IssueFor is Issue for the given hosts (IP addresses or DNS names).
+func (ca *TestCA) IssueFor(cn string, hosts []string, usages ...x509.ExtKeyUsage) (certPEM, keyPEM []byte, err error) {
+	var ips []net.IP
+	var names []string
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			names = append(names, h)
+		}
+	}
 	if len(usages) == 0 {
 		usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	}
@@ -80,8 +94,7 @@ func (ca *TestCA) Issue(cn string, usages ...x509.ExtKeyUsage) (certPEM, keyPEM 
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-		ExtKeyUsage: usages, KeyUsage: x509.KeyUsageDigitalSignature}
+		IPAddresses: ips, DNSNames: names, ExtKeyUsage: usages, KeyUsage: x509.KeyUsageDigitalSignature}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return nil, nil, err
