@@ -3,10 +3,13 @@ package test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/test/harness"
@@ -15,10 +18,46 @@ import (
 // TestControllerProcessFailover: three controller processes; SIGKILL the leader; a write
 // through a survivor succeeds; no acknowledged job is lost; the killed node restarts from
 // its data dir with no join flags and catches up; a fourth node joining later receives
-// every existing job.
+// every existing job. Once on plain loopback, once over TLS (https API; raft, forwarding
+// and joins over mutual TLS with the cluster CA).
 func TestControllerProcessFailover(t *testing.T) {
+	t.Run("plain", func(t *testing.T) {
+		processFailover(t, func(dir, id string, join []string) *harness.Controller {
+			return harness.StartController(t, dir, id, join, "--fast-raft")
+		}, func(dir string) []*harness.Controller { return harness.StartControllers(t, dir, 3, "--fast-raft") })
+	})
+	t.Run("tls", func(t *testing.T) {
+		var conf string
+		var files harness.TLSFiles
+		cs := processFailover(t, func(dir, id string, join []string) *harness.Controller {
+			return harness.StartTLSController(t, dir, id, join, files, "--config", conf, "--fast-raft")
+		}, func(dir string) []*harness.Controller {
+			conf, files = harness.WriteTLSConfig(t, dir)
+			return harness.StartTLSControllers(t, dir, 3, files, "--config", conf, "--fast-raft")
+		})
+		// The raft ports answer no plain raft client.
+		intruder, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 3*time.Second, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer intruder.Close()
+		for _, c := range cs {
+			var resp raft.AppendEntriesResponse
+			err := intruder.AppendEntries(raft.ServerID(c.ID), raft.ServerAddress(c.RaftAddr), &raft.AppendEntriesRequest{
+				RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("intruder"), Addr: []byte(intruder.LocalAddr())},
+				Term:      1 << 40}, &resp)
+			if err == nil {
+				t.Errorf("%s's raft port answered a plain client (term %d)", c.ID, resp.Term)
+			}
+		}
+	})
+}
+
+// processFailover runs the failover with the given starters and returns the four nodes.
+func processFailover(t *testing.T, startOne func(dir, id string, join []string) *harness.Controller,
+	startThree func(dir string) []*harness.Controller) []*harness.Controller {
 	dir := t.TempDir()
-	cs := harness.StartControllers(t, dir, 3, "--fast-raft")
+	cs := startThree(dir)
 	var acked []string
 	submit := func(c *harness.Controller, vm string) bool {
 		var out proto.SubmitResponse
@@ -87,11 +126,12 @@ func TestControllerProcessFailover(t *testing.T) {
 	}
 
 	// A node joining the running cluster receives every existing job.
-	late := harness.StartController(t, dir, "c4", []string{survivors[0].APIAddr}, "--fast-raft")
+	late := startOne(dir, "c4", []string{survivors[0].APIAddr})
 	checkAll(append(cs, late))
 	var cl harness.ClusterView
 	harness.GetJSON(late.URL()+"/cluster", &cl)
 	if len(cl.Nodes) != 4 {
 		t.Fatalf("cluster after join has %d nodes", len(cl.Nodes))
 	}
+	return append(cs, late)
 }

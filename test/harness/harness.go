@@ -56,6 +56,7 @@ func FreePort(t testing.TB) int {
 type Proc struct {
 	Name    string
 	Args    []string
+	Env     []string // added to this process's environment
 	bin     string
 	LogPath string
 	cmd     *exec.Cmd
@@ -66,7 +67,13 @@ type Proc struct {
 // Start runs bin with args, logging to dir/name.log (appended across restarts).
 func Start(t testing.TB, bin, name, dir string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{Name: name, Args: args, bin: bin, LogPath: filepath.Join(dir, name+".log")}
+	return StartWithEnv(t, bin, name, dir, nil, args...)
+}
+
+// StartWithEnv is Start with env (KEY=value) added to the process's environment.
+func StartWithEnv(t testing.TB, bin, name, dir string, env []string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{Name: name, Args: args, Env: env, bin: bin, LogPath: filepath.Join(dir, name+".log")}
 	if err := p.start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -97,6 +104,9 @@ func (p *Proc) start() error {
 	}
 	cmd := exec.Command(p.bin, p.Args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -177,19 +187,39 @@ type Controller struct {
 	APIAddr  string
 	RaftAddr string
 	DataDir  string
+	// CAFile is the CA of an https controller (StartTLSController), "" for http.
+	CAFile string
 }
 
 // URL is the controller's API base URL.
-func (c *Controller) URL() string { return "http://" + c.APIAddr }
+func (c *Controller) URL() string {
+	if c.CAFile != "" {
+		return "https://" + c.APIAddr
+	}
+	return "http://" + c.APIAddr
+}
 
 // StartController starts bin/hypersdk-controller with fresh loopback ports.
 func StartController(t testing.TB, dir, id string, join []string, extra ...string) *Controller {
+	t.Helper()
+	return startController(t, dir, id, join, TLSFiles{}, extra...)
+}
+
+// StartTLSController is StartController for a controller whose config (a --config in
+// extra, see WriteTLSConfig and TLSFiles.APIConfig) serves https with the files' CA.
+func StartTLSController(t testing.TB, dir, id string, join []string, files TLSFiles, extra ...string) *Controller {
+	t.Helper()
+	return startController(t, dir, id, join, files, extra...)
+}
+
+func startController(t testing.TB, dir, id string, join []string, files TLSFiles, extra ...string) *Controller {
 	t.Helper()
 	c := &Controller{
 		ID:       id,
 		APIAddr:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 		RaftAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
 		DataDir:  filepath.Join(dir, id),
+		CAFile:   files.CAFile,
 	}
 	args := []string{"--node-id", id, "--data-dir", c.DataDir, "--api-addr", c.APIAddr, "--raft-addr", c.RaftAddr,
 		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--log-level", "info"}
@@ -205,13 +235,25 @@ func StartController(t testing.TB, dir, id string, join []string, extra ...strin
 // returns when every node reports n voters and a leader.
 func StartControllers(t testing.TB, dir string, n int, extra ...string) []*Controller {
 	t.Helper()
+	return startControllers(t, dir, n, TLSFiles{}, extra...)
+}
+
+// StartTLSControllers is StartControllers for controllers whose config (a --config in
+// extra) serves https with the files: raft, forwarding and joins then run over mutual TLS.
+func StartTLSControllers(t testing.TB, dir string, n int, files TLSFiles, extra ...string) []*Controller {
+	t.Helper()
+	return startControllers(t, dir, n, files, extra...)
+}
+
+func startControllers(t testing.TB, dir string, n int, files TLSFiles, extra ...string) []*Controller {
+	t.Helper()
 	var cs []*Controller
 	for i := 0; i < n; i++ {
 		var join []string
 		if i > 0 {
 			join = []string{cs[0].APIAddr}
 		}
-		cs = append(cs, StartController(t, dir, fmt.Sprintf("c%d", i+1), join, extra...))
+		cs = append(cs, startController(t, dir, fmt.Sprintf("c%d", i+1), join, files, extra...))
 		if i == 0 {
 			WaitFor(t, 20*time.Second, "first controller leads", func() bool {
 				var cl ClusterView
@@ -266,7 +308,8 @@ func LeaderOf(cs []*Controller) *Controller {
 }
 
 // Client is the HTTP client of the harness (short timeouts: a dead node must not stall a test).
-var Client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+// It trusts the harness CA (tls.go).
+var Client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128, TLSClientConfig: clientTLS()}}
 
 // GetJSON GETs url into v and returns the status (0 on transport error).
 func GetJSON(url string, v any) int {

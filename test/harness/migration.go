@@ -162,7 +162,13 @@ func StartAgent(t testing.TB, dir, name string, cs []*Controller, extra ...strin
 		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--gossip-join", strings.Join(gossip, ","),
 		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info"}
 	args = append(args, extra...)
-	a.Proc = Start(t, Bin(t, "hypersdk-agent"), name, dir, args...)
+	// Agents trust the controllers' CA through the system store (the HA guide); for https
+	// controllers the harness points Go's store at their CA.
+	var env []string
+	if len(cs) > 0 && cs[0].CAFile != "" {
+		env = []string{"SSL_CERT_FILE=" + cs[0].CAFile}
+	}
+	a.Proc = StartWithEnv(t, Bin(t, "hypersdk-agent"), name, dir, env, args...)
 	WaitFor(t, 30*time.Second, "agent "+name+" serves /health", func() bool {
 		return GetJSON("http://"+a.APIAddr+"/health", nil) == 200
 	})
