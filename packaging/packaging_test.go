@@ -96,8 +96,11 @@ func TestGuideConfigs(t *testing.T) {
 			if err != nil {
 				t.Fatalf("controller config of the guide: %v\n%s", err, y)
 			}
-			if len(cfg.Auth.Tokens) == 0 || !cfg.API.TLS.Enabled() || len(cfg.Gossip.Join) != 3 {
-				t.Fatalf("the guide's controller config lost tokens, TLS or gossip join: %+v", cfg)
+			if len(cfg.Auth.Tokens) == 0 || !cfg.API.TLS.Enabled() || !cfg.ClusterTLSEnabled() || len(cfg.Gossip.Join) != 3 {
+				t.Fatalf("the guide's controller config lost tokens, TLS, cluster TLS or gossip join: %+v", cfg)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatalf("the guide's controller config: %v", err)
 			}
 		case strings.Contains(y, "controllers:"):
 			seen["agent"] = true

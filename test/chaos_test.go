@@ -44,10 +44,17 @@ func chaosParamsFor() chaosParams {
 // the nodes agree on every job, every job ended (completed with a byte-identical disk, or
 // failed with a reason), no attempt of a job ran while another attempt of it ran, and no
 // client ever saw a 5xx other than 503.
-func TestChaos(t *testing.T) {
+func TestChaos(t *testing.T) { runChaos(t, false) }
+
+// TestChaosTLS is TestChaos over TLS, as the HA guide configures a cluster: https API, and
+// raft, forwarding and joins over mutual TLS with the cluster CA; agents reach the
+// controllers over https.
+func TestChaosTLS(t *testing.T) { runChaos(t, true) }
+
+func runChaos(t *testing.T, tls bool) {
 	p := chaosParamsFor()
 	f := startFleet(t, fleetConfig{Controllers: 3, Agents: 2, MaxJobs: 3, LeaseTTL: 5 * time.Second,
-		SnapshotThreshold: 64, TrailingLogs: 64,
+		SnapshotThreshold: 64, TrailingLogs: 64, TLS: tls,
 		Sim: vcsim.Config{VMs: p.jobs, DisksPerVM: 1, DiskSize: 4 << 20, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}})
 
 	run := fmt.Sprintf("chaos-%x", time.Now().UnixNano()&0xffffff)
@@ -176,8 +183,12 @@ func TestChaos(t *testing.T) {
 			lateReports++ // the attempt finished, but its report came after the lease had moved on
 		}
 	}
-	t.Log(table(fmt.Sprintf("chaos (%s, %d migrations + %d unreachable-source jobs, %d clients, 3 controllers, 2 agents)",
-		p.duration, p.jobs, p.quickJobs, p.clients), [][2]string{
+	transport := "plain"
+	if tls {
+		transport = "TLS"
+	}
+	t.Log(table(fmt.Sprintf("chaos (%s, %d migrations + %d unreachable-source jobs, %d clients, 3 controllers, 2 agents, %s)",
+		p.duration, p.jobs, p.quickJobs, p.clients, transport), [][2]string{
 		{"acknowledged", fmt.Sprint(len(acked))},
 		{"lost", fmt.Sprint(len(conv.lost))},
 		{"duplicated", fmt.Sprint(len(conv.duplicated))},

@@ -48,6 +48,9 @@ type fleetConfig struct {
 	ExtraConfig string
 	// AgentArgs are extra flags of every agent.
 	AgentArgs []string
+	// TLS serves the controllers' API over https with a harness certificate, which makes
+	// raft, forwarding and joins mutual TLS too.
+	TLS bool
 }
 
 // fleet is a running set of controllers, agents and the simulator.
@@ -95,8 +98,13 @@ func startFleet(t *testing.T, cfg fleetConfig) *fleet {
 	if cfg.Sim.VMs > 0 {
 		f.sim = startSim(t, cfg.Sim)
 	}
-	conf := controllerConfig(t, f.dir, cfg)
-	f.cs = harness.StartControllers(t, f.dir, cfg.Controllers, "--config", conf, "--fast-raft")
+	if cfg.TLS {
+		files := harness.WriteTLS(t, f.dir)
+		cfg.ExtraConfig += files.APIConfig()
+		f.cs = harness.StartTLSControllers(t, f.dir, cfg.Controllers, files, "--config", controllerConfig(t, f.dir, cfg), "--fast-raft")
+	} else {
+		f.cs = harness.StartControllers(t, f.dir, cfg.Controllers, "--config", controllerConfig(t, f.dir, cfg), "--fast-raft")
+	}
 	for i := 0; i < cfg.Agents; i++ {
 		f.startAgent(fmt.Sprintf("agent-%d", i+1), cfg.MaxJobs, cfg.AgentArgs...)
 	}
