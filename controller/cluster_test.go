@@ -27,19 +27,7 @@ func jobBody(vm string) []byte {
 // machine) is retried after its Retry-After, a few times.
 func post(t *testing.T, url string, body []byte) (int, map[string]any) {
 	t.Helper()
-	for attempt := 0; ; attempt++ {
-		resp, err := http.Post(url, "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatalf("POST %s: %v", url, err)
-		}
-		var out map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&out)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || attempt == 5 {
-			return resp.StatusCode, out
-		}
-		time.Sleep(time.Second) // Retry-After: 1
-	}
+	return call(t, http.DefaultClient, http.MethodPost, url, "", body, nil)
 }
 
 func getJob(t *testing.T, base, id string) (int, proto.Job) {

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -260,24 +259,6 @@ func TestPlainRaftPortIsOpenToAnyone(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects log lines written from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestClusterSecurityRefusals: a raft address others can reach needs cluster TLS, and a
 // cluster TLS that would fail peer by peer later is refused at start with the reason;
 // either way the data dir is left as it was. --insecure-no-auth starts, with a warning.
@@ -350,15 +331,21 @@ func TestClusterSecurityRefusals(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")
 			cfg := controller.TestConfig(t, "n1", data)
 			tc.mutate(&cfg)
-			var logs lockedBuffer
-			c, err := controller.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+			// slog's handler serializes the writes; the file is read once the node is closed.
+			logFile, err := os.Create(filepath.Join(t.TempDir(), "log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			c, err := controller.New(cfg, slog.New(slog.NewTextHandler(logFile, nil)))
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
 				c.Close()
-				if warned := strings.Contains(logs.String(), "level=WARN msg=\"INSECURE: raft listens without TLS"); warned != tc.warn {
-					t.Fatalf("warning logged: %v, want %v; log:\n%s", warned, tc.warn, logs.String())
+				logs, _ := os.ReadFile(logFile.Name())
+				if warned := bytes.Contains(logs, []byte("level=WARN msg=\"INSECURE: raft listens without TLS")); warned != tc.warn {
+					t.Fatalf("warning logged: %v, want %v; log:\n%s", warned, tc.warn, logs)
 				}
 				return
 			}
@@ -393,18 +380,7 @@ func TestTLSClusterFailover(t *testing.T) {
 	for i := 0; i < 9; i++ {
 		submit(nodes[i%3], fmt.Sprintf("DC0/vm/before-%d", i))
 	}
-	old := controller.Leader(nodes)
-	if old == nil {
-		t.Fatal("no leader")
-	}
-	old.Close()
-	var survivors []*controller.Controller
-	for _, n := range nodes {
-		if n != old {
-			survivors = append(survivors, n)
-		}
-	}
-	controller.WaitFor(t, 15*time.Second, "a new leader among the survivors", func() bool { return controller.Leader(survivors) != nil })
+	_, survivors := controller.StopLeader(t, nodes)
 	for i := 0; i < 6; i++ {
 		submit(survivors[i%2], fmt.Sprintf("DC0/vm/after-%d", i))
 	}

@@ -101,3 +101,20 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 	}
 }
+
+// StopLeader closes the node that leads and returns it and the others once they have
+// elected a new leader among themselves.
+func StopLeader(t testing.TB, nodes []*Controller) (old *Controller, survivors []*Controller) {
+	t.Helper()
+	if old = Leader(nodes); old == nil {
+		t.Fatal("no leader to stop")
+	}
+	old.Close()
+	for _, c := range nodes {
+		if c != old {
+			survivors = append(survivors, c)
+		}
+	}
+	WaitFor(t, 15*time.Second, "a new leader among the survivors", func() bool { return Leader(survivors) != nil })
+	return old, survivors
+}

@@ -37,7 +37,7 @@ func run(args []string) error {
 		bootstrap   = fs.Bool("bootstrap", false, "form a new cluster when this node has no state")
 		join        = fs.String("join", "", "comma-separated API addresses of existing controllers to join")
 		fastRaft    = fs.Bool("fast-raft", false, "short raft timers (tests and single-machine demos)")
-		noAuth      = fs.Bool("insecure-no-auth", false, "serve a non-loopback address without API tokens (unsafe)")
+		noAuth      = fs.Bool("insecure-no-auth", false, "serve a non-loopback API without tokens, or a non-loopback raft port without cluster TLS (unsafe)")
 		rateLimit   = fs.Float64("rate-limit", -1, "API requests per second per client (0 disables; default 1000)")
 		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
 		logFormat   = fs.String("log-format", "", "text|json")
