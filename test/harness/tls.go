@@ -10,10 +10,10 @@ import (
 	"github.com/hypersdk/hypersdk/test/fleettest"
 )
 
-// ca is the harness's certificate authority, one per test process: Client trusts it, and
+// harnessCA is the harness's certificate authority, one per test process: Client trusts it, and
 // the controllers of StartTLSControllers present certificates it signed to their clients
 // and to each other (raft, forwarding and joins run over mutual TLS with it).
-var ca = func() *fleettest.TestCA {
+var harnessCA = func() *fleettest.TestCA {
 	c, err := fleettest.NewCA("hypersdk harness CA")
 	if err != nil {
 		panic(fmt.Sprintf("harness CA: %v", err))
@@ -23,7 +23,7 @@ var ca = func() *fleettest.TestCA {
 
 // clientTLS trusts the harness CA (and nothing else: controllers are the only https
 // servers the harness client talks to).
-func clientTLS() *tls.Config { return &tls.Config{RootCAs: ca.Pool()} }
+func clientTLS() *tls.Config { return &tls.Config{RootCAs: harnessCA.Pool()} }
 
 // TLSFiles are the harness CA and a controller certificate of it (127.0.0.1, localhost,
 // serverAuth and clientAuth) on disk.
@@ -39,7 +39,7 @@ func WriteTLS(t testing.TB, dir string) TLSFiles {
 		t.Fatal(err)
 	}
 	var f TLSFiles
-	f.CAFile, f.CertFile, f.KeyFile = ca.WriteFiles(t, d, "controller")
+	f.CAFile, f.CertFile, f.KeyFile = harnessCA.WriteFiles(t, d, "controller")
 	return f
 }
 
