@@ -173,7 +173,9 @@ func (j *job) copyNFC(ctx context.Context, agg *transfer.Aggregator) (err error)
 	})
 }
 
-// copyVDDK reads each disk through nbdkit's vddk plugin at the migration snapshot.
+// copyVDDK reads each disk through VMware's VDDK at the migration snapshot. VDDK checks the
+// server's certificate by its SHA-1 thumbprint: the one this job's session verified (pinned
+// by source.thumbprint, or by the system roots), or the one it saw with source.insecure.
 func (j *job) copyVDDK(ctx context.Context, agg *transfer.Aggregator) error {
 	u := j.client.URL()
 	port := 0
@@ -185,14 +187,24 @@ func (j *job) copyVDDK(ctx context.Context, agg *transfer.Aggregator) error {
 	if j.snapshot != nil {
 		snap = j.snapshot.Moref()
 	}
+	var warnMu sync.Mutex
+	warned := map[string]bool{}
 	return transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, j.info.Disks, func(ctx context.Context, i int, d vsphere.Disk) error {
-		_, err := j.p.xfer.VDDK(ctx, transfer.VDDKSource{
+		res, err := j.p.xfer.VDDK(ctx, transfer.VDDKSource{
 			Server: host, Port: port, User: j.def.Source.Username, Password: j.def.Source.Password,
-			Thumbprint: j.client.ServerThumbprint(), VMMoref: j.info.Moref, File: d.File, Snapshot: snap,
-			Libdir: j.p.cfg.VDDKLibDir, CapacityBytes: d.CapacityBytes,
+			Thumbprint: j.client.ServerThumbprint(), Insecure: j.def.Source.Insecure,
+			VMMoref: j.info.Moref, File: d.File, Snapshot: snap, Libdir: j.p.cfg.VDDKLibDir,
 		}, j.output(i, agg))
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
+		}
+		warnMu.Lock()
+		defer warnMu.Unlock()
+		for _, w := range res.Warnings {
+			if !warned[w] { // a note about the library comes with every disk: once per job
+				warned[w] = true
+				j.rep.Warn(w)
+			}
 		}
 		return nil
 	})

@@ -36,7 +36,8 @@ type Config struct {
 	LibvirtURI string
 	// DefaultNetwork receives NICs whose VMware network is not in the job's network_mapping.
 	DefaultNetwork string
-	// VDDKLibDir is VMware's VDDK (for the vddk method, where nbdkit's plugin exists).
+	// VDDKLibDir is where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.N), for the
+	// vddk method.
 	VDDKLibDir string
 	// MaxParallelDisks bounds how many disks of one VM are copied at once: each costs a
 	// qemu-img and an nbdkit (or a decoder) and a stream from the source host.

@@ -25,15 +25,19 @@ type Capabilities struct {
 	// NbdkitCurl and NbdkitRetry: the curl plugin and retry filter load.
 	NbdkitCurl  bool `json:"nbdkit_curl"`
 	NbdkitRetry bool `json:"nbdkit_retry"`
-	// VDDK: nbdkit's vddk plugin loads and VDDK is installed; VDDKReason says why not.
+	// VDDK: VMware's VDDK loads from the configured directory (in a reader process, as a
+	// transfer would load it); VDDKReason says why not and how to fix it.
 	VDDK       bool   `json:"vddk"`
 	VDDKReason string `json:"vddk_reason,omitempty"`
+	// VDDKLibrary is the library found, VDDKQueryAllocated whether it can skip holes.
+	VDDKLibrary        string `json:"vddk_library,omitempty"`
+	VDDKQueryAllocated bool   `json:"vddk_query_allocated,omitempty"`
 }
 
 var versionRE = regexp.MustCompile(`\d+\.\d+(?:\.\d+)?`)
 
 // Probe inspects the host: which tools exist, their versions, which nbdkit plugins and
-// filters load, and whether VDDK (under vddkLibdir) is usable.
+// filters load, and whether VDDK (under vddkLibdir) loads.
 func (t *Transferer) Probe(ctx context.Context, vddkLibdir string) Capabilities {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -46,10 +50,8 @@ func (t *Transferer) Probe(ctx context.Context, vddkLibdir string) Capabilities 
 		c.NbdkitCurl = exec.CommandContext(ctx, c.Nbdkit.Path, "curl", "--dump-plugin").Run() == nil
 		c.NbdkitRetry = exec.CommandContext(ctx, c.Nbdkit.Path, "--filter=retry", "null", "--dump-plugin").Run() == nil
 	}
-	c.VDDK, c.VDDKReason = vddkAvailable(ctx, t.cfg.Nbdkit, vddkLibdir)
-	if c.VDDK && !c.QemuImg.Found {
-		c.VDDK, c.VDDKReason = false, "qemu-img is not installed"
-	}
+	v := t.ProbeVDDK(ctx, vddkLibdir)
+	c.VDDK, c.VDDKReason, c.VDDKLibrary, c.VDDKQueryAllocated = v.Available, v.Reason, v.Path, v.QueryAllocated
 	return c
 }
 
@@ -73,8 +75,14 @@ func probeTool(ctx context.Context, name, bin, versionFlag string) Tool {
 func (c Capabilities) Supports(method string) (bool, string) {
 	switch method {
 	case MethodVDDK:
-		if !c.VDDK {
+		// The agent reads through VDDK itself and writes like nfc: qcow2 through qemu-nbd.
+		switch {
+		case !c.VDDK:
 			return false, c.VDDKReason
+		case !c.QemuImg.Found:
+			return false, "qemu-img is not installed (package qemu-utils)"
+		case !c.QemuNBD.Found:
+			return false, "qemu-nbd is not installed (package qemu-utils)"
 		}
 		return true, ""
 	case MethodHTTPS:
@@ -127,8 +135,8 @@ type DiskFacts struct {
 // Pick resolves the method for a job. An explicit method is used if this host supports it,
 // otherwise it is an error saying what is missing (ErrVDDKUnavailable for vddk). "auto"
 // (or "") picks, in order:
-//  1. vddk when nbdkit's vddk plugin and VDDK are installed: fastest, and it reads a
-//     snapshot, so it is consistent even for a running VM;
+//  1. vddk when VMware's VDDK loads here: it reads a snapshot (consistent even for a
+//     running VM) and only the allocated blocks;
 //  2. https when the VM is powered off and all its disks are flat: ranged reads of the
 //     extents with retries, no server-side export work;
 //  3. nfc otherwise: ExportVm works against any vCenter/ESXi and any disk type (the server
@@ -136,7 +144,7 @@ type DiskFacts struct {
 func Pick(method string, caps Capabilities, facts DiskFacts) (string, error) {
 	switch method {
 	case "", MethodAuto:
-		if caps.VDDK {
+		if ok, _ := caps.Supports(MethodVDDK); ok {
 			return MethodVDDK, nil
 		}
 		if ok, _ := caps.Supports(MethodHTTPS); ok && facts.PoweredOff && facts.AllFlat {
@@ -148,8 +156,8 @@ func Pick(method string, caps Capabilities, facts DiskFacts) (string, error) {
 			return "", fmt.Errorf("%w: no transfer method works here: %s", ErrMethodUnavailable, reason)
 		}
 	case MethodVDDK:
-		if !caps.VDDK {
-			return "", fmt.Errorf("%w: %s", ErrVDDKUnavailable, caps.VDDKReason)
+		if ok, reason := caps.Supports(MethodVDDK); !ok {
+			return "", fmt.Errorf("%w: %s", ErrVDDKUnavailable, reason)
 		}
 		return MethodVDDK, nil
 	case MethodHTTPS, MethodNFC:

@@ -14,8 +14,9 @@
 //     StreamOptimizedReader decodes it as it arrives; grains are inflated on several cores
 //     and written at their offsets, into a sparse raw file or through qemu-nbd into qcow2.
 //     No temporary copy.
-//   - vddk: `nbdkit vddk` (password=+FILE, snapshot, thumbprint) into qemu-img, where
-//     nbdkit's vddk plugin and VMware's VDDK are installed (VDDKAvailable).
+//   - vddk: VMware's libvixDiskLib, loaded by a reader process of the agent (package vddk)
+//     where VDDK is unpacked (ProbeVDDK): the snapshot's allocated blocks only
+//     (QueryAllocatedBlocks), several connections per disk, written like nfc.
 //
 // Every child process runs in its own process group with a parent-death signal; cancelling
 // the context kills the groups and removes the partial image. Progress arrives through

@@ -8,8 +8,9 @@ var (
 	// ErrNoSpace: the target filesystem filled up. The partial output has been removed.
 	ErrNoSpace = errors.New("no space left on device")
 
-	// ErrVDDKUnavailable: the vddk method was asked for on a host without nbdkit's vddk
-	// plugin or without VMware's VDDK libraries. The message says which part is missing.
+	// ErrVDDKUnavailable: the vddk method was asked for on a host where VMware's VDDK is
+	// not installed, does not load, or cannot reach the disks (no usable transport mode).
+	// The message says which, and how to fix it.
 	ErrVDDKUnavailable = errors.New("vddk transfer unavailable")
 
 	// ErrMethodUnavailable: a method was asked for whose host tools are missing.
@@ -28,6 +29,10 @@ var (
 	// ErrSource: the source server refused or failed a request (HTTP status, TLS, connection),
 	// including after the retries of the retry filter were used up.
 	ErrSource = errors.New("source read failed")
+
+	// ErrSourceAccess: the source refused the job's credentials or does not match its
+	// certificate thumbprint. Another attempt would fail the same way.
+	ErrSourceAccess = errors.New("source refused access")
 
 	// ErrTool: a host tool (qemu-img, nbdkit, qemu-nbd) failed for a reason not covered above.
 	ErrTool = errors.New("conversion tool failed")

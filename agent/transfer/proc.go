@@ -29,8 +29,9 @@ type child struct {
 }
 
 // startChild starts argv. When ctx ends the whole process group is killed; the caller still
-// calls wait (or reads done) to reap it.
-func startChild(ctx context.Context, log *slog.Logger, name string, argv []string, stdout io.Writer) (*child, error) {
+// calls wait (or reads done) to reap it. opts adjust the command before it starts (extra
+// files, environment).
+func startChild(ctx context.Context, log *slog.Logger, name string, argv []string, stdout io.Writer, opts ...func(*exec.Cmd)) (*child, error) {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error {
@@ -48,6 +49,9 @@ func startChild(ctx context.Context, log *slog.Logger, name string, argv []strin
 		cmd.Stdout = c.stderr
 	}
 	cmd.Env = append(os.Environ(), "LC_ALL=C") // messages we match on are the C locale's
+	for _, o := range opts {
+		o(cmd)
+	}
 	if err := spawn(cmd); err != nil {
 		return nil, fmt.Errorf("%w: starting %s: %v", ErrTool, name, err)
 	}
@@ -143,16 +147,24 @@ func waitForFile(ctx context.Context, c *child, path string, timeout time.Durati
 }
 
 // tailBuffer keeps the last max bytes written: enough for a tool's final error message
-// without letting a chatty tool grow memory.
+// without letting a chatty tool grow memory. It keeps the first bytes too (Head), where a
+// crashing Go process names the signal before pages of registers and stacks.
 type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
+	mu   sync.Mutex
+	max  int
+	b    []byte
+	head []byte
 }
+
+// headMax is how much of the start of the output Head keeps.
+const headMax = 512
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if n := headMax - len(t.head); n > 0 {
+		t.head = append(t.head, p[:min(n, len(p))]...)
+	}
 	t.b = append(t.b, p...)
 	if len(t.b) > t.max {
 		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
@@ -164,6 +176,13 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimSpace(string(t.b))
+}
+
+// Head is the start of the output.
+func (t *tailBuffer) Head() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.head)
 }
 
 // progressWriter is qemu-img's stdout: it parses the "(NN.NN/100%)" reports, separated by

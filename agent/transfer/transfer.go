@@ -51,6 +51,15 @@ type Config struct {
 	TempDir string
 	// DecodeWorkers is how many goroutines inflate NFC grains (default GOMAXPROCS).
 	DecodeWorkers int
+	// VDDKReader is the command of a VDDK reader process, to which "probe DIR" or
+	// "serve" is appended; default: this executable with vddk.Subcommand (the agent's
+	// own binary; test binaries dispatch it in TestMain).
+	VDDKReader []string
+	// VDDKConnections is how many VDDK connections read each disk at once (default 4).
+	VDDKConnections int
+	// VDDKTransports is VDDK's transport mode order (default "nbdssl:nbd"; hotadd and san
+	// where the host can use them).
+	VDDKTransports string
 }
 
 // DefaultConfig returns the defaults.
@@ -68,6 +77,8 @@ func DefaultConfig() Config {
 		ReadyTimeout:     30 * time.Second,
 		TempDir:          os.TempDir(),
 		DecodeWorkers:    runtime.GOMAXPROCS(0),
+		VDDKConnections:  4,
+		VDDKTransports:   "nbdssl:nbd",
 	}
 }
 
@@ -109,6 +120,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DecodeWorkers <= 0 {
 		c.DecodeWorkers = d.DecodeWorkers
+	}
+	if c.VDDKConnections <= 0 {
+		c.VDDKConnections = d.VDDKConnections
+	}
+	if c.VDDKTransports == "" {
+		c.VDDKTransports = d.VDDKTransports
 	}
 	return c
 }
@@ -168,6 +185,8 @@ type Result struct {
 	Duration       time.Duration
 	// Descriptor is the source disk's descriptor (https: fetched; nfc: embedded), or nil.
 	Descriptor *Descriptor
+	// Warnings are things the operator should know about a transfer that succeeded.
+	Warnings []string
 }
 
 // privateDir makes the per-transfer directory for sockets and secret files. 0700 so no

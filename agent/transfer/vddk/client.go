@@ -107,10 +107,14 @@ func (c *Client) write(typ byte, id uint32, payload ...[]byte) error {
 func (c *Client) loop() {
 	err := c.readAnswers()
 	c.mu.Lock()
-	if c.closed {
+	switch {
+	case c.closed:
 		err = nil
-	} else if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	case err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 		err = ErrReaderGone
+	default:
+		// A reset socket, or a frame that makes no sense: the reader is of no more use.
+		err = fmt.Errorf("%w: %v", ErrReaderGone, err)
 	}
 	c.err = err
 	for id, cl := range c.pending {

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // Subcommand is the first argument that turns the agent binary into a reader process.
@@ -134,6 +136,10 @@ func (s *server) note(format string, args ...any) {
 
 func serve(conn *os.File) int {
 	defer conn.Close()
+	// VDDK calls abort() on internal errors. Taking SIGABRT away from the Go runtime lets
+	// the process die of it plainly ("signal: aborted" for the agent) instead of the
+	// runtime's dump of every goroutine and register.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGABRT)
 	s := &server{conn: conn, w: bufio.NewWriterSize(conn, 64<<10)}
 	h, err := readHeader(conn)
 	if err != nil || h.typ != frameOpen {
