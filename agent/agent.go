@@ -21,6 +21,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/agent/capacity"
 	"github.com/hypersdk/hypersdk/agent/membership"
+	"github.com/hypersdk/hypersdk/agent/transfer"
 	"github.com/hypersdk/hypersdk/agent/worker"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/gossip"
@@ -57,6 +58,22 @@ type TransferConfig struct {
 	RetryDelay time.Duration `yaml:"retry_delay"`
 	// RequestTimeout bounds one range request, so a stalled source becomes a retry.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// VDDKLibDir is where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8, .7 or
+	// .6); it wins over the older top-level vddk_libdir. --vddk-libdir overrides both.
+	VDDKLibDir string `yaml:"vddk_libdir"`
+	// VDDKTransports is VDDK's transport mode order (default nbdssl:nbd; add hotadd or
+	// san where this host can use them).
+	VDDKTransports string `yaml:"vddk_transports"`
+	// VDDKConnections is how many VDDK connections read each disk at once (default 4).
+	VDDKConnections int `yaml:"vddk_connections"`
+}
+
+// VDDKDir is the VDDK directory in effect: transfer.vddk_libdir, else vddk_libdir.
+func (c Config) VDDKDir() string {
+	if c.Transfer.VDDKLibDir != "" {
+		return c.Transfer.VDDKLibDir
+	}
+	return c.VDDKLibDir
 }
 
 // GossipConfig is the agent's seat in the pool.
@@ -157,7 +174,12 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		reg = prometheus.NewRegistry()
 	}
 	a := &Agent{cfg: cfg, log: log, Registry: reg}
-	a.Prober = capacity.New(capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKLibDir, Logger: log})
+	vddkProbe := transfer.New(transfer.Config{Logger: log})
+	a.Prober = capacity.New(capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKDir(), Logger: log,
+		VDDKProbe: func(ctx context.Context, dir string) (bool, string) {
+			p := vddkProbe.ProbeVDDK(ctx, dir)
+			return p.Available, p.Reason
+		}})
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {

@@ -37,9 +37,11 @@ type Config struct {
 	StorageDir string
 	// LibvirtURI is the hypervisor the agent defines domains on.
 	LibvirtURI string
-	// VDDKLibDir is VMware's VDDK (nbdkit vddk's libdir=): VDDK counts as present only when
-	// <VDDKLibDir>/lib64/libvixDiskLib.so* exists and nbdkit has its vddk plugin.
+	// VDDKLibDir is where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.N).
 	VDDKLibDir string
+	// VDDKProbe tells whether VDDK loads from a directory, and if not why (the agent passes
+	// agent/transfer's, which tries it in a reader process). Nil: no VDDK.
+	VDDKProbe func(ctx context.Context, libdir string) (ok bool, reason string)
 	// LibvirtPing checks the hypervisor (the caller may pass one built on its libvirt
 	// connection). Nil runs `virsh -c URI version`, so this package needs no cgo.
 	LibvirtPing func(ctx context.Context) error
@@ -112,6 +114,7 @@ type tools struct {
 	plugins        []string
 	nbdcopy        bool
 	vddk           bool
+	vddkReason     string
 }
 
 // New returns a prober; nothing is probed until the first call.
@@ -186,8 +189,9 @@ func (p *Prober) Invalidate() {
 }
 
 // Methods derives the transfer methods the tools allow, in proto.ConversionMethods order.
-// Every method ends in qemu-img convert; vddk reads through nbdkit's vddk plugin, https
-// through nbdkit's curl plugin, nfc decodes the stream-optimized VMDK in the agent itself.
+// Every method needs qemu-img; vddk reads through VMware's VDDK (loaded by the agent's
+// reader process), https through nbdkit's curl plugin, nfc decodes the stream-optimized
+// VMDK in the agent itself.
 func Methods(c proto.AgentCapabilities) []string {
 	if !c.QemuImg {
 		return nil
@@ -279,7 +283,19 @@ func (p *Prober) probeTools(ctx context.Context) tools {
 	}
 	_, err := exec.LookPath("nbdcopy")
 	t.nbdcopy = err == nil
-	t.vddk = VDDKPresent(t.plugins, p.cfg.VDDKLibDir)
+	if p.cfg.VDDKProbe != nil {
+		t.vddk, t.vddkReason = p.cfg.VDDKProbe(ctx, p.cfg.VDDKLibDir)
+	} else {
+		t.vddkReason = "not probed"
+	}
+	// Say why there is no vddk method when it changes (and at start), not every refresh.
+	if t.vddk != p.tools.vddk || t.vddkReason != p.tools.vddkReason {
+		if t.vddk {
+			log.Info("VDDK loads: the vddk method is available", "libdir", p.cfg.VDDKLibDir)
+		} else {
+			log.Info("no vddk method", "reason", t.vddkReason)
+		}
+	}
 	log.Debug("host tools probed", "qemu_img", t.qemuImgVersion, "nbdkit_plugins", t.plugins, "vddk", t.vddk)
 	return t
 }
@@ -313,7 +329,7 @@ func (p *Prober) nbdkitPlugins(ctx context.Context, nbdkit string) []string {
 		if name, ok = strings.CutSuffix(name, "-plugin.so"); !ok {
 			continue
 		}
-		if name == "curl" || name == "vddk" {
+		if name == "curl" {
 			if _, err := p.run(ctx, nbdkit, name, "--dump-plugin"); err != nil {
 				p.cfg.Logger.Warn("nbdkit plugin does not load", "plugin", name, "err", err)
 				continue
@@ -323,16 +339,6 @@ func (p *Prober) nbdkitPlugins(ctx context.Context, nbdkit string) []string {
 	}
 	proto.SortPlugins(plugins)
 	return plugins
-}
-
-// VDDKPresent reports whether the vddk transfer can work: nbdkit's vddk plugin (absent
-// from Debian) and VMware's library under libdir, both needed.
-func VDDKPresent(plugins []string, libdir string) bool {
-	if !hasPlugin(plugins, "vddk") || libdir == "" {
-		return false
-	}
-	libs, _ := filepath.Glob(filepath.Join(libdir, "lib64", "libvixDiskLib.so*"))
-	return len(libs) > 0
 }
 
 // parseQemuImgVersion takes "qemu-img version 7.2.22 (Debian ...)" to "7.2.22".

@@ -50,6 +50,7 @@ func classify(stage string, err error) error {
 		errors.Is(err, ErrPoweredOn),
 		errors.Is(err, ErrUnsupportedVM),
 		errors.Is(err, transfer.ErrVDDKUnavailable),
+		errors.Is(err, transfer.ErrSourceAccess),
 		errors.Is(err, transfer.ErrMethodUnavailable),
 		errors.Is(err, transfer.ErrUnsupportedDisk),
 		errors.Is(err, transfer.ErrBadDescriptor),

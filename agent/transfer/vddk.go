@@ -77,6 +77,12 @@ func (t *Transferer) ProbeVDDK(ctx context.Context, libdir string) VDDKProbe {
 	if libdir == "" {
 		return VDDKProbe{Reason: "no VDDK directory configured: set --vddk-libdir DIR (agent config transfer.vddk_libdir) to where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8)"}
 	}
+	notFound := fmt.Sprintf("VMware VDDK not found: %s has no lib64/libvixDiskLib.so.8, .so.7 or .so.6; "+
+		"download VMware's Virtual Disk Development Kit for Linux (6.7 or later), unpack it so that %s/lib64 holds its libraries, "+
+		"and point --vddk-libdir (transfer.vddk_libdir) at that directory", libdir, libdir)
+	if _, _, err := vddk.FindLibrary(libdir); err != nil {
+		return VDDKProbe{Reason: notFound} // no process to start for that
+	}
 	argv, err := t.vddkReader("probe", libdir)
 	if err != nil {
 		return VDDKProbe{Reason: err.Error()}
@@ -99,9 +105,7 @@ func (t *Transferer) ProbeVDDK(ctx context.Context, libdir string) VDDKProbe {
 	case r.Loaded:
 		return VDDKProbe{Available: true, Path: r.Path, Version: r.Version, QueryAllocated: r.QueryAllocated}
 	case r.NotInstalled:
-		return VDDKProbe{Reason: fmt.Sprintf("VMware VDDK not found: %s has no lib64/libvixDiskLib.so.8, .so.7 or .so.6; "+
-			"download VMware's Virtual Disk Development Kit for Linux (6.7 or later), unpack it so that %s/lib64 holds its libraries, "+
-			"and point --vddk-libdir (transfer.vddk_libdir) at that directory", libdir, libdir)}
+		return VDDKProbe{Reason: notFound}
 	}
 	return VDDKProbe{Reason: fmt.Sprintf("VMware VDDK in %s does not load: %s; unpack the whole VDDK tarball "+
 		"(libvixDiskLib needs the other libraries of its lib64) and use the x86-64 Linux build", libdir, r.Error)}

@@ -3,7 +3,8 @@
 // the domains on the local libvirtd.
 //
 //	hypersdk-agent --config FILE --name NAME --controllers URL,... --gossip-addr H:P \
-//	               --gossip-join H:P,... --libvirt-uri URI --storage-dir DIR --max-jobs N
+//	               --gossip-join H:P,... --libvirt-uri URI --storage-dir DIR --max-jobs N \
+//	               --vddk-libdir DIR
 //
 // With no flags it works on one machine: controller http://127.0.0.1:8080, qemu:///system.
 // Flags override the YAML file. SIGTERM or SIGINT stops it gracefully: no new leases,
@@ -23,12 +24,18 @@ import (
 	"github.com/hypersdk/hypersdk/agent"
 	"github.com/hypersdk/hypersdk/agent/migrate"
 	"github.com/hypersdk/hypersdk/agent/transfer"
+	"github.com/hypersdk/hypersdk/agent/transfer/vddk"
 	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/logging"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 func main() {
+	// The agent re-executes itself as the reader process of VMware's VDDK (one per disk
+	// copied with the vddk method): see agent/transfer/vddk.
+	if len(os.Args) > 1 && os.Args[1] == vddk.Subcommand {
+		os.Exit(vddk.Main(os.Args[2:]))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "hypersdk-agent:", err)
 		os.Exit(1)
@@ -51,7 +58,7 @@ func run(args []string) error {
 		storageDir  = fs.String("storage-dir", "", "where converted disks are written (default /var/lib/hypersdk/storage)")
 		maxJobs     = fs.Int("max-jobs", 0, "jobs run at the same time (default 2)")
 		defaultNet  = fs.String("default-network", "", "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
-		vddkLibdir  = fs.String("vddk-libdir", "", "VMware VDDK directory, for the vddk method")
+		vddkLibdir  = fs.String("vddk-libdir", "", "where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8), for the vddk method (config transfer.vddk_libdir)")
 		attemptLog  = fs.String("attempt-log", "", "append one JSON line per job attempt start and end to this file")
 		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
 		logFormat   = fs.String("log-format", "", "text|json")
@@ -84,7 +91,7 @@ func run(args []string) error {
 	set(&cfg.LibvirtURI, *libvirtURI)
 	set(&cfg.StorageDir, *storageDir)
 	set(&cfg.DefaultNetwork, *defaultNet)
-	set(&cfg.VDDKLibDir, *vddkLibdir)
+	set(&cfg.Transfer.VDDKLibDir, *vddkLibdir)
 	set(&cfg.AttemptLog, *attemptLog)
 	set(&cfg.Gossip.Addr, *gossipAddr)
 	set(&cfg.Gossip.Advertise, *gossipAdv)
@@ -115,9 +122,10 @@ func run(args []string) error {
 	reg := prometheus.NewRegistry()
 	pipeline, err := migrate.New(migrate.Config{
 		StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, DefaultNetwork: cfg.DefaultNetwork,
-		VDDKLibDir: cfg.VDDKLibDir, Registry: reg, Logger: log,
+		VDDKLibDir: cfg.VDDKDir(), Registry: reg, Logger: log,
 		Transfer: transfer.Config{Retries: cfg.Transfer.Retries, RetryDelay: cfg.Transfer.RetryDelay,
-			RequestTimeout: cfg.Transfer.RequestTimeout},
+			RequestTimeout: cfg.Transfer.RequestTimeout, VDDKTransports: cfg.Transfer.VDDKTransports,
+			VDDKConnections: cfg.Transfer.VDDKConnections},
 	})
 	if err != nil {
 		return err

@@ -23,7 +23,10 @@ var libraryNames = []struct {
 	version int
 }{{"libvixDiskLib.so.8", 8}, {"libvixDiskLib.so.7", 7}, {"libvixDiskLib.so.6", 6}}
 
-// findLibrary returns the newest libvixDiskLib.so.N under libdir/lib64.
+// FindLibrary returns the newest libvixDiskLib.so.N under libdir/lib64 and N, without
+// loading it; ErrNotInstalled when there is none.
+func FindLibrary(libdir string) (string, int, error) { return findLibrary(libdir) }
+
 func findLibrary(libdir string) (string, int, error) {
 	if libdir == "" {
 		return "", 0, fmt.Errorf("%w: no VDDK directory configured", ErrNotInstalled)
