@@ -40,9 +40,12 @@ type migrationEnv struct {
 	agent *harness.Agent
 }
 
+// agentSetup is extra environment and flags for the agent of a migrationEnv.
+type agentSetup struct{ env, args []string }
+
 // newMigrationEnv starts a simulator, a single-node controller (with the given lease TTL)
 // and one agent with maxJobs slots.
-func newMigrationEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, maxJobs int) *migrationEnv {
+func newMigrationEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, maxJobs int, setup ...agentSetup) *migrationEnv {
 	t.Helper()
 	harness.RequireLibvirt(t)
 	harness.Bin(t, "hypersdk-agent")
@@ -59,7 +62,12 @@ func newMigrationEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, 
 		var cl harness.ClusterView
 		return harness.GetJSON(e.ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
 	})
-	e.agent = harness.StartAgent(t, e.dir, "agent-1", []*harness.Controller{e.ctl}, "--max-jobs", strconv.Itoa(maxJobs))
+	var env []string
+	args := []string{"--max-jobs", strconv.Itoa(maxJobs)}
+	for _, s := range setup {
+		env, args = append(env, s.env...), append(args, s.args...)
+	}
+	e.agent = harness.StartAgentEnv(t, env, e.dir, "agent-1", []*harness.Controller{e.ctl}, args...)
 	t.Cleanup(func() {
 		e.agent.Stop(10 * time.Second)
 		if b, err := os.ReadFile(e.agent.LogPath); err == nil && bytes.Contains(b, []byte(e2ePassword)) {
@@ -87,7 +95,8 @@ func (e *migrationEnv) job(i int, vcenter string, opts proto.Options) proto.JobD
 
 func (e *migrationEnv) jobDir(id string) string { return filepath.Join(e.agent.StorageDir, id) }
 
-// toolChildren lists nbdkit/qemu-img/qemu-nbd processes whose parent is the agent.
+// toolChildren lists nbdkit/qemu-img/qemu-nbd and VDDK reader processes whose parent is
+// the agent.
 func (e *migrationEnv) toolChildren() []string {
 	pid := strconv.Itoa(e.agent.Pid())
 	ents, _ := os.ReadDir("/proc")
@@ -104,7 +113,11 @@ func (e *migrationEnv) toolChildren() []string {
 		}
 		f := strings.Fields(s[c+1:])
 		comm := s[o+1 : c]
-		if len(f) > 1 && f[0] != "Z" && f[1] == pid && (comm == "nbdkit" || comm == "qemu-img" || comm == "qemu-nbd") {
+		if len(f) < 2 || f[0] == "Z" || f[1] != pid {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
+		if comm == "nbdkit" || comm == "qemu-img" || comm == "qemu-nbd" || bytes.Contains(cmdline, []byte("vddk-reader")) {
 			found = append(found, comm+"/"+ent.Name())
 		}
 	}

@@ -150,6 +150,13 @@ func ArgValue(args []string, flag string) string {
 // agent serves /health.
 func StartAgent(t testing.TB, dir, name string, cs []*Controller, extra ...string) *Agent {
 	t.Helper()
+	return StartAgentEnv(t, nil, dir, name, cs, extra...)
+}
+
+// StartAgentEnv is StartAgent with extra environment entries for the agent (and the
+// processes it starts).
+func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controller, extra ...string) *Agent {
+	t.Helper()
 	var urls, gossip []string
 	for _, c := range cs {
 		urls = append(urls, c.URL())
@@ -164,9 +171,8 @@ func StartAgent(t testing.TB, dir, name string, cs []*Controller, extra ...strin
 	args = append(args, extra...)
 	// Agents trust the controllers' CA through the system store (the HA guide); for https
 	// controllers the harness points Go's store at their CA.
-	var env []string
 	if len(cs) > 0 && cs[0].CAFile != "" {
-		env = []string{"SSL_CERT_FILE=" + cs[0].CAFile}
+		env = append(env[:len(env):len(env)], "SSL_CERT_FILE="+cs[0].CAFile)
 	}
 	a.Proc = StartWithEnv(t, Bin(t, "hypersdk-agent"), name, dir, env, args...)
 	WaitFor(t, 30*time.Second, "agent "+name+" serves /health", func() bool {
