@@ -83,18 +83,19 @@ func TestMigrateVDDK(t *testing.T) {
 		name    string
 		variant fakevddk.Variant
 		opts    proto.Options
+		disks   int
 		size    int64
 		format  string
 		warning string
 	}{
-		{"vddk, qcow2, half sparse", fakevddk.Standard, proto.Options{ConversionMethod: "vddk"}, 64 * mib, "qcow2", ""},
-		{"auto picks vddk, raw, odd size", fakevddk.Standard, proto.Options{OutputFormat: "raw"}, 33 * mib, "raw", ""},
-		{"VDDK without QueryAllocatedBlocks", fakevddk.NoQueryAllocated, proto.Options{ConversionMethod: "vddk"}, 16 * mib, "qcow2", "VDDK 6.7 or later"},
+		{"vddk, two disks, qcow2, half sparse", fakevddk.Standard, proto.Options{ConversionMethod: "vddk"}, 2, 64 * mib, "qcow2", ""},
+		{"auto picks vddk, one disk, raw, odd size", fakevddk.Standard, proto.Options{OutputFormat: "raw"}, 1, 33 * mib, "raw", ""},
+		{"VDDK without QueryAllocatedBlocks", fakevddk.NoQueryAllocated, proto.Options{ConversionMethod: "vddk"}, 2, 16 * mib, "qcow2", "VDDK 6.7 or later"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := newVDDKFixture(t, vcsim.Config{VMs: 1, DisksPerVM: 2, DiskSize: tc.size, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, tc.variant)
+			f := newVDDKFixture(t, vcsim.Config{VMs: 1, DisksPerVM: tc.disks, DiskSize: tc.size, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, tc.variant)
 			vm := f.sim.VMs[0]
 			// A data island inside the hole: holes between data must be found, not only the tail.
 			for _, d := range vm.Disks {
@@ -109,7 +110,7 @@ func TestMigrateVDDK(t *testing.T) {
 				t.Errorf("not copied with vddk: %q", progressMessages(rec))
 			}
 			last := rec.last()
-			if last.Stage != proto.StageCompleted || last.PercentComplete != 100 || last.TotalBytes != 2*tc.size {
+			if last.Stage != proto.StageCompleted || last.PercentComplete != 100 || last.TotalBytes != int64(tc.disks)*tc.size || len(res.Disks) != tc.disks {
 				t.Errorf("last progress %+v", last)
 			}
 			st := f.readStats()
@@ -142,7 +143,7 @@ func TestMigrateVDDK(t *testing.T) {
 					t.Errorf("ConnectEx %v: want vmx moref=%s, a snapshot, read-only, nbdssl:nbd", c, vm.Moref)
 				}
 			}
-			if st.Calls["InitEx"] != 2 || st.Calls["Exit"] != 2 {
+			if st.Calls["InitEx"] != tc.disks || st.Calls["Exit"] != tc.disks {
 				t.Errorf("InitEx %d, Exit %d: want one each per disk's reader", st.Calls["InitEx"], st.Calls["Exit"])
 			}
 			if f.vsphereInfo(0).HasSnapshots {

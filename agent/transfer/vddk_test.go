@@ -32,10 +32,10 @@ const (
 	vddkTestThumbprint = "01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67"
 )
 
-// vddkEnv is one test's fake VDDK: a library directory, a datastore with one disk, and the
+// vddkFixture is one test's fake VDDK: a library directory, a datastore with one disk, and the
 // fake's configuration (in the environment of the readers this test starts).
 type vddkFixture struct {
-	t         *testing.T
+	t         testing.TB
 	libdir    string
 	dir       string
 	flat      string
@@ -66,7 +66,7 @@ func (l *lockedBuffer) String() string {
 
 // newVDDKFixture makes a disk of size bytes: data at the start (dataFrac of it), a hole,
 // one 64 KiB island near the end (see makeFlatDisk).
-func newVDDKFixture(t *testing.T, v fakevddk.Variant, size int64, dataFrac float64) *vddkFixture {
+func newVDDKFixture(t testing.TB, v fakevddk.Variant, size int64, dataFrac float64) *vddkFixture {
 	t.Helper()
 	requireTools(t, "qemu-img", "qemu-nbd")
 	f := &vddkFixture{t: t, libdir: fakevddk.Build(t, v), dir: t.TempDir(), size: size, logs: &lockedBuffer{}}
@@ -392,6 +392,25 @@ func TestVDDKCancel(t *testing.T) {
 }
 
 // newTeeLogger logs to the test and keeps a copy to search for secrets.
-func newTeeLogger(t *testing.T, keep *lockedBuffer) *slog.Logger {
+func newTeeLogger(t testing.TB, keep *lockedBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, keep), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// BenchmarkVDDKTransfer: the vddk method's own cost, reader process to image, on a local
+// disk (benchSize, half random, half hole) through the fake: what it adds on top of VDDK.
+func BenchmarkVDDKTransfer(b *testing.B) {
+	for _, format := range []string{FormatQcow2, FormatRaw} {
+		b.Run(format, func(b *testing.B) {
+			f := newVDDKFixture(b, fakevddk.Standard, benchSize, 0.5)
+			f.xfer = New(Config{Logger: discardLogger(), TempDir: f.dir, VDDKReader: f.xfer.cfg.VDDKReader})
+			b.SetBytes(benchSize)
+			out := filepath.Join(f.dir, "out")
+			for b.Loop() {
+				if _, err := f.xfer.VDDK(context.Background(), f.source(), Output{Path: out, Format: format}); err != nil {
+					b.Fatal(err)
+				}
+				os.Remove(out)
+			}
+		})
+	}
 }
