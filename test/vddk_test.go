@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,57 +22,27 @@ import (
 // vddkEnv is a migrationEnv whose agent has a fake VDDK.
 type vddkEnv struct {
 	*migrationEnv
-	libdir, conf, stats string
-	cfg                 fakevddk.Config
+	libdir string
+	fake   *fakevddk.Fake
 }
 
 func newVDDKEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, maxJobs int, v fakevddk.Variant) *vddkEnv {
 	t.Helper()
 	ve := &vddkEnv{libdir: fakevddk.Build(t, v)}
 	dir := t.TempDir()
-	ve.conf, ve.stats = filepath.Join(dir, "fakevddk.conf"), filepath.Join(dir, "stats")
+	conf := filepath.Join(dir, "fakevddk.conf")
 	ve.migrationEnv = newMigrationEnv(t, simCfg, leaseTTL, maxJobs, agentSetup{
 		// Debug: VDDK's own log lines (one carries the password, to be scrubbed) show.
-		env: []string{fakevddk.EnvVar + "=" + ve.conf}, args: []string{"--vddk-libdir", ve.libdir, "--log-level", "debug"},
+		env: []string{fakevddk.EnvVar + "=" + conf}, args: []string{"--vddk-libdir", ve.libdir, "--log-level", "debug"},
 	})
-	ve.cfg = fakevddk.ForSim(ve.sim, ve.stats)
-	ve.cfg.Password = e2ePassword
-	ve.write()
+	cfg := fakevddk.ForSim(ve.sim, "")
+	cfg.Password = e2ePassword
+	ve.fake = fakevddk.New(t, dir, cfg)
 	return ve
 }
 
-func (e *vddkEnv) write() {
-	e.t.Helper()
-	if err := e.cfg.Write(e.conf); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *vddkEnv) readStats() fakevddk.Stats {
-	e.t.Helper()
-	s, err := fakevddk.ReadStats(e.stats)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return s
-}
-
 // readers lists live reader processes of this test's fake (whoever their parent is now).
-func (e *vddkEnv) readers() []string {
-	var found []string
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		if _, err := strconv.Atoi(ent.Name()); err != nil {
-			continue
-		}
-		env, _ := os.ReadFile("/proc/" + ent.Name() + "/environ")
-		cmd, _ := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
-		if bytes.Contains(env, []byte(e.conf)) && bytes.Contains(cmd, []byte("vddk-reader")) {
-			found = append(found, ent.Name())
-		}
-	}
-	return found
-}
+func (e *vddkEnv) readers() []string { return e.fake.Processes("vddk-reader") }
 
 func (e *vddkEnv) waitNoReaders() {
 	e.t.Helper()
@@ -84,7 +53,7 @@ func (e *vddkEnv) waitNoReaders() {
 // 64 KiB chunks of its flat extent and never a hole.
 func (e *vddkEnv) checkOnlyAllocatedRead(t *testing.T, vm vcsim.VMInfo) {
 	t.Helper()
-	st := e.readStats()
+	st := e.fake.ReadStats()
 	for _, d := range vm.Disks {
 		data, err := fakevddk.DataRanges(d.FlatPath)
 		if err != nil {
@@ -137,7 +106,7 @@ func TestE2EVDDK(t *testing.T) {
 		}
 		e.checkOnlyAllocatedRead(t, e.sim.VMs[i])
 	}
-	st := e.readStats()
+	st := e.fake.ReadStats()
 	if st.Calls["InitEx"] != 4 || st.Calls["Exit"] != 4 {
 		t.Errorf("InitEx %d, Exit %d: want one of each per disk", st.Calls["InitEx"], st.Calls["Exit"])
 	}
@@ -164,7 +133,7 @@ func TestE2EVDDKErrors(t *testing.T) {
 	e := newVDDKEnv(t, vcsim.Config{VMs: 3, DisksPerVM: 1, DiskSize: 8 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}},
 		15*time.Second, 2, fakevddk.Standard)
 	old := fakevddk.Build(t, fakevddk.NoQueryAllocated)
-	a := harness.StartAgentEnv(t, []string{fakevddk.EnvVar + "=" + e.conf}, e.dir, "agent-old", []*harness.Controller{e.ctl}, "--vddk-libdir", old)
+	a := harness.StartAgentEnv(t, []string{e.fake.Env()}, e.dir, "agent-old", []*harness.Controller{e.ctl}, "--vddk-libdir", old)
 	t.Cleanup(func() { a.Stop(10 * time.Second) })
 	waitMethods(t, e.ctl, map[string]bool{"agent-1": true, "agent-old": true})
 	cases := []struct {
@@ -184,10 +153,10 @@ func TestE2EVDDKErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// The fake's configuration is shared by the agents' readers: one job at a time.
 			if tc.edit != nil {
-				saved := e.cfg
-				tc.edit(&e.cfg)
-				e.write()
-				defer func() { e.cfg = saved; e.write() }()
+				saved := e.fake.Cfg
+				tc.edit(&e.fake.Cfg)
+				e.fake.Write()
+				defer func() { e.fake.Cfg = saved; e.fake.Write() }()
 			}
 			id := harness.Submit(t, e.ctl, e.job(i, "", proto.Options{ConversionMethod: "vddk", TargetAgent: tc.agent}))
 			j := harness.WaitTerminal(t, e.ctl, id, 2*time.Minute)
@@ -197,7 +166,7 @@ func TestE2EVDDKErrors(t *testing.T) {
 					t.Errorf("warnings %q do not name the fix", j.Warnings)
 				}
 				compareImage(t, e.sim.VMs[i].Disks[0].FlatPath, j.Result.Disks[0], "qcow2")
-				if read := e.readStats().BytesRead(e.sim.VMs[i].Disks[0].FlatPath); read != 8*mib {
+				if read := e.fake.ReadStats().BytesRead(e.sim.VMs[i].Disks[0].FlatPath); read != 8*mib {
 					t.Errorf("read %d bytes: without QueryAllocatedBlocks the whole disk is read", read)
 				}
 			}
@@ -281,11 +250,11 @@ func TestE2EVDDKCancelAndKill(t *testing.T) {
 	e := newVDDKEnv(t, vcsim.Config{VMs: 3, DisksPerVM: 2, DiskSize: 32 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.75}},
 		2*time.Second, 1, fakevddk.Standard)
 	// 2 disks × 24 MiB of data in 2 MiB reads, 4 connections each, 400 ms a read: ~2.5 s.
-	e.cfg.ReadDelay = 400 * time.Millisecond
-	e.write()
+	e.fake.Cfg.ReadDelay = 400 * time.Millisecond
+	e.fake.Write()
 	waitReading := func(id string) proto.Job {
 		j := waitCopying(t, e.migrationEnv, id)
-		harness.WaitFor(t, 30*time.Second, "VDDK reads", func() bool { return e.readStats().BytesRead("") > 0 })
+		harness.WaitFor(t, 30*time.Second, "VDDK reads", func() bool { return e.fake.ReadStats().BytesRead("") > 0 })
 		return j
 	}
 
@@ -323,8 +292,8 @@ func TestE2EVDDKCancelAndKill(t *testing.T) {
 		e.agent.Kill()
 		// The readers die with the agent (parent-death signal): nothing reads for a dead job.
 		e.waitNoReaders()
-		e.cfg.ReadDelay = 0
-		e.write()
+		e.fake.Cfg.ReadDelay = 0
+		e.fake.Write()
 		e.agent.Restart(t)
 		j := harness.WaitTerminal(t, e.ctl, id, 2*time.Minute)
 		if j.Status != proto.StatusCompleted || j.Attempt != 2 {
@@ -344,14 +313,14 @@ func TestE2EVDDKCancelAndKill(t *testing.T) {
 
 	t.Run("VDDK crashes", func(t *testing.T) {
 		pid := e.agent.Pid()
-		e.cfg.CrashAfterBytes, e.cfg.CrashOnce = 6<<20, filepath.Join(t.TempDir(), "crashed")
-		e.write()
+		e.fake.Cfg.CrashAfterBytes, e.fake.Cfg.CrashOnce = 6<<20, filepath.Join(t.TempDir(), "crashed")
+		e.fake.Write()
 		id := harness.Submit(t, e.ctl, e.job(2, "", proto.Options{ConversionMethod: "vddk"}))
 		j := harness.WaitTerminal(t, e.ctl, id, 2*time.Minute)
 		if j.Status != proto.StatusCompleted || j.Attempt != 2 {
 			t.Fatalf("status %s attempt %d (%q), want completed at attempt 2 after the crash", j.Status, j.Attempt, errText(j))
 		}
-		if _, err := os.Stat(e.cfg.CrashOnce); err != nil {
+		if _, err := os.Stat(e.fake.Cfg.CrashOnce); err != nil {
 			t.Fatalf("the fake never crashed: %v", err)
 		}
 		if e.agent.Pid() != pid || e.agent.Exited() {

@@ -31,46 +31,29 @@ func TestMain(m *testing.M) {
 // vddkFixture is a pipeline whose VDDK is the fake, serving the simulator's datastores.
 type vddkFixture struct {
 	*fixture
-	cfg   fakevddk.Config
-	conf  string
-	stats string
+	fake *fakevddk.Fake
 }
 
 func newVDDKFixture(t *testing.T, simCfg vcsim.Config, v fakevddk.Variant) *vddkFixture {
 	t.Helper()
 	libdir := fakevddk.Build(t, v)
 	dir := t.TempDir()
-	vf := &vddkFixture{conf: filepath.Join(dir, "fakevddk.conf"), stats: filepath.Join(dir, "stats")}
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	vf := &vddkFixture{}
+	conf := filepath.Join(dir, "fakevddk.conf")
 	vf.fixture = newFixture(t, simCfg, func(c *migrate.Config) {
 		c.VDDKLibDir = libdir
 		// Parallel tests share this process: each reader gets its test's fake through
 		// the reader command, where the agent's readers inherit the agent's environment.
-		c.Transfer.VDDKReader = []string{"env", fakevddk.EnvVar + "=" + vf.conf, exe, vddk.Subcommand}
+		c.Transfer.VDDKReader = []string{"env", fakevddk.EnvVar + "=" + conf, exe, vddk.Subcommand}
 	})
-	vf.cfg = fakevddk.ForSim(vf.sim, vf.stats)
-	vf.cfg.Password = canaryPassword
-	vf.write()
+	cfg := fakevddk.ForSim(vf.sim, "")
+	cfg.Password = canaryPassword
+	vf.fake = fakevddk.New(t, dir, cfg)
 	return vf
-}
-
-func (f *vddkFixture) write() {
-	f.t.Helper()
-	if err := f.cfg.Write(f.conf); err != nil {
-		f.t.Fatal(err)
-	}
-}
-
-func (f *vddkFixture) readStats() fakevddk.Stats {
-	f.t.Helper()
-	s, err := fakevddk.ReadStats(f.stats)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return s
 }
 
 // TestMigrateVDDK: VMs with two disks (data, a hole, and a data island in the hole) copied
@@ -113,7 +96,7 @@ func TestMigrateVDDK(t *testing.T) {
 			if last.Stage != proto.StageCompleted || last.PercentComplete != 100 || last.TotalBytes != int64(tc.disks)*tc.size || len(res.Disks) != tc.disks {
 				t.Errorf("last progress %+v", last)
 			}
-			st := f.readStats()
+			st := f.fake.ReadStats()
 			for k, p := range res.Disks {
 				flat := vm.Disks[k].FlatPath
 				sameContent(t, flat, p, tc.format)
@@ -182,8 +165,8 @@ func TestMigrateVDDKFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newVDDKFixture(t, vcsim.Config{VMs: 1, DisksPerVM: 1, DiskSize: 16 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.75}}, fakevddk.Standard)
-			tc.edit(&f.cfg)
-			f.write()
+			tc.edit(&f.fake.Cfg)
+			f.fake.Write()
 			jobID := fmt.Sprintf("job-vddk-fail-%d", i)
 			_, err := f.run(f.lease(jobID, 0, proto.Options{ConversionMethod: "vddk"}), &recorder{}, 2*time.Minute)
 			if err == nil {
@@ -211,7 +194,7 @@ func TestMigrateVDDKFailures(t *testing.T) {
 			}
 			// Tests run in parallel: look for this job's processes only (qemu-nbd names the
 			// job's dir, a reader has this test's fake in its environment).
-			if left := processesMentioning(f.p.JobDir(jobID), fakevddk.EnvVar+"="+f.conf); len(left) > 0 {
+			if left := processesMentioning(f.p.JobDir(jobID), f.fake.Env()); len(left) > 0 {
 				t.Errorf("processes left: %v", left)
 			}
 		})

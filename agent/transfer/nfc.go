@@ -93,21 +93,8 @@ func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Resul
 	capacity := sr.Capacity()
 	log.Info("nfc transfer starting", "capacity", capacity, "format", format, "content_length", resp.ContentLength)
 
-	var w imageWriter
-	switch format {
-	case FormatRaw:
-		w, err = newRawWriter(out.Path, capacity)
-	default:
-		w, err = t.newQcow2Writer(ctx, out.Path, capacity, log)
-	}
+	w, err := t.newImageWriter(ctx, out.Path, format, capacity, log)
 	if err != nil {
-		t.removeOutput(out.Path)
-		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
-			return nil, noSpaceError(out.Path, capacity, err.Error())
-		}
 		return nil, err
 	}
 
@@ -260,6 +247,37 @@ func (e *errRecorder) failed() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.err
+}
+
+// newImageWriter creates the output image of a transfer that writes it itself (nfc, vddk):
+// a sparse raw file, or qcow2 through qemu-nbd. On error the file is gone and the error
+// says why (ErrNoSpace with the numbers when the disk is full).
+func (t *Transferer) newImageWriter(ctx context.Context, path, format string, capacity int64, log *slog.Logger) (imageWriter, error) {
+	var w imageWriter
+	var err error
+	switch format {
+	case FormatRaw:
+		w, err = newRawWriter(path, capacity)
+	default:
+		w, err = t.newQcow2Writer(ctx, path, capacity, log)
+	}
+	if err != nil {
+		return nil, t.writeFailed(ctx, path, capacity, err)
+	}
+	return w, nil
+}
+
+// writeFailed removes the partial image of a failed transfer and returns the error to
+// report: the cancel if ctx ended, ErrNoSpace if the disk filled up, else err.
+func (t *Transferer) writeFailed(ctx context.Context, path string, capacity int64, err error) error {
+	t.removeOutput(path)
+	if cerr := ctxErr(ctx, "transfer"); cerr != nil {
+		return cerr
+	}
+	if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
+		return noSpaceError(path, capacity, err.Error())
+	}
+	return err
 }
 
 // rawWriter writes a sparse raw file with pwrite.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -35,16 +34,14 @@ const (
 // vddkFixture is one test's fake VDDK: a library directory, a datastore with one disk, and the
 // fake's configuration (in the environment of the readers this test starts).
 type vddkFixture struct {
-	t         testing.TB
-	libdir    string
-	dir       string
-	flat      string
-	size      int64
-	statsPath string
-	conf      string
-	cfg       fakevddk.Config
-	logs      *lockedBuffer
-	xfer      *Transferer
+	t      testing.TB
+	libdir string
+	dir    string
+	flat   string
+	size   int64
+	fake   *fakevddk.Fake
+	logs   *lockedBuffer
+	xfer   *Transferer
 }
 
 type lockedBuffer struct {
@@ -79,11 +76,8 @@ func newVDDKFixture(t testing.TB, v fakevddk.Variant, size int64, dataFrac float
 	if err := os.WriteFile(filepath.Join(ds, "vm-1", "vm-1.vmdk"), []byte(descriptorText("vm-1-flat.vmdk", size/512)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.statsPath = filepath.Join(f.dir, "stats")
-	f.conf = filepath.Join(f.dir, "fakevddk.conf")
-	f.cfg = fakevddk.Config{Datastores: []vcsim.Datastore{{Name: "LocalDS_0", Path: ds}}, Thumbprint: vddkTestThumbprint,
-		User: "administrator@vsphere.local", Password: vddkTestPassword, Stats: f.statsPath}
-	f.writeConfig()
+	f.fake = fakevddk.New(t, f.dir, fakevddk.Config{Datastores: []vcsim.Datastore{{Name: "LocalDS_0", Path: ds}},
+		Thumbprint: vddkTestThumbprint, User: "administrator@vsphere.local", Password: vddkTestPassword})
 	// Tests run in parallel in one process, each with its own fake configuration: the
 	// reader command sets it (env VAR=… reader), where the agent's readers inherit it.
 	exe, err := os.Executable()
@@ -91,15 +85,8 @@ func newVDDKFixture(t testing.TB, v fakevddk.Variant, size int64, dataFrac float
 		t.Fatal(err)
 	}
 	f.xfer = New(Config{Logger: newTeeLogger(t, f.logs), Retries: 2, RetryDelay: 100 * time.Millisecond, TempDir: f.dir,
-		VDDKReader: []string{"env", fakevddk.EnvVar + "=" + f.conf, exe, vddk.Subcommand}})
+		VDDKReader: []string{"env", f.fake.Env(), exe, vddk.Subcommand}})
 	return f
-}
-
-func (f *vddkFixture) writeConfig() {
-	f.t.Helper()
-	if err := f.cfg.Write(f.conf); err != nil {
-		f.t.Fatal(err)
-	}
 }
 
 func (f *vddkFixture) source() VDDKSource {
@@ -107,34 +94,8 @@ func (f *vddkFixture) source() VDDKSource {
 		Thumbprint: vddkTestThumbprint, VMMoref: "vm-42", File: "[LocalDS_0] vm-1/vm-1.vmdk", Snapshot: "snapshot-7", Libdir: f.libdir}
 }
 
-func (f *vddkFixture) stats() fakevddk.Stats {
-	f.t.Helper()
-	s, err := fakevddk.ReadStats(f.statsPath)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return s
-}
-
 // readersLeft lists reader processes of this test (their environment names its fake).
-func (f *vddkFixture) readersLeft() []string {
-	return processesWithEnv(fakevddk.EnvVar + "=" + f.conf)
-}
-
-func processesWithEnv(kv string) []string {
-	var found []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err == nil && bytes.Contains(append(b, 0), []byte(kv+"\x00")) {
-			found = append(found, e.Name())
-		}
-	}
-	return found
-}
+func (f *vddkFixture) readersLeft() []string { return f.fake.Processes(vddk.Subcommand) }
 
 func (f *vddkFixture) checkClean(out string) {
 	f.t.Helper()
@@ -238,7 +199,7 @@ func TestVDDKTransfer(t *testing.T) {
 				t.Errorf("format %s, want %s", got, tc.format)
 			}
 			pl.check(t, tc.size)
-			st := f.stats()
+			st := f.fake.ReadStats()
 			data, err := fakevddk.DataRanges(f.flat)
 			if err != nil {
 				t.Fatal(err)
@@ -310,9 +271,9 @@ func TestVDDKFailures(t *testing.T) {
 			ErrVDDKUnavailable, []string{"hotadd:san", "transfer.vddk_transports"}},
 		{"disk not found", func(f *vddkFixture, s *VDDKSource) { s.File = "[LocalDS_0] vm-1/gone.vmdk" },
 			ErrSource, []string{"gone.vmdk", "snapshot-7"}},
-		{"VDDK crashes mid-copy", func(f *vddkFixture, s *VDDKSource) { f.cfg.CrashAfterBytes = 6 << 20; f.writeConfig() },
+		{"VDDK crashes mid-copy", func(f *vddkFixture, s *VDDKSource) { f.fake.Cfg.CrashAfterBytes = 6 << 20; f.fake.Write() },
 			ErrSource, []string{"reader process", "died", "signal: aborted", "configured crash", "agent and its other work carry on"}},
-		{"reads keep failing", func(f *vddkFixture, s *VDDKSource) { f.cfg.FailReads = 1000; f.writeConfig() },
+		{"reads keep failing", func(f *vddkFixture, s *VDDKSource) { f.fake.Cfg.FailReads = 1000; f.fake.Write() },
 			ErrSource, []string{"after 2 retries", "connection to the host lost"}},
 	}
 	for _, tc := range cases {
@@ -344,14 +305,14 @@ func TestVDDKFailures(t *testing.T) {
 func TestVDDKTransientReadsRetried(t *testing.T) {
 	t.Parallel()
 	f := newVDDKFixture(t, fakevddk.Standard, 16<<20, 0.5)
-	f.cfg.FailReads = 2
-	f.writeConfig()
+	f.fake.Cfg.FailReads = 2
+	f.fake.Write()
 	out := filepath.Join(f.dir, "out.raw")
 	if _, err := f.xfer.VDDK(withTimeout(t, time.Minute), f.source(), Output{Path: out, Format: FormatRaw}); err != nil {
 		t.Fatal(err)
 	}
 	imagesIdentical(t, f.flat, out, FormatRaw)
-	if n := len(f.stats().Where("result", "failed")); n != 2 {
+	if n := len(f.fake.ReadStats().Where("result", "failed")); n != 2 {
 		t.Errorf("%d failed reads recorded, want 2", n)
 	}
 	if !strings.Contains(f.logs.String(), "retrying") {
@@ -362,8 +323,8 @@ func TestVDDKTransientReadsRetried(t *testing.T) {
 func TestVDDKCancel(t *testing.T) {
 	t.Parallel()
 	f := newVDDKFixture(t, fakevddk.Standard, 48<<20, 1)
-	f.cfg.ReadDelay = 300 * time.Millisecond // 48 MiB in 2 MiB reads on 4 connections: ~2 s
-	f.writeConfig()
+	f.fake.Cfg.ReadDelay = 300 * time.Millisecond // 48 MiB in 2 MiB reads on 4 connections: ~2 s
+	f.fake.Write()
 	out := filepath.Join(f.dir, "out.qcow2")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -373,7 +334,7 @@ func TestVDDKCancel(t *testing.T) {
 		errc <- err
 	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for f.stats().BytesRead("") < 4<<20 {
+	for f.fake.ReadStats().BytesRead("") < 4<<20 {
 		if time.Now().After(deadline) {
 			t.Fatal("the copy never got going")
 		}

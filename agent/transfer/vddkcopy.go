@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -53,21 +52,8 @@ func (t *Transferer) copyDisk(ctx context.Context, log *slog.Logger, src diskSou
 	}
 	log.Info("copying disk", "capacity", capacity, "allocated", allocBytes, "extents", len(ext), "extents_known", known, "format", format)
 
-	var w imageWriter
-	switch format {
-	case FormatRaw:
-		w, err = newRawWriter(out.Path, capacity)
-	default:
-		w, err = t.newQcow2Writer(ctx, out.Path, capacity, log)
-	}
+	w, err := t.newImageWriter(ctx, out.Path, format, capacity, log)
 	if err != nil {
-		t.removeOutput(out.Path)
-		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
-			return nil, noSpaceError(out.Path, capacity, err.Error())
-		}
 		return nil, err
 	}
 	tracker := newProgressTracker(out.Progress, capacity, t.cfg.ProgressInterval, out.Label)
@@ -89,14 +75,7 @@ func (t *Transferer) copyDisk(ctx context.Context, log *slog.Logger, src diskSou
 		w.Abort()
 	}
 	if err != nil {
-		t.removeOutput(out.Path)
-		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
-			return nil, noSpaceError(out.Path, capacity, err.Error())
-		}
-		return nil, err
+		return nil, t.writeFailed(ctx, out.Path, capacity, err)
 	}
 	tracker.Finish()
 	return &Result{Path: out.Path, Format: format, VirtualSize: capacity, AllocatedBytes: allocated(out.Path), SourceBytes: read.Load()}, nil

@@ -34,12 +34,9 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		Username: "admin", Password: password, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	vm := sim.VMs[0]
 	libdir := fakevddk.Build(b, fakevddk.Standard)
-	conf, stats := filepath.Join(dir, "fakevddk.conf"), filepath.Join(dir, "stats")
-	cfg := fakevddk.ForSim(sim, stats)
+	cfg := fakevddk.ForSim(sim, "")
 	cfg.Password = password
-	if err := cfg.Write(conf); err != nil {
-		b.Fatal(err)
-	}
+	fake := fakevddk.New(b, dir, cfg)
 	data, err := fakevddk.DataRanges(vm.Disks[0].FlatPath)
 	if err != nil {
 		b.Fatal(err)
@@ -55,7 +52,7 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		var cl harness.ClusterView
 		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
 	})
-	agent := harness.StartAgentEnv(b, []string{fakevddk.EnvVar + "=" + conf}, dir, "bench-agent", []*harness.Controller{ctl},
+	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
 		"--max-jobs", "1", "--log-level", "warn", "--vddk-libdir", libdir)
 	harness.CleanupDomain(b, vm.Name)
 	proxy := startCountingProxy(b, sim.URL.Host)
@@ -66,7 +63,7 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		if method == "https" {
 			host = proxy.addr
 		}
-		readBefore := readStats(b, stats).BytesRead("")
+		readBefore := fake.ReadStats().BytesRead("")
 		sentBefore := proxy.sent.Load()
 		def := proto.JobDefinition{
 			VMPath: vm.Path,
@@ -89,7 +86,7 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		if method == "https" {
 			return wall, proxy.sent.Load() - sentBefore
 		}
-		return wall, readStats(b, stats).BytesRead("") - readBefore
+		return wall, fake.ReadStats().BytesRead("") - readBefore
 	}
 
 	for i := 0; i < b.N; i++ {
@@ -114,14 +111,6 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		b.ReportMetric(float64(readH)/(1<<20), "https-server-sent-MiB")
 		b.Logf("rounds: vddk (fake) %v, https %v; read: vddk %d, https %d, allocated %d bytes", tV, tH, readV, readH, allocated)
 	}
-}
-
-func readStats(b *testing.B, path string) fakevddk.Stats {
-	s, err := fakevddk.ReadStats(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return s
 }
 
 // countingProxy forwards TCP to a target and counts the bytes the target sends.

@@ -8,6 +8,7 @@ package fakevddk
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -212,11 +213,66 @@ func (c Config) Write(path string) error {
 // the fake at it.
 func Setup(t testing.TB, dir string, cfg Config) string {
 	t.Helper()
-	p := filepath.Join(dir, "fakevddk.conf")
-	if err := cfg.Write(p); err != nil {
-		t.Fatal(err)
+	return New(t, dir, cfg).Env()
+}
+
+// Fake is one test's fake: its configuration file and stats file.
+type Fake struct {
+	t   testing.TB
+	Cfg Config
+	// Conf is the configuration file, Stats the stats file.
+	Conf, Stats string
+}
+
+// New writes cfg to dir/fakevddk.conf (its stats going to dir/stats unless set).
+func New(t testing.TB, dir string, cfg Config) *Fake {
+	t.Helper()
+	if cfg.Stats == "" {
+		cfg.Stats = filepath.Join(dir, "stats")
 	}
-	return EnvVar + "=" + p
+	f := &Fake{t: t, Cfg: cfg, Conf: filepath.Join(dir, "fakevddk.conf"), Stats: cfg.Stats}
+	f.Write()
+	return f
+}
+
+// Env is the environment entry that points a process's fake at this configuration.
+func (f *Fake) Env() string { return EnvVar + "=" + f.Conf }
+
+// Write stores Cfg again (readers started from now on see it).
+func (f *Fake) Write() {
+	f.t.Helper()
+	if err := f.Cfg.Write(f.Conf); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// ReadStats parses what the fake recorded so far.
+func (f *Fake) ReadStats() Stats {
+	f.t.Helper()
+	s, err := ReadStats(f.Stats)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return s
+}
+
+// Processes lists live processes that have this fake in their environment and whose
+// command line contains cmd (e.g. "vddk-reader"): a test's reader processes, whoever
+// their parent is now.
+func (f *Fake) Processes(cmd string) []string {
+	var found []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		line, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if bytes.Contains(append(env, 0), []byte(f.Env()+"\x00")) && bytes.Contains(line, []byte(cmd)) {
+			found = append(found, e.Name()+": "+string(bytes.ReplaceAll(line, []byte{0}, []byte{' '})))
+		}
+	}
+	return found
 }
 
 // Read is one VixDiskLib_Read the fake served.
