@@ -304,6 +304,13 @@ func TestE2ECancelMidTransfer(t *testing.T) {
 	if len(entries(t, e.jobDir(id))) == 0 {
 		t.Fatal("no partial files while copying")
 	}
+	e.cancelAndCheck(t, id, 0)
+}
+
+// cancelAndCheck cancels job id (of VM vm) through the API and checks it ends cancelled
+// with no file, domain or tool process left.
+func (e *migrationEnv) cancelAndCheck(t *testing.T, id string, vm int) {
+	t.Helper()
 	cancelled := time.Now()
 	var cr proto.CancelResponse
 	if code, err := harness.PostJSON(e.ctl.URL()+"/jobs/cancel", proto.CancelRequest{JobIDs: []string{id}}, &cr); err != nil || code != 200 {
@@ -318,7 +325,7 @@ func TestE2ECancelMidTransfer(t *testing.T) {
 	if got := entries(t, e.jobDir(id)); len(got) != 0 {
 		t.Errorf("files left after cancel: %v", got)
 	}
-	if harness.DomainExists(e.sim.VMs[0].Name) {
+	if harness.DomainExists(e.sim.VMs[vm].Name) {
 		t.Errorf("a domain exists after cancel")
 	}
 	if kids := e.toolChildren(); len(kids) > 0 {

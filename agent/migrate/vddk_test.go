@@ -20,11 +20,10 @@ import (
 	"github.com/hypersdk/hypersdk/test/fakevddk"
 )
 
-// The test binary is also the VDDK reader process the pipeline starts (os.Executable).
+// The test binary is also the VDDK reader process that transfers start (os.Executable),
+// as the agent's binary is.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == vddk.Subcommand {
-		os.Exit(vddk.Main(os.Args[2:]))
-	}
+	vddk.RunIfReader()
 	os.Exit(m.Run())
 }
 

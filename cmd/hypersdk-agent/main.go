@@ -33,9 +33,7 @@ import (
 func main() {
 	// The agent re-executes itself as the reader process of VMware's VDDK (one per disk
 	// copied with the vddk method): see agent/transfer/vddk.
-	if len(os.Args) > 1 && os.Args[1] == vddk.Subcommand {
-		os.Exit(vddk.Main(os.Args[2:]))
-	}
+	vddk.RunIfReader()
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "hypersdk-agent:", err)
 		os.Exit(1)

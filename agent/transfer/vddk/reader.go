@@ -37,6 +37,15 @@ type ProbeResult struct {
 	Error        string `json:"error,omitempty"`
 }
 
+// RunIfReader runs Main and exits when this process was started as a reader (its first
+// argument is Subcommand); otherwise it returns at once. Programs that start readers (the
+// agent, test binaries) call it first thing in main or TestMain.
+func RunIfReader() {
+	if len(os.Args) > 1 && os.Args[1] == Subcommand {
+		os.Exit(Main(os.Args[2:]))
+	}
+}
+
 // Main runs a reader process and returns its exit status:
 //
 //	vddk-reader probe DIR   load DIR/lib64/libvixDiskLib.so.N, print a ProbeResult, exit
