@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/google/uuid"
 
+	"github.com/hypersdk/hypersdk/agent/capacity"
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/controller/web"
@@ -190,8 +191,10 @@ func TestDashboardLive(t *testing.T) {
 	}
 	agents := []string{"kvm-ui-1", "kvm-ui-2"}
 	var busy interface{ SetRunningJobs(int) }
-	for _, name := range agents {
-		m := fleettest.StartMember(t, name, 4, gossip...)
+	for i, name := range agents {
+		// kvm-ui-2 has a VDDK that loads: its card lists the vddk method, kvm-ui-1's not.
+		probe := capacity.Config{VDDKProbe: func(context.Context, string) (bool, string) { return i == 1, "VMware VDDK not found" }}
+		m := fleettest.StartMemberProbing(t, name, 4, probe, gossip...)
 		if busy == nil {
 			busy = m
 		}
@@ -231,6 +234,9 @@ func TestDashboardLive(t *testing.T) {
 		`[%s].every(n => document.querySelector('.agent-card[data-agent="' + n + '"] .agent-state')?.textContent === 'alive')`,
 		`"`+strings.Join(agents, `","`)+`"`))
 	waitJS(t, ctx, 10*time.Second, "the job at 25%", fill+` === 25`)
+	waitJS(t, ctx, 10*time.Second, "vddk on the card of the agent whose VDDK loads, only there",
+		`document.querySelector('.agent-card[data-agent="kvm-ui-2"] .methods').textContent.startsWith('vddk · ') && `+
+			`!document.querySelector('.agent-card[data-agent="kvm-ui-1"] .methods').textContent.includes('vddk')`)
 	waitJS(t, ctx, 10*time.Second, "three controllers and a leader",
 		`document.querySelectorAll('#cluster-table tbody tr').length === 3 && !!document.querySelector('#cluster-table .role-leader')`)
 	waitJS(t, ctx, 10*time.Second, "live updates over the WebSocket", `document.body.dataset.mode === 'websocket'`)

@@ -24,6 +24,14 @@ import (
 // capacity (its storage dir is a temp dir) and maxJobs slots. It leaves when the test ends.
 func StartMember(t testing.TB, name string, maxJobs int, join ...string) *membership.Membership {
 	t.Helper()
+	return StartMemberProbing(t, name, maxJobs, capacity.Config{}, join...)
+}
+
+// StartMemberProbing is StartMember with a prober configuration (its storage dir and
+// libvirt URI are the test's own): e.g. a VDDKProbe that finds VDDK.
+func StartMemberProbing(t testing.TB, name string, maxJobs int, probe capacity.Config, join ...string) *membership.Membership {
+	t.Helper()
+	probe.StorageDir, probe.LibvirtURI = t.TempDir(), "test:///default"
 	m, err := membership.Start(context.Background(), membership.Config{
 		Gossip:  gossiptest.Config(proto.RoleAgent, name),
 		Name:    name,
@@ -33,7 +41,7 @@ func StartMember(t testing.TB, name string, maxJobs int, join ...string) *member
 		Join:    join,
 		// The test moves the job count itself; re-measuring adds nothing.
 		RefreshInterval: time.Hour,
-		Prober:          capacity.New(capacity.Config{StorageDir: t.TempDir(), LibvirtURI: "test:///default"}),
+		Prober:          capacity.New(probe),
 		Logger:          gossiptest.Logger(),
 	})
 	if err != nil {
