@@ -261,8 +261,18 @@ func TestE2EVDDKCancelAndKill(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
 		id := harness.Submit(t, e.ctl, e.job(0, "", proto.Options{ConversionMethod: "vddk"}))
 		waitReading(id)
-		if len(e.readers()) == 0 {
+		readers := e.readers()
+		if len(readers) == 0 {
 			t.Fatal("no reader process while reading")
+		}
+		// The password reaches a reader over its socket only: not in its argv or environment.
+		for _, r := range readers {
+			pid, _, _ := strings.Cut(r, ":")
+			for _, f := range []string{"cmdline", "environ"} {
+				if b, err := os.ReadFile("/proc/" + pid + "/" + f); err == nil && bytes.Contains(b, []byte(e2ePassword)) {
+					t.Errorf("reader %s has the password in its %s", pid, f)
+				}
+			}
 		}
 		e.cancelAndCheck(t, id, 0) // toolChildren includes the agent's readers
 		e.waitNoReaders()

@@ -127,7 +127,8 @@ func (t *Transferer) vddkReader(args ...string) ([]string, error) {
 
 // vddkEnv is the reader's environment: the agent's, plus LD_LIBRARY_PATH naming VDDK's
 // lib64 (how VMware's library finds its siblings; it has no rpath), plus GOTRACEBACK=none
-// to keep the reader's own goroutines out of a crash report. The password is never here.
+// to keep the reader's own goroutines out of a crash report. The password is never here,
+// and the agent's join token is taken out.
 func vddkEnv(libdir string) []string {
 	env := make([]string, 0, len(os.Environ())+3)
 	ld := vddk.LibraryDir(libdir)
@@ -138,6 +139,8 @@ func vddkEnv(libdir string) []string {
 				ld += ":" + old
 			}
 		case strings.HasPrefix(e, "GOTRACEBACK="):
+		case strings.HasPrefix(e, "HYPERSDK_JOIN_TOKEN="):
+			// The agent's own secret: nothing VMware's code needs to see.
 		default:
 			env = append(env, e)
 		}
