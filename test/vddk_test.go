@@ -249,8 +249,8 @@ func TestE2EVDDKCancelAndKill(t *testing.T) {
 	t.Parallel()
 	e := newVDDKEnv(t, vcsim.Config{VMs: 3, DisksPerVM: 2, DiskSize: 32 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.75}},
 		// A 5 s lease: the killed agent's lease ends soon, and the restarted agent's
-		// renewals keep a margin over its self-fencing on a loaded 2-core machine (with 2 s
-		// an attempt 2 was once fenced, and attempt 3 completed).
+		// renewals keep a margin on a loaded 2-core machine (with 2 s, attempt 2 once lost
+		// its lease and attempt 3 completed).
 		5*time.Second, 1, fakevddk.Standard)
 	// 2 disks × 24 MiB of data in 2 MiB reads, 4 connections each, 400 ms a read: ~2.5 s.
 	e.fake.Cfg.ReadDelay = 400 * time.Millisecond
