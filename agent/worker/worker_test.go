@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -535,4 +536,36 @@ func TestLateGrantInLongPollIsNotFenced(t *testing.T) {
 	}
 	exec.finish(id)
 	controller.WaitFor(t, 10*time.Second, "completed", func() bool { return job(c, id).Status == proto.StatusCompleted })
+}
+
+// fastExec finishes its job at once, reporting its stages as the migration pipeline does:
+// connecting, the conversion with bytes, then completed with the final counts, all within
+// the reporter's one-second pacing.
+type fastExec struct{ total int64 }
+
+func (e fastExec) Run(ctx context.Context, l proto.Lease, r worker.Reporter) (*proto.JobResult, error) {
+	r.Progress(proto.Progress{Stage: proto.StageConnecting, Message: "connecting to 127.0.0.1:1"})
+	r.Progress(proto.Progress{Stage: proto.StageConversion, CurrentBytes: e.total / 2, TotalBytes: e.total, PercentComplete: 50})
+	r.Progress(proto.Progress{Stage: proto.StageCompleted, CurrentBytes: e.total, TotalBytes: e.total, PercentComplete: 100,
+		Message: "domain dom-1 defined on test:///default"})
+	return &proto.JobResult{DomainName: "dom-1"}, nil
+}
+
+// Fault 1 of issue 11: a job that ends before its second progress report could go out
+// (the reporter sends at most one a second) ended with the first report's zero byte counts
+// and its stale "connecting to" message. The completion carries the final progress.
+func TestFastJobEndsWithItsByteCounts(t *testing.T) {
+	cs := startCluster(t, 1, 2*time.Second)
+	c := cs[0]
+	const total = 128 << 20
+	startWorker(t, "fast", urls(cs), 1, fastExec{total: total})
+	id := submit(t, c.URL(), "DC0/vm/fast")
+	controller.WaitFor(t, 10*time.Second, "completed", func() bool { return job(c, id).Status == proto.StatusCompleted })
+	p := job(c, id).Progress
+	if p.Stage != proto.StageCompleted || p.PercentComplete != 100 || p.TotalBytes != total || p.CurrentBytes != total {
+		t.Fatalf("final progress %+v: want %d of %d bytes, completed", p, total, total)
+	}
+	if strings.HasPrefix(p.Message, "connecting") {
+		t.Fatalf("final progress keeps a stale message: %q", p.Message)
+	}
 }
