@@ -63,11 +63,13 @@ type ProgressRequest struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// CompleteRequest reports success.
+// CompleteRequest reports success. Progress is the attempt's last progress (final byte
+// counts): a job that ends within a second of its previous report never got it sent.
 type CompleteRequest struct {
 	LeaseToken
 	Agent    string     `json:"agent"`
 	Result   *JobResult `json:"result,omitempty"`
+	Progress *Progress  `json:"progress,omitempty"`
 	Warnings []string   `json:"warnings,omitempty"`
 }
 
@@ -147,6 +149,9 @@ func (r *ProgressRequest) Validate() error {
 func (r *CompleteRequest) Validate() error {
 	if err := validAgentName(r.Agent); err != nil {
 		return err
+	}
+	if p := r.Progress; p != nil && (p.PercentComplete < 0 || p.PercentComplete > 100 || p.CurrentBytes < 0 || p.TotalBytes < 0) {
+		return invalid("progress: percent_complete must be between 0 and 100 and byte counts not negative")
 	}
 	return r.LeaseToken.validate()
 }

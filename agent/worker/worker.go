@@ -324,7 +324,7 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 	switch how {
 	case "completed":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/complete",
-			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Warnings: warnings}, nil, w.reportDeadline())
+			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Progress: r.rep.final(), Warnings: warnings}, nil, w.reportDeadline())
 		if rerr == nil {
 			log.Info("job completed")
 			w.count(func(s *Stats) { s.Completed++ })
@@ -505,7 +505,8 @@ type reporter struct {
 	cancel context.CancelCauseFunc
 
 	mu      sync.Mutex
-	latest  *proto.Progress
+	latest  *proto.Progress // not yet sent
+	last    *proto.Progress // the executor's last report, sent or not
 	warns   []string
 	pending []string // warnings not yet sent
 	kick    chan struct{}
@@ -521,7 +522,7 @@ func newReporter(w *Worker, tok proto.LeaseToken, cancel context.CancelCauseFunc
 
 func (r *reporter) Progress(p proto.Progress) {
 	r.mu.Lock()
-	r.latest = &p
+	r.latest, r.last = &p, &p
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
@@ -540,6 +541,14 @@ func (r *reporter) warnings() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.warns...)
+}
+
+// final is the executor's last progress, for the completion report: reports are paced
+// at one a second, so the last one is often still unsent when the job ends.
+func (r *reporter) final() *proto.Progress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
 }
 
 func (r *reporter) stop() {

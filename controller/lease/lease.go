@@ -629,7 +629,7 @@ func (m *Manager) Complete(req proto.CompleteRequest) error {
 		return err
 	}
 	tok := state.LeaseToken{JobID: req.JobID, Attempt: req.Attempt}
-	_, err := m.raft.Apply(state.MustEncode(state.CmdComplete, state.CompleteReport{LeaseToken: tok, Result: req.Result, Warnings: req.Warnings, At: m.now()}))
+	_, err := m.raft.Apply(state.MustEncode(state.CmdComplete, state.CompleteReport{LeaseToken: tok, Result: req.Result, Progress: req.Progress, Warnings: req.Warnings, At: m.now()}))
 	return err
 }
 

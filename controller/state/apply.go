@@ -320,12 +320,7 @@ func (s *State) applyComplete(idx uint64, c CompleteReport) any {
 	}
 	nj := *e.job
 	nj.Status = proto.StatusCompleted
-	nj.Progress.Stage = proto.StageCompleted
-	nj.Progress.PercentComplete = 100
-	if nj.Progress.TotalBytes > 0 {
-		nj.Progress.CurrentBytes = nj.Progress.TotalBytes
-	}
-	nj.Progress.ETASeconds = 0
+	nj.Progress = completedProgress(nj.Progress, c.Progress)
 	nj.Result = c.Result
 	nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
 	nj.UpdatedAt = c.At
@@ -336,6 +331,26 @@ func (s *State) applyComplete(idx uint64, c CompleteReport) any {
 	s.mu.Unlock()
 	s.events.publish(Event{Kind: EventJobCompleted, Job: &nj, Index: idx})
 	return nil
+}
+
+// completedProgress is a completed job's progress: the agent's final report when it sent
+// one (a job that ends within a second of its previous report never had it relayed), else
+// the last relayed one; the message of an earlier stage ("connecting to …") is not kept.
+func completedProgress(last proto.Progress, final *proto.Progress) proto.Progress {
+	p := last
+	if final != nil {
+		p = *final
+	}
+	if p.Stage != proto.StageCompleted || p.Message == "" {
+		p.Message = "migration completed"
+	}
+	p.Stage = proto.StageCompleted
+	p.PercentComplete = 100
+	if p.TotalBytes > 0 {
+		p.CurrentBytes = p.TotalBytes
+	}
+	p.ETASeconds = 0
+	return p
 }
 
 func (s *State) applyFail(idx uint64, c FailReport) any {

@@ -121,10 +121,12 @@ type ProgressReport struct {
 	At       time.Time      `json:"at"`
 }
 
-// CompleteReport finishes a job successfully.
+// CompleteReport finishes a job successfully. Progress (absent from agents older than
+// issue 11) is the attempt's final progress: its byte counts become the job's.
 type CompleteReport struct {
 	LeaseToken
 	Result   *proto.JobResult `json:"result,omitempty"`
+	Progress *proto.Progress  `json:"progress,omitempty"`
 	Warnings []string         `json:"warnings,omitempty"`
 	At       time.Time        `json:"at"`
 }
