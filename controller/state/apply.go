@@ -13,52 +13,78 @@ import (
 const DefaultMaxAttempts = 3
 
 // Apply applies one encoded command at raft index idx and returns its response: a value
-// or an error (never panics on malformed input: a bad entry must not halt the cluster).
+// or an error. A malformed payload is answered with an error and changes nothing; a
+// command type this binary does not know stops the node (UnknownCommandError).
 func (s *State) Apply(idx uint64, data []byte) any {
-	defer s.appliedIndex.Store(idx)
 	if len(data) == 0 {
+		s.appliedIndex.Store(idx)
 		return fmt.Errorf("%w: empty entry", ErrBadCommand)
 	}
-	t, body := CommandType(data[0]), data[1:]
+	r, known := s.dispatch(idx, CommandType(data[0]), data[1:])
+	if !known {
+		panic(&UnknownCommandError{Type: CommandType(data[0]), Index: idx})
+	}
+	s.appliedIndex.Store(idx)
+	return r
+}
+
+// dispatch is the one switch over every command type; known is false for a type this
+// binary does not know.
+func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known bool) {
 	switch t {
 	case CmdSubmitJob:
-		return decoded(body, func(c SubmitJob) any { return s.applySubmit(idx, []proto.JobDefinition{c.Definition}) })
+		return decoded(body, func(c SubmitJob) any { return s.applySubmit(idx, []proto.JobDefinition{c.Definition}) }), true
 	case CmdSubmitBatch:
-		return decoded(body, func(c SubmitBatch) any { return s.applySubmit(idx, c.Definitions) })
+		return decoded(body, func(c SubmitBatch) any { return s.applySubmit(idx, c.Definitions) }), true
 	case CmdCancelJobs:
-		return decoded(body, func(c CancelJobs) any { return s.applyCancel(idx, c) })
+		return decoded(body, func(c CancelJobs) any { return s.applyCancel(idx, c) }), true
 	case CmdLeaseGrant:
-		return decoded(body, func(c LeaseGrant) any { return s.applyLeaseGrant(idx, c) })
+		return decoded(body, func(c LeaseGrant) any { return s.applyLeaseGrant(idx, c) }), true
 	case CmdLeaseExpire:
-		return decoded(body, func(c LeaseExpire) any { return s.applyLeaseExpire(idx, c) })
+		return decoded(body, func(c LeaseExpire) any { return s.applyLeaseExpire(idx, c) }), true
 	case CmdProgress:
-		return decoded(body, func(c ProgressReport) any { return s.applyProgress(idx, c) })
+		return decoded(body, func(c ProgressReport) any { return s.applyProgress(idx, c) }), true
 	case CmdComplete:
-		return decoded(body, func(c CompleteReport) any { return s.applyComplete(idx, c) })
+		return decoded(body, func(c CompleteReport) any { return s.applyComplete(idx, c) }), true
 	case CmdFail:
-		return decoded(body, func(c FailReport) any { return s.applyFail(idx, c) })
+		return decoded(body, func(c FailReport) any { return s.applyFail(idx, c) }), true
 	case CmdRegisterNode:
-		return decoded(body, func(c NodeInfo) any {
-			if c.ID == "" {
-				return fmt.Errorf("%w: register_node without id", ErrBadCommand)
-			}
-			s.mu.Lock()
-			s.nodes[c.ID] = c
-			s.mu.Unlock()
-			return nil
-		})
+		return decoded(body, s.applyRegisterNode), true
 	case CmdRemoveNode:
-		return decoded(body, func(c RemoveNode) any {
-			s.mu.Lock()
-			delete(s.nodes, c.ID)
-			s.mu.Unlock()
-			return nil
-		})
+		return decoded(body, s.applyRemoveNode), true
+	case CmdScheduleUpsert:
+		return decoded(body, s.applyScheduleUpsert), true
+	case CmdScheduleDelete:
+		return decoded(body, s.applyScheduleDelete), true
+	case CmdScheduleFired:
+		return decoded(body, func(c ScheduleFired) any { return s.applyScheduleFired(idx, c) }), true
+	case CmdWebhookAdd:
+		return decoded(body, s.applyWebhookAdd), true
+	case CmdWebhookDelete:
+		return decoded(body, s.applyWebhookDelete), true
+	case CmdWebhookDelivered:
+		return decoded(body, s.applyWebhookDelivered), true
+	case CmdWebhookSeed:
+		return decoded(body, s.applyWebhookSeed), true
 	}
-	if r, ok := s.applySW(idx, t, body); ok {
-		return r
+	return nil, false
+}
+
+func (s *State) applyRegisterNode(c NodeInfo) any {
+	if c.ID == "" {
+		return fmt.Errorf("%w: register_node without id", ErrBadCommand)
 	}
-	return fmt.Errorf("%w: %d", ErrUnknownCmd, t)
+	s.mu.Lock()
+	s.nodes[c.ID] = c
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *State) applyRemoveNode(c RemoveNode) any {
+	s.mu.Lock()
+	delete(s.nodes, c.ID)
+	s.mu.Unlock()
+	return nil
 }
 
 // decoded decodes a command payload of type T and hands it to apply (a malformed payload
@@ -225,43 +251,57 @@ func (s *State) applyLeaseGrant(idx uint64, c LeaseGrant) any {
 	return nil
 }
 
-// endAttempt moves a running job out of its attempt: to cancelled if a cancel was
-// requested, else pending again when retry is wanted and attempts remain, else failed.
-// Caller holds the lock; returns the event to publish.
-func (s *State) endAttempt(idx uint64, e *entry, reason string, retry bool, at time.Time, warnings []string) Event {
-	j := e.job
-	nj := *j
+// endAttempt moves a running job (nj, a copy) out of its attempt: to cancelled if a
+// cancel was requested, else pending again when retry is wanted and attempts remain, else
+// failed. It returns the event kind.
+func endAttempt(nj *proto.Job, reason string, retry bool, at time.Time, warnings []string) EventKind {
 	nj.UpdatedAt = at
-	nj.Warnings = appendWarnings(j.Warnings, warnings)
-	max := j.Definition.Options.MaxAttempts
+	nj.Warnings = appendWarnings(nj.Warnings, warnings)
+	max := nj.Definition.Options.MaxAttempts
 	if max <= 0 {
 		max = DefaultMaxAttempts
 	}
-	var kind EventKind
 	switch {
-	case j.CancelRequested:
+	case nj.CancelRequested:
 		nj.Status = proto.StatusCancelled
 		nj.Progress.Stage = string(proto.StatusCancelled)
 		nj.CompletedAt = &at
-		kind = EventJobCancelled
-	case retry && j.Attempt < max:
+		return EventJobCancelled
+	case retry && nj.Attempt < max:
 		nj.Status = proto.StatusPending
 		nj.Agent = ""
-		nj.PendingReason = fmt.Sprintf("attempt %d of %d ended: %s; waiting for an agent", j.Attempt, max, reason)
+		nj.PendingReason = fmt.Sprintf("attempt %d of %d ended: %s; waiting for an agent", nj.Attempt, max, reason)
 		nj.Progress = proto.Progress{Stage: proto.StageQueued}
-		kind = EventJobRequeued
+		return EventJobRequeued
 	default:
 		nj.Status = proto.StatusFailed
 		msg := reason
 		if retry {
-			msg = fmt.Sprintf("%s (after %d of %d attempts)", reason, j.Attempt, max)
+			msg = fmt.Sprintf("%s (after %d of %d attempts)", reason, nj.Attempt, max)
 		}
 		nj.Error = &msg
 		nj.CompletedAt = &at
-		kind = EventJobFailed
+		return EventJobFailed
 	}
+}
+
+// updateLease changes the running job a lease token names, the one sequence every agent
+// report and expiry takes: under the lock, check the token (a stale one is the answer and
+// nothing changes), change a copy (jobs are immutable once stored), swap it in, and publish
+// the event change names after the lock is released.
+func (s *State) updateLease(idx uint64, tok LeaseToken, change func(nj *proto.Job) EventKind) any {
+	s.mu.Lock()
+	e, err := s.lookupLease(tok)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	nj := *e.job
+	kind := change(&nj)
 	s.replace(e, &nj)
-	return Event{Kind: kind, Job: &nj, Index: idx}
+	s.mu.Unlock()
+	s.events.publish(Event{Kind: kind, Job: &nj, Index: idx})
+	return nil
 }
 
 func appendWarnings(old, add []string) []string {
@@ -278,59 +318,36 @@ func appendWarnings(old, add []string) []string {
 }
 
 func (s *State) applyLeaseExpire(idx uint64, c LeaseExpire) any {
-	s.mu.Lock()
-	e, err := s.lookupLease(c.LeaseToken)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	reason := c.Reason
-	if reason == "" {
-		reason = "lease expired"
-	}
-	ev := s.endAttempt(idx, e, reason, true, c.At, nil)
-	s.mu.Unlock()
-	s.events.publish(ev)
-	return nil
+	return s.updateLease(idx, c.LeaseToken, func(nj *proto.Job) EventKind {
+		reason := c.Reason
+		if reason == "" {
+			reason = "lease expired"
+		}
+		return endAttempt(nj, reason, true, c.At, nil)
+	})
 }
 
 func (s *State) applyProgress(idx uint64, c ProgressReport) any {
-	s.mu.Lock()
-	e, err := s.lookupLease(c.LeaseToken)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	nj := *e.job
-	nj.Progress = c.Progress
-	nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
-	nj.UpdatedAt = c.At
-	s.replace(e, &nj)
-	s.mu.Unlock()
-	s.events.publish(Event{Kind: EventJobProgress, Job: &nj, Index: idx})
-	return nil
+	return s.updateLease(idx, c.LeaseToken, func(nj *proto.Job) EventKind {
+		nj.Progress = c.Progress
+		nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
+		nj.UpdatedAt = c.At
+		return EventJobProgress
+	})
 }
 
 func (s *State) applyComplete(idx uint64, c CompleteReport) any {
-	s.mu.Lock()
-	e, err := s.lookupLease(c.LeaseToken)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	nj := *e.job
-	nj.Status = proto.StatusCompleted
-	nj.Progress = completedProgress(nj.Progress, c.Progress)
-	nj.Result = c.Result
-	nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
-	nj.UpdatedAt = c.At
-	at := c.At
-	nj.CompletedAt = &at
-	nj.CancelRequested = false
-	s.replace(e, &nj)
-	s.mu.Unlock()
-	s.events.publish(Event{Kind: EventJobCompleted, Job: &nj, Index: idx})
-	return nil
+	return s.updateLease(idx, c.LeaseToken, func(nj *proto.Job) EventKind {
+		nj.Status = proto.StatusCompleted
+		nj.Progress = completedProgress(nj.Progress, c.Progress)
+		nj.Result = c.Result
+		nj.Warnings = appendWarnings(nj.Warnings, c.Warnings)
+		nj.UpdatedAt = c.At
+		at := c.At
+		nj.CompletedAt = &at
+		nj.CancelRequested = false
+		return EventJobCompleted
+	})
 }
 
 // completedProgress is a completed job's progress: the agent's final report when it sent
@@ -354,27 +371,15 @@ func completedProgress(last proto.Progress, final *proto.Progress) proto.Progres
 }
 
 func (s *State) applyFail(idx uint64, c FailReport) any {
-	s.mu.Lock()
-	e, err := s.lookupLease(c.LeaseToken)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	if c.Cancelled && !e.job.CancelRequested {
+	return s.updateLease(idx, c.LeaseToken, func(nj *proto.Job) EventKind {
 		// An agent may only acknowledge a cancel that was asked for; anything else is a failure.
-		c.Cancelled = false
-	}
-	var ev Event
-	if c.Cancelled {
-		ev = s.endAttempt(idx, e, c.Error, false, c.At, c.Warnings)
-	} else {
+		if c.Cancelled && nj.CancelRequested {
+			return endAttempt(nj, c.Error, false, c.At, c.Warnings)
+		}
 		msg := c.Error
 		if msg == "" {
 			msg = "failed without a message"
 		}
-		ev = s.endAttempt(idx, e, msg, c.Retryable, c.At, c.Warnings)
-	}
-	s.mu.Unlock()
-	s.events.publish(ev)
-	return nil
+		return endAttempt(nj, msg, c.Retryable, c.At, c.Warnings)
+	})
 }

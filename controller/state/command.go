@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 // CommandType is the first byte of every raft log entry. Types are append-only: never
@@ -24,36 +25,48 @@ const (
 	CmdRegisterNode CommandType = 8
 	CmdRemoveNode   CommandType = 9
 	CmdSubmitBatch  CommandType = 10
-	// 20-29: schedules and webhooks, defined in swstate.go.
+	// 20-29: schedules (schedule.go) and webhooks (webhook.go).
+	CmdScheduleUpsert   CommandType = 20
+	CmdScheduleDelete   CommandType = 21
+	CmdScheduleFired    CommandType = 22
+	CmdWebhookAdd       CommandType = 23
+	CmdWebhookDelete    CommandType = 24
+	CmdWebhookDelivered CommandType = 25
+	CmdWebhookSeed      CommandType = 26
 )
 
+var commandNames = map[CommandType]string{
+	CmdSubmitJob: "submit_job", CmdCancelJobs: "cancel_jobs", CmdLeaseGrant: "lease_grant", CmdLeaseExpire: "lease_expire",
+	CmdProgress: "progress", CmdComplete: "complete", CmdFail: "fail", CmdRegisterNode: "register_node",
+	CmdRemoveNode: "remove_node", CmdSubmitBatch: "submit_batch",
+	CmdScheduleUpsert: "schedule_upsert", CmdScheduleDelete: "schedule_delete", CmdScheduleFired: "schedule_fired",
+	CmdWebhookAdd: "webhook_add", CmdWebhookDelete: "webhook_delete", CmdWebhookDelivered: "webhook_delivered",
+	CmdWebhookSeed: "webhook_seed",
+}
+
 func (t CommandType) String() string {
-	switch t {
-	case CmdSubmitJob:
-		return "submit_job"
-	case CmdCancelJobs:
-		return "cancel_jobs"
-	case CmdLeaseGrant:
-		return "lease_grant"
-	case CmdLeaseExpire:
-		return "lease_expire"
-	case CmdProgress:
-		return "progress"
-	case CmdComplete:
-		return "complete"
-	case CmdFail:
-		return "fail"
-	case CmdRegisterNode:
-		return "register_node"
-	case CmdRemoveNode:
-		return "remove_node"
-	case CmdSubmitBatch:
-		return "submit_batch"
-	}
-	if n, ok := swCommandNames[t]; ok {
+	if n, ok := commandNames[t]; ok {
 		return n
 	}
 	return fmt.Sprintf("command(%d)", uint8(t))
+}
+
+// UnknownCommandError stops a node that meets a command type it does not know: a newer
+// controller wrote the entry. Answering an error and skipping it (what apply once did)
+// leaves this node's state silently different from the others', since the entry is
+// committed everywhere; so Apply panics before anything of the entry is applied, raft's
+// apply loop stops and the process exits with this message. Upgrading the binary and
+// restarting applies the entry. Upgrade followers first, one at a time, the leader last
+// (README: "Upgrading a cluster").
+type UnknownCommandError struct {
+	Type  CommandType
+	Index uint64
+}
+
+func (e *UnknownCommandError) Error() string {
+	return fmt.Sprintf("raft entry %d has command type %d, which this controller (version %s) does not know: "+
+		"a newer controller wrote it. Stopping before applying it; upgrade this controller's binary and restart it "+
+		"(upgrade followers first, one at a time, the leader last)", e.Index, uint8(e.Type), version.Version)
 }
 
 // Sentinel errors returned by apply (through ApplyFuture.Response) and by reads. The API
@@ -63,7 +76,6 @@ var (
 	ErrExists        = errors.New("already exists")
 	ErrStaleLease    = errors.New("stale lease")
 	ErrInvalidState  = errors.New("invalid state transition")
-	ErrUnknownCmd    = errors.New("unknown command type")
 	ErrBadCommand    = errors.New("malformed command")
 	ErrInvalidCursor = errors.New("invalid cursor")
 )

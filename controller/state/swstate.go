@@ -9,23 +9,6 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 )
 
-// Command types 20-29: schedules and webhooks (schedule.go, webhook.go).
-const (
-	CmdScheduleUpsert   CommandType = 20
-	CmdScheduleDelete   CommandType = 21
-	CmdScheduleFired    CommandType = 22
-	CmdWebhookAdd       CommandType = 23
-	CmdWebhookDelete    CommandType = 24
-	CmdWebhookDelivered CommandType = 25
-	CmdWebhookSeed      CommandType = 26
-)
-
-var swCommandNames = map[CommandType]string{
-	CmdScheduleUpsert: "schedule_upsert", CmdScheduleDelete: "schedule_delete", CmdScheduleFired: "schedule_fired",
-	CmdWebhookAdd: "webhook_add", CmdWebhookDelete: "webhook_delete", CmdWebhookDelivered: "webhook_delivered",
-	CmdWebhookSeed: "webhook_seed",
-}
-
 // Schedule events (Event.Schedule is set).
 const (
 	EventScheduleTriggered EventKind = "schedule.triggered"
@@ -85,27 +68,6 @@ func (sw *swState) signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// applySW dispatches the schedule and webhook commands; ok is false for other types.
-func (s *State) applySW(idx uint64, t CommandType, body []byte) (any, bool) {
-	switch t {
-	case CmdScheduleUpsert:
-		return decoded(body, func(c ScheduleUpsert) any { return s.applyScheduleUpsert(c) }), true
-	case CmdScheduleDelete:
-		return decoded(body, func(c ScheduleDelete) any { return s.applyScheduleDelete(c) }), true
-	case CmdScheduleFired:
-		return decoded(body, func(c ScheduleFired) any { return s.applyScheduleFired(idx, c) }), true
-	case CmdWebhookAdd:
-		return decoded(body, func(c WebhookAdd) any { return s.applyWebhookAdd(c) }), true
-	case CmdWebhookDelete:
-		return decoded(body, func(c WebhookDelete) any { return s.applyWebhookDelete(c) }), true
-	case CmdWebhookDelivered:
-		return decoded(body, func(c WebhookDelivered) any { return s.applyWebhookDelivered(c) }), true
-	case CmdWebhookSeed:
-		return decoded(body, func(c WebhookSeed) any { return s.applyWebhookSeed(c) }), true
-	}
-	return nil, false
 }
 
 // swSnapshot is the schedules-and-webhooks section of a snapshot header. A snapshot
