@@ -1,13 +1,14 @@
 package controller
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/hypersdk/hypersdk/shared/testutil"
 )
 
 // TestConfig is a config for an in-process test node on loopback with ephemeral ports and
@@ -86,21 +87,9 @@ func Leader(nodes []*Controller) *Controller {
 	return nil
 }
 
-// WaitFor polls cond until it holds or the deadline passes (then fails the test).
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
-		case <-tick.C:
-		}
-	}
-}
+// WaitFor polls cond until it holds or fails the test after timeout (the one
+// implementation is testutil.WaitFor; this name saves tests an import).
+var WaitFor = testutil.WaitFor
 
 // StopLeader closes the node that leads and returns it and the others once they have
 // elected a new leader among themselves.

@@ -12,24 +12,6 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 )
 
-// localApplier applies commands straight to a state, as a single-node raft would.
-type localApplier struct {
-	mu  sync.Mutex
-	st  *state.State
-	idx uint64
-}
-
-func (a *localApplier) Apply(cmd []byte) (any, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.idx++
-	r := a.st.Apply(a.idx, cmd)
-	if err, ok := r.(error); ok {
-		return nil, err
-	}
-	return r, nil
-}
-
 type clock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -38,9 +20,9 @@ type clock struct {
 func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 
-func setup(t *testing.T, vmPath string) (*Scheduler, *state.State, *clock, *localApplier) {
+func setup(t *testing.T, vmPath string) (*Scheduler, *state.State, *clock, *state.LocalApplier) {
 	st := state.New()
-	a := &localApplier{st: st}
+	a := state.NewLocalApplier(st)
 	start := time.Date(2026, 1, 17, 10, 0, 30, 0, time.UTC)
 	tpl := proto.JobDefinition{VMPath: vmPath, Source: proto.Source{Type: "vsphere", VCenterURL: "127.0.0.1:1", Username: "u", Password: "pw"}, Destination: proto.Destination{Type: "kvm"}}
 	expr := "* * * * *"

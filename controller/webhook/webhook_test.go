@@ -14,23 +14,6 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 )
 
-type localApplier struct {
-	mu  sync.Mutex
-	st  *state.State
-	idx uint64
-}
-
-func (a *localApplier) Apply(cmd []byte) (any, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.idx++
-	r := a.st.Apply(a.idx, cmd)
-	if err, ok := r.(error); ok {
-		return nil, err
-	}
-	return r, nil
-}
-
 func TestSend(t *testing.T) {
 	var mu sync.Mutex
 	var got http.Header
@@ -120,7 +103,7 @@ func TestRunDeliversAndRecords(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	st := state.New()
-	a := &localApplier{st: st}
+	a := state.NewLocalApplier(st)
 	retries := 2
 	seed := []proto.Webhook{}
 	for _, p := range []string{"/flaky", "/broken"} {

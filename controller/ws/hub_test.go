@@ -13,18 +13,8 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/testutil"
 )
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-time.After(5 * time.Millisecond)
-	}
-}
 
 // With nobody connected the hub holds no subscription (apply publishes to nobody) and runs
 // no status ticker; the first client starts both, the last one stops them.
@@ -72,7 +62,7 @@ func TestHubIdleWithoutClients(t *testing.T) {
 	}
 
 	conn.Close()
-	waitFor(t, "hub idle", func() bool { return st.Subscribers() == 0 && h.Clients() == 0 })
+	testutil.WaitFor(t, 5*time.Second, "hub idle", func() bool { return st.Subscribers() == 0 && h.Clients() == 0 })
 	// Idle: no status is built any more (five periods pass without one).
 	calls := statusCalls.Load()
 	<-time.After(50 * time.Millisecond)

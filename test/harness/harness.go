@@ -4,7 +4,6 @@ package harness
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hypersdk/hypersdk/shared/testutil"
 )
 
 // BinDir finds the built binaries: $HYPERSDK_BIN, else <repo>/bin.
@@ -352,21 +353,9 @@ func PostJSON(url string, body any, v any) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// WaitFor polls cond until it holds or fails the test after timeout.
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
-		case <-tick.C:
-		}
-	}
-}
+// WaitFor polls cond until it holds or fails the test after timeout (the one
+// implementation is testutil.WaitFor; this name saves tests an import).
+var WaitFor = testutil.WaitFor
 
 // JobBody is a valid submit body for a VM path.
 func JobBody(vmPath string) []byte {
