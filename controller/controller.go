@@ -175,7 +175,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	c.Fleet.OnDead(func(name string) {
 		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))
 	})
-	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken, PerVCenterLimit: cfg.Agents.PerVCenterLimit})
+	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken})
 	c.API.SetVMs()
 	if cfg.MetricsEnabled() {
 		c.Metrics.Registry.MustRegister(c.Fleet)

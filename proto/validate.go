@@ -112,6 +112,15 @@ func ParseVCenterURL(raw string) (*url.URL, error) {
 	return u, nil
 }
 
+// VCenterKey names a job's source vCenter for the per-vCenter concurrency limit: the
+// lower-cased host of its URL (the URL itself, lower-cased, when it does not parse).
+func (d *JobDefinition) VCenterKey() string {
+	if u, err := ParseVCenterURL(d.Source.VCenterURL); err == nil {
+		return strings.ToLower(u.Host)
+	}
+	return strings.ToLower(d.Source.VCenterURL)
+}
+
 // Validate checks the options section.
 func (o *Options) Validate() error {
 	if o.ConversionMethod != "" && !oneOf(o.ConversionMethod, ConversionMethods) {

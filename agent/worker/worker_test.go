@@ -538,13 +538,23 @@ func TestLateGrantInLongPollIsNotFenced(t *testing.T) {
 	controller.WaitFor(t, 10*time.Second, "completed", func() bool { return job(c, id).Status == proto.StatusCompleted })
 }
 
-// fastExec finishes its job at once, reporting its stages as the migration pipeline does:
-// connecting, the conversion with bytes, then completed with the final counts, all within
-// the reporter's one-second pacing.
-type fastExec struct{ total int64 }
+// fastExec reports "connecting" and, once that report is in the job, ends at once with its
+// byte counts, as a small migration does: within the reporter's one-second pacing, so the
+// final report is not sent as progress.
+type fastExec struct {
+	total   int64
+	relayed func(jobID string) bool // the first report reached the controller
+}
 
 func (e fastExec) Run(ctx context.Context, l proto.Lease, r worker.Reporter) (*proto.JobResult, error) {
 	r.Progress(proto.Progress{Stage: proto.StageConnecting, Message: "connecting to 127.0.0.1:1"})
+	for !e.relayed(l.JobID) {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 	r.Progress(proto.Progress{Stage: proto.StageConversion, CurrentBytes: e.total / 2, TotalBytes: e.total, PercentComplete: 50})
 	r.Progress(proto.Progress{Stage: proto.StageCompleted, CurrentBytes: e.total, TotalBytes: e.total, PercentComplete: 100,
 		Message: "domain dom-1 defined on test:///default"})
@@ -558,7 +568,10 @@ func TestFastJobEndsWithItsByteCounts(t *testing.T) {
 	cs := startCluster(t, 1, 2*time.Second)
 	c := cs[0]
 	const total = 128 << 20
-	startWorker(t, "fast", urls(cs), 1, fastExec{total: total})
+	startWorker(t, "fast", urls(cs), 1, fastExec{total: total, relayed: func(id string) bool {
+		j := job(c, id)
+		return j != nil && j.Progress.Message != ""
+	}})
 	id := submit(t, c.URL(), "DC0/vm/fast")
 	controller.WaitFor(t, 10*time.Second, "completed", func() bool { return job(c, id).Status == proto.StatusCompleted })
 	p := job(c, id).Progress

@@ -20,6 +20,9 @@ type Leases interface {
 	Progress(req proto.ProgressRequest) (proto.ReportResponse, error)
 	Complete(req proto.CompleteRequest) error
 	Fail(req proto.FailRequest) error
+	// PendingReasons explains pending jobs from this node's view as of now (one per
+	// request: it costs O(agents) once, O(1) per job).
+	PendingReasons() func(*proto.Job) string
 }
 
 // AgentFleet is the gossip view of agents.
@@ -35,8 +38,6 @@ type AgentsConfig struct {
 	Fleet  AgentFleet // may be nil (no gossip)
 	// JoinToken, when set, must be presented by agents on every agent API call.
 	JoinToken string
-	// PerVCenterLimit is shown in pending reasons.
-	PerVCenterLimit int
 }
 
 // SetAgents adds the agent API (/agent/v1/...) and the fleet view (/agents).
@@ -162,16 +163,20 @@ func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// withPendingReason fills pending_reason of a pending job from this node's view.
-func (s *Server) withPendingReason(j proto.Job) proto.Job {
-	if j.Status == proto.StatusPending {
-		var f lease.Fleet
-		if s.agents.Fleet != nil {
-			f = s.agents.Fleet
+// redactor returns the function that turns stored jobs into API answers: the password
+// masked, and a pending job's pending_reason from this node's view, built on first use
+// so a page without pending jobs costs nothing. The reason is worked out on the stored
+// job: the masked copy no longer holds the sealed password it checks.
+func (s *Server) redactor() func(*proto.Job) proto.Job {
+	var explain func(*proto.Job) string
+	return func(j *proto.Job) proto.Job {
+		out := j.Redacted()
+		if j.Status == proto.StatusPending && s.agents.Leases != nil {
+			if explain == nil {
+				explain = s.agents.Leases.PendingReasons()
+			}
+			out.PendingReason = explain(j)
 		}
-		if reason := lease.PendingReason(&j, s.st, f, s.agents.PerVCenterLimit); reason != "" {
-			j.PendingReason = reason
-		}
+		return out
 	}
-	return j
 }

@@ -109,8 +109,9 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := proto.QueryResponse{Jobs: make([]proto.Job, 0, len(res.Jobs)), Total: res.Total, NextCursor: res.NextCursor}
+	redact := s.redactor()
 	for _, j := range res.Jobs {
-		out.Jobs = append(out.Jobs, s.withPendingReason(j.Redacted()))
+		out.Jobs = append(out.Jobs, redact(j))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -127,7 +128,7 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s not found", id))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.withPendingReason(j.Redacted()))
+	writeJSON(w, http.StatusOK, s.redactor()(j))
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {

@@ -39,8 +39,10 @@ type State struct {
 	// byVMPath holds a VM's few jobs in submission order: a slice, not a btree per VM
 	// (100k VMs each with a btree cost about 40% of the controller's memory).
 	byVMPath map[string][]*entry
-	// running counts leased jobs per agent (what placement needs without scanning).
-	running map[string]int
+	// running counts leased jobs per agent and runningVC per source vCenter
+	// (JobDefinition.VCenterKey): what placement and pending reasons need, without a scan.
+	running   map[string]int
+	runningVC map[string]int
 	nextSeq uint64
 	nodes   map[string]NodeInfo
 	// strs interns the strings jobs repeat (vCenter, user, types, agent names): JSON
@@ -71,6 +73,7 @@ func (s *State) reset() {
 	s.byAgent = make(map[string]*btree.BTreeG[*entry])
 	s.byVMPath = make(map[string][]*entry)
 	s.running = make(map[string]int)
+	s.runningVC = make(map[string]int)
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
 	s.strs = make(map[string]string)
@@ -117,7 +120,7 @@ func (s *State) insert(j *proto.Job) {
 		idx(s.byAgent, j.Agent).ReplaceOrInsert(e)
 	}
 	if j.Status == proto.StatusRunning {
-		s.running[j.Agent]++
+		s.countRunning(j, +1)
 	}
 }
 
@@ -134,21 +137,31 @@ func (s *State) replace(e *entry, nj *proto.Job) {
 		// clears Agent but the job stays listed under the agents that ran it.
 		idx(s.byAgent, nj.Agent).ReplaceOrInsert(e)
 	}
-	if old.Status == proto.StatusRunning {
-		s.decRunning(old.Agent)
-	}
-	if nj.Status == proto.StatusRunning {
-		s.running[nj.Agent]++
+	// Progress reports replace a running job with a running job: only a change of status
+	// or agent moves the counts.
+	if old.Status != nj.Status || old.Agent != nj.Agent {
+		if old.Status == proto.StatusRunning {
+			s.countRunning(old, -1)
+		}
+		if nj.Status == proto.StatusRunning {
+			s.countRunning(nj, +1)
+		}
 	}
 	e.job = nj
 }
 
-func (s *State) decRunning(agent string) {
-	if s.running[agent] <= 1 {
-		delete(s.running, agent)
-		return
+// countRunning adds d to the running counts of the job's agent and vCenter. Caller holds
+// the write lock.
+func (s *State) countRunning(j *proto.Job, d int) {
+	add := func(m map[string]int, k string) {
+		if m[k]+d <= 0 {
+			delete(m, k)
+			return
+		}
+		m[k] += d
 	}
-	s.running[agent]--
+	add(s.running, j.Agent)
+	add(s.runningVC, j.Definition.VCenterKey())
 }
 
 func idx(m map[string]*btree.BTreeG[*entry], key string) *btree.BTreeG[*entry] {
@@ -201,6 +214,20 @@ func (s *State) RunningByAgent() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// RunningOn is how many jobs an agent holds a lease for.
+func (s *State) RunningOn(agent string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.running[agent]
+}
+
+// RunningForVCenter is how many jobs run from a source vCenter (JobDefinition.VCenterKey).
+func (s *State) RunningForVCenter(key string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.runningVC[key]
 }
 
 // Jobs calls fn for every job with the given status in submission order (oldest first)

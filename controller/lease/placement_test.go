@@ -1,0 +1,239 @@
+package lease
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+// pjob is a pending job from vCenter vc; opts change its definition.
+func pjob(id, vc string, opts ...func(*proto.JobDefinition)) *proto.Job {
+	d := proto.JobDefinition{ID: id, VMPath: "DC0/vm/" + id, CreatedAt: t0,
+		Source:      proto.Source{Type: "vsphere", VCenterURL: "https://" + vc + "/sdk", Username: "u", Password: "p"},
+		Destination: proto.Destination{Type: "kvm"}}
+	for _, o := range opts {
+		o(&d)
+	}
+	return &proto.Job{Definition: d, Status: proto.StatusPending}
+}
+
+func target(a string) func(*proto.JobDefinition) {
+	return func(d *proto.JobDefinition) { d.Options.TargetAgent = a }
+}
+func libvirtURI(u string) func(*proto.JobDefinition) {
+	return func(d *proto.JobDefinition) { d.Destination.LibvirtURI = u }
+}
+func method(m string) func(*proto.JobDefinition) {
+	return func(d *proto.JobDefinition) { d.Options.ConversionMethod = m }
+}
+
+// polling is an agent with one waiting poll and room for max jobs.
+func polling(name string, storage, memory uint64, running, max int, methods ...string) Agent {
+	return Agent{Name: name, Alive: true, Polls: 1, Running: running, MaxJobs: max, StorageFree: storage, MemoryFree: memory, Methods: methods}
+}
+
+func seq(jobs []*proto.Job) func(func(*proto.Job) bool) {
+	return func(yield func(*proto.Job) bool) {
+		for _, j := range jobs {
+			if !yield(j) {
+				return
+			}
+		}
+	}
+}
+
+// Every rule of DESIGN.md's placement, as the broker applies it (grants) and as every node
+// explains it (reasons): both from the same View.
+func TestPlacement(t *testing.T) {
+	const gib = 1 << 30
+	sealedErr := errors.New("the vCenter password does not open with this controller's secrets key")
+	cases := []struct {
+		name      string
+		agents    []Agent
+		jobs      []*proto.Job
+		runningVC map[string]int
+		limit     int
+		unusable  map[string]bool
+		grants    []string          // "job→agent", in placement order
+		reasons   map[string]string // job → a part of its pending reason after the grants ("" for none)
+	}{
+		{name: "most free storage first",
+			agents: []Agent{polling("small", 10*gib, 64*gib, 0, 2), polling("big", 90*gib, 1*gib, 0, 2)},
+			jobs:   []*proto.Job{pjob("j1", "vc")},
+			grants: []string{"j1→big"}},
+		{name: "then most free memory",
+			agents: []Agent{polling("lowmem", 50*gib, 2*gib, 0, 2), polling("himem", 50*gib, 8*gib, 0, 2)},
+			jobs:   []*proto.Job{pjob("j1", "vc")},
+			grants: []string{"j1→himem"}},
+		{name: "then fewest running, then name",
+			agents: []Agent{polling("b", gib, gib, 0, 4), polling("c", gib, gib, 1, 4), polling("a", gib, gib, 0, 4)},
+			jobs:   []*proto.Job{pjob("j1", "vc"), pjob("j2", "vc"), pjob("j3", "vc")},
+			grants: []string{"j1→a", "j2→b", "j3→c"}},
+		{name: "oldest job first, one job per poll",
+			agents: []Agent{polling("a", gib, gib, 0, 4)},
+			jobs:   []*proto.Job{pjob("old", "vc"), pjob("new", "vc")},
+			grants: []string{"old→a"}, reasons: map[string]string{"new": ""}},
+		{name: "max_jobs: a full agent takes nothing",
+			agents:  []Agent{polling("full", 99*gib, gib, 2, 2), polling("free", gib, gib, 1, 2)},
+			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("j2", "vc")},
+			grants:  []string{"j1→free"},
+			reasons: map[string]string{"j2": "all 2 alive agents are busy"}},
+		{name: "max_jobs: everyone full",
+			agents:  []Agent{polling("a", gib, gib, 1, 1), {Name: "b", Alive: true, Running: 3, MaxJobs: 3}},
+			jobs:    []*proto.Job{pjob("j1", "vc")},
+			reasons: map[string]string{"j1": "all 2 alive agents are busy"}},
+		{name: "per-vCenter limit",
+			agents:    []Agent{polling("a", gib, gib, 0, 4), polling("b", gib, gib, 0, 4)},
+			jobs:      []*proto.Job{pjob("j1", "vc-1.example"), pjob("j2", "VC-1.example"), pjob("j3", "vc-2.example")},
+			runningVC: map[string]int{"vc-1.example": 7}, limit: 8,
+			grants:  []string{"j1→a", "j3→b"},
+			reasons: map[string]string{"j2": "vCenter vc-1.example is at its limit of 8"}},
+		{name: "target_agent runs only on its agent",
+			agents:  []Agent{polling("better", 99*gib, gib, 0, 2), polling("named", gib, gib, 0, 2)},
+			jobs:    []*proto.Job{pjob("t1", "vc", target("named")), pjob("j2", "vc")},
+			grants:  []string{"t1→named", "j2→better"},
+			reasons: map[string]string{}},
+		{name: "target_agent not polling: the job waits, the others go",
+			agents:  []Agent{polling("a", gib, gib, 0, 2), {Name: "named", Alive: true, MaxJobs: 2}},
+			jobs:    []*proto.Job{pjob("t1", "vc", target("named")), pjob("j2", "vc")},
+			grants:  []string{"j2→a"},
+			reasons: map[string]string{"t1": ""}},
+		{name: "target_agent busy, dead or unknown",
+			agents: []Agent{polling("a", gib, gib, 0, 2), {Name: "busy", Alive: true, Running: 1, MaxJobs: 1}, {Name: "dead", MaxJobs: 2}},
+			jobs:   []*proto.Job{pjob("t1", "vc", target("busy")), pjob("t2", "vc", target("dead")), pjob("t3", "vc", target("nowhere"))},
+			reasons: map[string]string{"t1": `target agent "busy" is busy (1/1 jobs)`, "t2": `target agent "dead" is not alive`,
+				"t3": `target agent "nowhere" is not in the fleet`}},
+		{name: "libvirt URI host names the agent",
+			agents:  []Agent{polling("better", 99*gib, gib, 0, 2), polling("kvm-2", gib, gib, 0, 2)},
+			jobs:    []*proto.Job{pjob("l1", "vc", libvirtURI("qemu+ssh://root@kvm-2/system"))},
+			grants:  []string{"l1→kvm-2"},
+			reasons: map[string]string{}},
+		{name: "libvirt URI host that is no agent: anyone",
+			agents: []Agent{polling("better", 99*gib, gib, 0, 2), polling("kvm-2", gib, gib, 0, 2)},
+			jobs:   []*proto.Job{pjob("l1", "vc", libvirtURI("qemu+ssh://elsewhere/system"))},
+			grants: []string{"l1→better"}},
+		{name: "a demanded method goes to an agent that has it",
+			agents: []Agent{polling("https-only", 99*gib, gib, 0, 2, "https", "nfc"), polling("vddk", gib, gib, 0, 2, "vddk", "https")},
+			jobs:   []*proto.Job{pjob("v1", "vc", method("vddk")), pjob("h1", "vc", method("https"))},
+			grants: []string{"v1→vddk", "h1→https-only"}},
+		{name: "a demanded method whose agents are busy waits",
+			agents:  []Agent{polling("https-only", 99*gib, gib, 0, 2, "https"), {Name: "vddk", Alive: true, Running: 1, MaxJobs: 1, Methods: []string{"vddk"}}},
+			jobs:    []*proto.Job{pjob("v1", "vc", method("vddk"))},
+			reasons: map[string]string{"v1": "waiting for an agent with vddk: all 1 alive agents that have it are busy"}},
+		{name: "a method no live agent has: any agent takes it (and says what is missing)",
+			agents: []Agent{polling("a", gib, gib, 0, 2, "https"), {Name: "gone", Methods: []string{"vddk"}}},
+			jobs:   []*proto.Job{pjob("v1", "vc", method("vddk"))},
+			grants: []string{"v1→a"}},
+		{name: "auto is no demand",
+			agents: []Agent{polling("a", gib, gib, 0, 2, "https"), polling("b", 0, 0, 0, 2, "vddk")},
+			jobs:   []*proto.Job{pjob("j1", "vc", method("auto"))},
+			grants: []string{"j1→a"}},
+		{name: "a password this controller cannot open is never granted",
+			agents:   []Agent{polling("a", gib, gib, 0, 2)},
+			jobs:     []*proto.Job{pjob("sealed", "vc"), pjob("clear", "vc")},
+			unusable: map[string]bool{"sealed": true},
+			grants:   []string{"clear→a"},
+			reasons:  map[string]string{"sealed": "secrets key"}},
+		{name: "no agent alive",
+			agents:  []Agent{{Name: "dead", MaxJobs: 2}},
+			jobs:    []*proto.Job{pjob("j1", "vc")},
+			reasons: map[string]string{"j1": "no agent is alive in the fleet"}},
+		{name: "alive agents with room but not polling: nothing granted, nothing to explain",
+			agents:  []Agent{{Name: "idle", Alive: true, MaxJobs: 2}},
+			jobs:    []*proto.Job{pjob("j1", "vc")},
+			reasons: map[string]string{"j1": ""}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := Input{Agents: tc.agents, PerVCenterLimit: tc.limit,
+				RunningForVCenter: func(k string) int { return tc.runningVC[k] },
+				Usable: func(j *proto.Job) error {
+					if tc.unusable[j.Definition.ID] {
+						return sealedErr
+					}
+					return nil
+				}}
+			var got []string
+			v := NewView(in)
+			for _, g := range v.Place(seq(tc.jobs)) {
+				got = append(got, g.Job.Definition.ID+"→"+g.Agent)
+			}
+			if !slices.Equal(got, tc.grants) {
+				t.Fatalf("grants %v, want %v", got, tc.grants)
+			}
+			// Reasons from the same view, as it stands once the grants are committed.
+			for id, want := range tc.reasons {
+				var j *proto.Job
+				for _, c := range tc.jobs {
+					if c.Definition.ID == id {
+						j = c
+					}
+				}
+				r := v.Reason(j)
+				if (want == "") != (r == "") || !strings.Contains(r, want) {
+					t.Errorf("reason of %s: %q, want %q", id, r, want)
+				}
+			}
+		})
+	}
+}
+
+// The broker and pending_reason cannot disagree (fault 7 of issue 11): for any fleet, a
+// lone pending job is granted when every alive agent with room polls exactly when its
+// reason is empty. Random fleets, fixed seed.
+func TestPlacementAndReasonAgree(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 7))
+	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
+	for i := 0; i < 3000; i++ {
+		var agents []Agent
+		for k := 0; k < 1+r.IntN(4); k++ {
+			a := Agent{Name: fmt.Sprint("ag", k), Alive: r.IntN(4) > 0, MaxJobs: r.IntN(3), StorageFree: uint64(r.IntN(3))}
+			a.Running = r.IntN(a.MaxJobs + 1)
+			for _, m := range []string{"https", "nfc", "vddk"} {
+				if r.IntN(2) == 0 {
+					a.Methods = append(a.Methods, m)
+				}
+			}
+			if a.Alive && !a.full() {
+				a.Polls = 1
+			}
+			agents = append(agents, a)
+		}
+		var opts []func(*proto.JobDefinition)
+		if r.IntN(3) == 0 {
+			opts = append(opts, target(pick("ag0", "ag1", "ag9")))
+		}
+		if r.IntN(3) == 0 {
+			opts = append(opts, libvirtURI("qemu+ssh://"+pick("ag0", "ag2", "host")+"/system"))
+		}
+		opts = append(opts, method(pick("", "auto", "https", "vddk")))
+		j := pjob("j", "vc", opts...)
+		running := r.IntN(3)
+		sealed := r.IntN(10) == 0
+		in := Input{Agents: agents, PerVCenterLimit: 2, RunningForVCenter: func(string) int { return running },
+			Usable: func(*proto.Job) error {
+				if sealed {
+					return errors.New("sealed")
+				}
+				return nil
+			}}
+		granted := len(NewView(in).Place(seq([]*proto.Job{j}))) == 1
+		reason := NewView(in).Reason(j)
+		if granted != (reason == "") {
+			t.Fatalf("case %d: granted %v but reason %q\nagents %+v\njob %+v running %d sealed %v", i, granted, reason, agents, j.Definition, running, sealed)
+		}
+	}
+}
+
+// fakeFleet is a gossip view for the manager.
+type fakeFleet []proto.AgentInfo
+
+func (f fakeFleet) List() []proto.AgentInfo { return append([]proto.AgentInfo(nil), f...) }

@@ -1,0 +1,101 @@
+package lease
+
+import (
+	"fmt"
+
+	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/proto"
+)
+
+// Reports: heartbeats renew leases in memory; progress, completion and failure are
+// committed. Each is fenced by the (job, attempt) token and the agent holding it.
+
+// Heartbeat renews the agent's leases and tells it which to stop.
+func (m *Manager) Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse, error) {
+	resp := proto.HeartbeatResponse{TTLSeconds: m.cfg.TTL.Seconds()}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.leading {
+		return resp, ErrNotLeader
+	}
+	for _, t := range req.Leases {
+		j, ok := m.st.Job(t.JobID)
+		if !ok || j.Status != proto.StatusRunning || j.Attempt != t.Attempt || j.Agent != req.Agent {
+			resp.Lost = append(resp.Lost, t)
+			continue
+		}
+		m.timers.Arm(state.LeaseToken{JobID: t.JobID, Attempt: t.Attempt}, req.Agent)
+		if j.CancelRequested {
+			resp.Cancel = append(resp.Cancel, t)
+		}
+	}
+	return resp, nil
+}
+
+// checkOwner verifies a report comes from the agent holding the lease (a token alone
+// could be replayed by another agent).
+func (m *Manager) checkOwner(tok proto.LeaseToken, agent string) error {
+	j, ok := m.st.Job(tok.JobID)
+	if !ok {
+		return fmt.Errorf("job %s: %w", tok.JobID, state.ErrNotFound)
+	}
+	if j.Status != proto.StatusRunning || j.Attempt != tok.Attempt || j.Agent != agent {
+		return fmt.Errorf("job %s attempt %d is not leased to %s (job is %s, attempt %d, agent %q): %w",
+			tok.JobID, tok.Attempt, agent, j.Status, j.Attempt, j.Agent, state.ErrStaleLease)
+	}
+	return nil
+}
+
+// Progress records progress (at most once per ProgressInterval per job; more frequent
+// reports are acknowledged as throttled) and renews the lease.
+func (m *Manager) Progress(req proto.ProgressRequest) (proto.ReportResponse, error) {
+	if err := m.checkOwner(req.LeaseToken, req.Agent); err != nil {
+		return proto.ReportResponse{}, err
+	}
+	tok := state.LeaseToken{JobID: req.JobID, Attempt: req.Attempt}
+	now := m.now()
+	m.mu.Lock()
+	if !m.leading {
+		m.mu.Unlock()
+		return proto.ReportResponse{}, ErrNotLeader
+	}
+	m.timers.Arm(tok, req.Agent)
+	last := m.lastProgress[req.JobID]
+	// 80% of the interval: agents pace reports at the interval on their side, and network
+	// jitter must not make every other one arrive "too early".
+	throttled := now.Sub(last) < m.cfg.ProgressInterval*8/10 && len(req.Warnings) == 0
+	if !throttled {
+		m.lastProgress[req.JobID] = now
+	}
+	m.mu.Unlock()
+	j, _ := m.st.Job(req.JobID)
+	resp := proto.ReportResponse{Message: "progress recorded", Throttled: throttled, Cancel: j != nil && j.CancelRequested}
+	if throttled {
+		resp.Message = "progress throttled"
+		return resp, nil
+	}
+	_, err := m.raft.Apply(state.MustEncode(state.CmdProgress, state.ProgressReport{LeaseToken: tok, Progress: req.Progress, Warnings: req.Warnings, At: now}))
+	return resp, err
+}
+
+// Complete finishes a job.
+func (m *Manager) Complete(req proto.CompleteRequest) error {
+	if err := m.checkOwner(req.LeaseToken, req.Agent); err != nil {
+		return err
+	}
+	tok := state.LeaseToken{JobID: req.JobID, Attempt: req.Attempt}
+	_, err := m.raft.Apply(state.MustEncode(state.CmdComplete, state.CompleteReport{LeaseToken: tok, Result: req.Result, Progress: req.Progress, Warnings: req.Warnings, At: m.now()}))
+	return err
+}
+
+// Fail ends an attempt.
+func (m *Manager) Fail(req proto.FailRequest) error {
+	if err := m.checkOwner(req.LeaseToken, req.Agent); err != nil {
+		return err
+	}
+	tok := state.LeaseToken{JobID: req.JobID, Attempt: req.Attempt}
+	_, err := m.raft.Apply(state.MustEncode(state.CmdFail, state.FailReport{
+		LeaseToken: tok, Error: req.Error, Cancelled: req.Cancelled, Retryable: req.Retryable, Warnings: req.Warnings, At: m.now(),
+	}))
+	return err
+}
