@@ -58,6 +58,9 @@ type Config struct {
 	NoSync bool
 
 	Logger *slog.Logger
+
+	// barrier replaces raft's Barrier in tests that make establishing leadership fail.
+	barrier func(r *raft.Raft, timeout time.Duration) error
 }
 
 // DefaultConfig is tuned for a LAN: a failed leader is replaced in about 1-3 s.
@@ -113,6 +116,9 @@ func (c *Config) fill() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.barrier == nil {
+		c.barrier = func(r *raft.Raft, timeout time.Duration) error { return r.Barrier(timeout).Error() }
 	}
 }
 
@@ -418,30 +424,86 @@ func (n *Node) OnLeadership(fn func(ctx context.Context)) {
 	}
 }
 
-// monitorLeadership turns raft's leadership notifications into start/stop of leader work.
-// Seeing "leader" twice restarts the work (a new term), like nomad's monitorLeadership.
+// monitorLeadership turns raft's leadership notifications into terms of leader work, in
+// the shape of nomad's monitorLeadership: each "leader" starts a leaderLoop, anything else
+// stops it, and seeing "leader" twice restarts it (a new term).
 func (n *Node) monitorLeadership() {
 	defer close(n.monitorDone)
+	var stop, stopped chan struct{}
+	endTerm := func() {
+		if stop != nil {
+			close(stop)
+			<-stopped
+			stop, stopped = nil, nil
+		}
+	}
 	for {
 		select {
 		case <-n.done:
-			n.revokeLeadership()
+			endTerm()
 			return
 		case isLeader := <-n.notifyCh:
-			n.revokeLeadership()
+			endTerm()
 			if isLeader {
-				n.establishLeadership()
+				stop, stopped = make(chan struct{}), make(chan struct{})
+				go func(stop <-chan struct{}, stopped chan<- struct{}) {
+					defer close(stopped)
+					n.leaderLoop(stop)
+				}(stop, stopped)
 			}
 		}
 	}
 }
 
-func (n *Node) establishLeadership() {
-	// A barrier makes sure every entry of earlier terms is applied before leader work
-	// trusts the state (e.g. rebuilds lease timers).
-	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
-		n.log.Warn("barrier after election failed; leader work not started", "err", err)
+// Establishing leadership is retried with a doubling wait up to establishMaxWait; after
+// every stepDownAfter failed attempts the node tries to hand leadership to another voter.
+const (
+	establishFirstWait = 100 * time.Millisecond
+	establishMaxWait   = 2 * time.Second
+	stepDownAfter      = 3
+)
+
+// leaderLoop is one term: establish leadership, run the leader work until stop, stop it.
+func (n *Node) leaderLoop(stop <-chan struct{}) {
+	if !n.establishLeadership(stop) {
 		return
+	}
+	<-stop
+	n.revokeLeadership()
+}
+
+// establishLeadership starts the leader work once a Barrier has gone through: every entry
+// of earlier terms is then applied, so the work (lease timers, the scheduler, the webhook
+// outbox) starts from the whole state. A failed barrier used to leave the node leading
+// with no leader work until the next election; it is now retried until it succeeds or the
+// term ends, and a node that keeps failing steps down so another voter can lead. It
+// reports whether the work started.
+func (n *Node) establishLeadership(stop <-chan struct{}) bool {
+	wait := establishFirstWait
+	for attempt := 1; ; attempt++ {
+		err := n.cfg.barrier(n.raft, n.cfg.ApplyTimeout)
+		if err == nil {
+			break
+		}
+		if n.raft.State() != raft.Leader {
+			n.log.Info("leadership lost before it was established", "err", err)
+			return false
+		}
+		n.log.Warn("barrier after election failed; leader work not started, retrying", "attempt", attempt, "err", err)
+		if attempt%stepDownAfter == 0 {
+			terr := n.raft.LeadershipTransfer().Error()
+			if terr == nil {
+				n.log.Warn("stepped down: could not establish leadership", "attempts", attempt)
+				return false
+			}
+			n.log.Warn("could not step down (no other voter to take over?); still retrying", "err", terr)
+		}
+		select {
+		case <-stop:
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, establishMaxWait)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
@@ -455,6 +517,7 @@ func (n *Node) establishLeadership() {
 			fn(ctx)
 		}()
 	}
+	return true
 }
 
 func (n *Node) revokeLeadership() {
