@@ -43,8 +43,8 @@ type State struct {
 	// (JobDefinition.VCenterKey): what placement and pending reasons need, without a scan.
 	running   map[string]int
 	runningVC map[string]int
-	nextSeq uint64
-	nodes   map[string]NodeInfo
+	nextSeq   uint64
+	nodes     map[string]NodeInfo
 	// strs interns the strings jobs repeat (vCenter, user, types, agent names): JSON
 	// decoding allocates each copy anew, which at 100k jobs is megabytes of duplicates.
 	strs map[string]string
