@@ -3,7 +3,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,13 +16,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"gopkg.in/yaml.v3"
 
 	"github.com/hypersdk/hypersdk/agent/capacity"
 	"github.com/hypersdk/hypersdk/agent/membership"
 	"github.com/hypersdk/hypersdk/agent/transfer"
 	"github.com/hypersdk/hypersdk/agent/worker"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/gossip"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
@@ -111,19 +110,8 @@ func DefaultConfig() Config {
 // LoadConfig reads YAML over the defaults; unknown keys are errors.
 func LoadConfig(path string) (Config, error) {
 	cfg := DefaultConfig()
-	if path == "" {
-		return cfg, nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
-	}
-	return cfg, nil
+	err := config.Load(path, &cfg)
+	return cfg, err
 }
 
 // Validate checks the merged configuration.

@@ -1,18 +1,14 @@
 package controller
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/hypersdk/hypersdk/controller/api"
+	"github.com/hypersdk/hypersdk/shared/config"
 )
 
 // Config is the controller's configuration: the API document's YAML shape (database,
@@ -176,19 +172,8 @@ func defaultDataDir() string {
 // silently fall back to a default.
 func LoadConfig(path string) (Config, error) {
 	cfg := DefaultConfig()
-	if path == "" {
-		return cfg, nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
-	}
-	return cfg, nil
+	err := config.Load(path, &cfg)
+	return cfg, err
 }
 
 // DataDir resolves database.path to a directory.

@@ -42,26 +42,26 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("hypersdk-agent", flag.ContinueOnError)
-	var (
-		configPath  = fs.String("config", "", "YAML config file")
-		name        = fs.String("name", "", "agent name, unique in the fleet (default: the host name)")
-		controllers = fs.String("controllers", "", "comma-separated controller API URLs (default http://127.0.0.1:8080)")
-		joinToken   = fs.String("join-token", "", "token presented to the controllers (or set HYPERSDK_JOIN_TOKEN, which keeps it out of ps)")
-		apiAddr     = fs.String("api-addr", "", "listen address of the agent's /health and /metrics (default 127.0.0.1:8082)")
-		gossipAddr  = fs.String("gossip-addr", "", "gossip listen address host:port (default 127.0.0.1:7947)")
-		gossipAdv   = fs.String("gossip-advertise", "", "gossip address other members reach (default: gossip-addr)")
-		gossipJoin  = fs.String("gossip-join", "", "comma-separated gossip members to join (default 127.0.0.1:7946)")
-		fastGossip  = fs.Bool("fast-gossip", false, "short gossip failure detection (tests and one-machine demos)")
-		libvirtURI  = fs.String("libvirt-uri", "", "libvirt URI domains are defined on (default qemu:///system)")
-		storageDir  = fs.String("storage-dir", "", "where converted disks are written (default /var/lib/hypersdk/storage)")
-		maxJobs     = fs.Int("max-jobs", 0, "jobs run at the same time (default 2)")
-		defaultNet  = fs.String("default-network", "", "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
-		vddkLibdir  = fs.String("vddk-libdir", "", "where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8), for the vddk method (config transfer.vddk_libdir)")
-		attemptLog  = fs.String("attempt-log", "", "append one JSON line per job attempt start and end to this file")
-		logLevel    = fs.String("log-level", "", "debug|info|warn|error")
-		logFormat   = fs.String("log-format", "", "text|json")
-		showVersion = fs.Bool("version", false, "print the version and exit")
-	)
+	cfg := agent.DefaultConfig()
+	o := config.NewOverrides(fs)
+	configPath := fs.String("config", "", "YAML config file")
+	o.String("name", &cfg.Name, "agent name, unique in the fleet (default: the host name)")
+	o.List("controllers", &cfg.Controllers, "comma-separated controller API URLs (default http://127.0.0.1:8080)")
+	o.String("join-token", &cfg.JoinToken, "token presented to the controllers (or set HYPERSDK_JOIN_TOKEN, which keeps it out of ps)")
+	o.String("api-addr", &cfg.APIAddr, "listen address of the agent's /health and /metrics (default 127.0.0.1:8082)")
+	o.String("gossip-addr", &cfg.Gossip.Addr, "gossip listen address host:port (default 127.0.0.1:7947)")
+	o.String("gossip-advertise", &cfg.Gossip.Advertise, "gossip address other members reach (default: gossip-addr)")
+	o.List("gossip-join", &cfg.Gossip.Join, "comma-separated gossip members to join (default 127.0.0.1:7946)")
+	o.True("fast-gossip", &cfg.Gossip.Fast, "short gossip failure detection (tests and one-machine demos)")
+	o.String("libvirt-uri", &cfg.LibvirtURI, "libvirt URI domains are defined on (default qemu:///system)")
+	o.String("storage-dir", &cfg.StorageDir, "where converted disks are written (default /var/lib/hypersdk/storage)")
+	o.Int("max-jobs", &cfg.MaxJobs, "jobs run at the same time (default 2)")
+	o.String("default-network", &cfg.DefaultNetwork, "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
+	o.String("vddk-libdir", &cfg.Transfer.VDDKLibDir, "where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8), for the vddk method (config transfer.vddk_libdir)")
+	o.String("attempt-log", &cfg.AttemptLog, "append one JSON line per job attempt start and end to this file")
+	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
+	o.String("log-format", &cfg.Log.Format, "text|json")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return nil
@@ -75,40 +75,14 @@ func run(args []string) error {
 		fmt.Println(version.String("hypersdk-agent"))
 		return nil
 	}
-	cfg, err := agent.LoadConfig(*configPath)
-	if err != nil {
+	if err := config.Load(*configPath, &cfg); err != nil {
 		return err
 	}
-	set := func(dst *string, v string) {
-		if v != "" {
-			*dst = v
-		}
+	// The environment's join token beats the file's; the flag beats both.
+	if t := os.Getenv("HYPERSDK_JOIN_TOKEN"); t != "" {
+		cfg.JoinToken = t
 	}
-	set(&cfg.Name, *name)
-	set(&cfg.APIAddr, *apiAddr)
-	set(&cfg.LibvirtURI, *libvirtURI)
-	set(&cfg.StorageDir, *storageDir)
-	set(&cfg.DefaultNetwork, *defaultNet)
-	set(&cfg.Transfer.VDDKLibDir, *vddkLibdir)
-	set(&cfg.AttemptLog, *attemptLog)
-	set(&cfg.Gossip.Addr, *gossipAddr)
-	set(&cfg.Gossip.Advertise, *gossipAdv)
-	set(&cfg.Log.Level, *logLevel)
-	set(&cfg.Log.Format, *logFormat)
-	set(&cfg.JoinToken, os.Getenv("HYPERSDK_JOIN_TOKEN"))
-	set(&cfg.JoinToken, *joinToken)
-	if *controllers != "" {
-		cfg.Controllers = config.SplitList(*controllers)
-	}
-	if *gossipJoin != "" {
-		cfg.Gossip.Join = config.SplitList(*gossipJoin)
-	}
-	if *maxJobs != 0 {
-		cfg.MaxJobs = *maxJobs
-	}
-	if *fastGossip {
-		cfg.Gossip.Fast = true
-	}
+	o.Apply()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
