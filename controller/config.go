@@ -2,13 +2,16 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/shared/config"
+	"github.com/hypersdk/hypersdk/shared/gossip"
 )
 
 // Config is the controller's configuration: the API document's YAML shape (database,
@@ -150,16 +153,18 @@ func DefaultConfig() Config {
 	}
 }
 
-// defaultDataDir is /var/lib/hypersdk/controller when it can be created (root, the
-// package's service user), else a per-user directory, so `hypersdk-controller` with no
-// flags works for anyone.
+// defaultDataDir is /var/lib/hypersdk/controller when this user may create or write it
+// (root, the package's service user), else a per-user directory, so `hypersdk-controller`
+// with no flags works for anyone. It only looks: the dir is created once the start can no
+// longer be refused.
 func defaultDataDir() string {
 	sys := "/var/lib/hypersdk/controller"
-	if err := os.MkdirAll(sys, 0o750); err == nil {
-		if f, err := os.CreateTemp(sys, ".probe"); err == nil {
-			f.Close()
-			os.Remove(f.Name())
-			return sys
+	for p := sys; p != "/"; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			if syscall.Access(p, 2 /* W_OK */) == nil {
+				return sys
+			}
+			break
 		}
 	}
 	if d, err := os.UserHomeDir(); err == nil {
@@ -201,6 +206,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster.MaxAttempts < 0 || c.Cluster.MaxAttempts > 100 {
 		return errors.New("config: cluster.max_attempts must be between 1 and 100")
+	}
+	if _, err := api.NewAuth(c.Auth.Tokens); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if c.Gossip.Key != "" {
+		if _, err := gossip.ParseSecretKey(c.Gossip.Key); err != nil {
+			return fmt.Errorf("config: gossip.key: %w", err)
+		}
 	}
 	if err := c.validateEvents(); err != nil {
 		return err

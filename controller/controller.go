@@ -75,7 +75,11 @@ type Controller struct {
 
 // New starts a controller: it listens, opens raft (bootstrapping or joining as the
 // configuration says) and serves the API. Close stops it.
-func New(cfg Config, log *slog.Logger) (*Controller, error) {
+//
+// Everything that can refuse a start (the configuration, the files it names, the ports)
+// is checked before the data dir is touched: a refused start leaves the data dir as it
+// was, never with a node id or a bootstrapped raft log of a node that did not start.
+func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -88,38 +92,45 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	}
 	warnInsecureCluster(&cfg, log)
 	dataDir := cfg.DataDir()
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("data dir %s: %w (set --data-dir)", dataDir, err)
-	}
-	nodeID, err := resolveNodeID(dataDir, cfg.Cluster.NodeID)
+	nodeID, err := readNodeID(dataDir, cfg.Cluster.NodeID)
 	if err != nil {
 		return nil, err
 	}
 	log = log.With("node", nodeID)
+	c := &Controller{cfg: cfg, log: log, State: state.New(), scheme: "http", clusterTLS: clusterTLS}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// undo releases what a failed start took, in reverse.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if c.secrets, err = secrets.LoadKeyFile(cfg.Secrets.KeyFile); err != nil {
+		return nil, err
+	}
 
 	ln, err := net.Listen("tcp", cfg.API.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("api listen on %s: %w", cfg.API.Addr, err)
 	}
-	apiAddr := cfg.API.Advertise
-	if apiAddr == "" {
-		apiAddr = ln.Addr().String()
+	undo = append(undo, func() { ln.Close() })
+	c.ln, c.apiAddr = ln, cfg.API.Advertise
+	if c.apiAddr == "" {
+		c.apiAddr = ln.Addr().String()
 		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
-			ln.Close()
 			return nil, fmt.Errorf("api.addr %s listens on every interface: set api.advertise to the address other controllers reach", cfg.API.Addr)
 		}
 	}
-
-	c := &Controller{cfg: cfg, log: log, State: state.New(), ln: ln, apiAddr: apiAddr, scheme: "http", clusterTLS: clusterTLS}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if err := c.setupSecurity(ln); err != nil {
-		ln.Close()
 		return nil, err
 	}
-	if c.secrets, err = secrets.LoadKeyFile(cfg.Secrets.KeyFile); err != nil {
-		ln.Close()
+	if err := c.startGossip(nodeID); err != nil {
 		return nil, err
 	}
+	undo = append(undo, func() { c.cancel(); c.wg.Wait(); c.Fleet.Close(); _ = c.Gossip.Shutdown() })
 
 	ccfg := cluster.DefaultConfig()
 	if cfg.Cluster.Fast {
@@ -142,9 +153,13 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 	if cfg.Cluster.TrailingLogs > 0 {
 		ccfg.TrailingLogs = cfg.Cluster.TrailingLogs
 	}
+	// Open binds the raft port first, then creates the data dir: from here on it is written.
 	c.Node, err = cluster.Open(ccfg, c.State)
 	if err != nil {
-		ln.Close()
+		return nil, fmt.Errorf("%w (data dir %s)", err, dataDir)
+	}
+	undo = append(undo, func() { c.Node.Close() })
+	if err := writeNodeID(dataDir, nodeID); err != nil {
 		return nil, err
 	}
 
@@ -160,16 +175,9 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS,
 	}, c.State, c.Node, c.Metrics)
 	if err != nil {
-		c.Node.Close()
-		ln.Close()
 		return nil, err
 	}
 
-	if err := c.startGossip(); err != nil {
-		c.Node.Close()
-		ln.Close()
-		return nil, err
-	}
 	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
 	c.Node.OnLeadership(c.Leases.Run)
 	c.Fleet.OnDead(func(name string) {
@@ -198,7 +206,7 @@ func New(cfg Config, log *slog.Logger) (*Controller, error) {
 		c.goLoop(c.joinLoop)
 	}
 	c.goLoop(c.registrationLoop)
-	log.Info("controller started", "api_addr", apiAddr, "raft_addr", c.Node.RaftAddr(), "data_dir", dataDir)
+	log.Info("controller started", "api_addr", c.apiAddr, "raft_addr", c.Node.RaftAddr(), "data_dir", dataDir)
 	return c, nil
 }
 
@@ -218,7 +226,7 @@ func (c *Controller) URL() string { return c.scheme + "://" + c.apiAddr }
 
 // startGossip joins the memberlist pool shared with agents (controllers are members so
 // agents can join through any of them) and builds the fleet view from it.
-func (c *Controller) startGossip() error {
+func (c *Controller) startGossip(nodeID string) error {
 	gc := gossip.DefaultConfig()
 	gc.BindAddr = c.cfg.Gossip.Addr
 	gc.AdvertiseAddr = c.cfg.Gossip.Advertise
@@ -233,7 +241,7 @@ func (c *Controller) startGossip() error {
 		}
 		gc.SecretKey = key
 	}
-	gc.Meta = proto.NodeMeta{Role: proto.RoleController, Name: c.Node.ID(), APIAddr: c.apiAddr, Version: version.Version}
+	gc.Meta = proto.NodeMeta{Role: proto.RoleController, Name: nodeID, APIAddr: c.apiAddr, Version: version.Version}
 	gc.Logger = c.log
 	node, err := gossip.New(gc)
 	if err != nil {
@@ -271,11 +279,11 @@ func (c *Controller) Close() error {
 	return err
 }
 
-// resolveNodeID keeps a data dir bound to one node id: the id is written on first start
-// and a different --node-id later is refused (it would corrupt the raft membership).
-func resolveNodeID(dataDir, want string) (string, error) {
-	path := filepath.Join(dataDir, "node-id")
-	b, err := os.ReadFile(path)
+// readNodeID keeps a data dir bound to one node id: the id stored on first start wins, and
+// a different --node-id later is refused (it would corrupt the raft membership). It only
+// reads: writeNodeID stores a new id once the start can no longer be refused.
+func readNodeID(dataDir, want string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
 	if err == nil {
 		stored := strings.TrimSpace(string(b))
 		if want != "" && want != stored {
@@ -291,10 +299,19 @@ func resolveNodeID(dataDir, want string) (string, error) {
 			want = "controller-1"
 		}
 	}
-	if err := os.WriteFile(path, []byte(want+"\n"), 0o640); err != nil {
-		return "", fmt.Errorf("write node id: %w", err)
-	}
 	return want, nil
+}
+
+// writeNodeID stores the node id in a data dir that has none.
+func writeNodeID(dataDir, id string) error {
+	path := filepath.Join(dataDir, "node-id")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o640); err != nil {
+		return fmt.Errorf("write node id: %w", err)
+	}
+	return nil
 }
 
 // joinLoop asks the controllers named by --join to add this node until it is part of

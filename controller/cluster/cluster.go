@@ -149,9 +149,6 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("cluster: node id is required")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("cluster: data dir: %w", err)
-	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "raft"), state: st,
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), monitorDone: make(chan struct{})}
 
@@ -178,6 +175,12 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
 	}
 
+	// The data dir is touched only once the transport is bound: a busy raft port refuses
+	// the start with the data dir as it was.
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		n.transport.Close()
+		return nil, fmt.Errorf("cluster: data dir: %w", err)
+	}
 	n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync})
 	if err != nil {
 		n.transport.Close()
