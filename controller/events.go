@@ -27,7 +27,7 @@ func (c *Controller) wireEvents(log *slog.Logger) {
 	}
 
 	c.Webhooks = webhook.New(webhook.Config{
-		Backoff: cfg.WebhookDelivery.Backoff, MaxBackoff: cfg.WebhookDelivery.MaxBackoff, Seed: seeds, Logger: log,
+		Backoff: cfg.WebhookDelivery.Backoff, MaxBackoff: cfg.WebhookDelivery.MaxBackoff, Seed: seeds, Secrets: c.secrets, Logger: log,
 	}, c.State, c.Node)
 	c.Node.OnLeadership(c.Webhooks.Run)
 

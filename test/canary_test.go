@@ -2,6 +2,9 @@ package test
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -56,8 +59,21 @@ func TestCanaryPasswordNeverLeaks(t *testing.T) {
 		defer mu.Unlock()
 		fmt.Fprintf(&seen, "\n--- %s ---\n%s", where, b)
 	}
+	// The webhook carries the canary in the job events it delivers; its own header token and
+	// signing secret are secrets too: masked in GET /webhooks, sealed on disk, and in clear
+	// only in the delivery itself (the header, and the signature's key).
+	const hookToken, hookSecret = "hook-token-5e7a", "hook-secret-a91f"
+	var delivered, signedOK int
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		m := hmac.New(sha256.New, []byte(hookSecret))
+		m.Write(b)
+		mu.Lock()
+		delivered++
+		if r.Header.Get("Authorization") == "Bearer "+hookToken && r.Header.Get(proto.HeaderWebhookSignature) == "sha256="+hex.EncodeToString(m.Sum(nil)) {
+			signedOK++
+		}
+		mu.Unlock()
 		var hdr bytes.Buffer
 		for k, v := range r.Header {
 			if k != "Authorization" { // the configured header is ours to carry; everything else is checked
@@ -67,10 +83,7 @@ func TestCanaryPasswordNeverLeaks(t *testing.T) {
 		collect("webhook "+r.Header.Get("X-Hypersdk-Event"), append(hdr.Bytes(), b...))
 	}))
 	t.Cleanup(hook.Close)
-	// The webhook carries the canary in the job events it delivers; its own header token is
-	// a different secret, which must be masked in GET /webhooks.
-	const hookToken = "hook-token-5e7a"
-	wh := fmt.Sprintf(`{"url":%q,"events":["job.submitted","job.started","job.completed","job.failed","job.progress","job.cancelled","schedule.triggered","schedule.completed"],"enabled":true,"timeout":5,"retry_count":1,"headers":{"Authorization":"Bearer %s"}}`, hook.URL, hookToken)
+	wh := fmt.Sprintf(`{"url":%q,"events":["job.submitted","job.started","job.completed","job.failed","job.progress","job.cancelled","schedule.triggered","schedule.completed"],"enabled":true,"timeout":5,"retry_count":1,"headers":{"Authorization":"Bearer %s"},"secret":%q}`, hook.URL, hookToken, hookSecret)
 	if code, err := harness.PostJSON(ctl.URL()+"/webhooks", wh, nil); err != nil || code != 201 {
 		t.Fatalf("add webhook: %d %v", code, err)
 	}
@@ -154,26 +167,34 @@ func TestCanaryPasswordNeverLeaks(t *testing.T) {
 		b, _ := os.ReadFile(f)
 		collect(f, b)
 	}
-	// The raft log and snapshots on disk hold the password sealed.
+	// The raft log and snapshots on disk hold the password and the webhook's secrets sealed.
+	secretsOnDisk := 0
 	filepath.WalkDir(ctl.DataDir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
-			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(canary)) {
-				t.Errorf("canary in clear in %s", p)
+			b, _ := os.ReadFile(p)
+			for _, s := range []string{canary, hookToken, hookSecret} {
+				if bytes.Contains(b, []byte(s)) {
+					t.Errorf("%s in clear in %s", s, p)
+				}
 			}
+			secretsOnDisk += bytes.Count(b, []byte("sealed:v1:"))
 		}
 		return nil
 	})
+	if secretsOnDisk == 0 {
+		t.Error("no sealed value found in the data dir: the disk check looked at nothing")
+	}
 	mu.Lock()
 	all := seen.String()
-	mu.Unlock()
-	for _, p := range []string{"GET /webhooks"} {
-		if i := strings.Index(all, "--- "+p); i >= 0 && strings.Contains(all[i:min(len(all), i+2000)], hookToken) {
-			t.Errorf("%s shows the webhook's header token", p)
-		}
+	if delivered == 0 || signedOK != delivered {
+		t.Errorf("%d of %d deliveries carried the clear header token and a signature made with the clear secret", signedOK, delivered)
 	}
-	if i := strings.Index(all, canary); i >= 0 {
-		start := max(0, i-300)
-		t.Fatalf("canary leaked:\n%s", all[start:min(len(all), i+100)])
+	mu.Unlock()
+	for _, s := range []string{canary, hookToken, hookSecret} {
+		if i := strings.Index(all, s); i >= 0 {
+			start := max(0, i-300)
+			t.Fatalf("%s leaked:\n%s", s, all[start:min(len(all), i+100)])
+		}
 	}
 	for _, must := range []string{"websocket", "webhook job.started", "GET /metrics", "\"********\""} {
 		if !strings.Contains(all, must) {

@@ -9,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -47,7 +48,11 @@ func (a *webhookAPI) handleAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.s.write(w, r, body, func() (int, any, error) {
-		v, err := a.s.node.Apply(state.MustEncode(state.CmdWebhookAdd, state.WebhookAdd{Webhook: req.Webhook(), At: a.s.now()}))
+		hook, err := webhook.SealSecrets(a.s.cfg.Secrets, req.Webhook())
+		if err != nil {
+			return 0, nil, err
+		}
+		v, err := a.s.node.Apply(state.MustEncode(state.CmdWebhookAdd, state.WebhookAdd{Webhook: hook, At: a.s.now()}))
 		if err != nil {
 			return 0, nil, err
 		}

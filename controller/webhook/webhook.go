@@ -32,6 +32,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/secrets"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
 
@@ -50,9 +51,12 @@ type Config struct {
 	// Poll is how often the outbox is re-read when no append signal arrives.
 	Poll time.Duration
 	// Seed are the config file's webhooks, added at the cluster's first bootstrap.
-	Seed   []proto.Webhook
-	Client *http.Client
-	Logger *slog.Logger
+	Seed []proto.Webhook
+	// Secrets seals the seeds' header values and secrets before they enter the raft log,
+	// and opens stored ones to deliver (nil: stored in clear).
+	Secrets *secrets.Box
+	Client  *http.Client
+	Logger  *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -154,7 +158,16 @@ func (d *Deliverer) seed(ctx context.Context) {
 		return
 	}
 	for ctx.Err() == nil {
-		_, err := d.apply.Apply(state.MustEncode(state.CmdWebhookSeed, state.WebhookSeed{Webhooks: d.cfg.Seed, At: time.Now().UTC()}))
+		seed := make([]proto.Webhook, 0, len(d.cfg.Seed))
+		for _, w := range d.cfg.Seed {
+			sw, err := SealSecrets(d.cfg.Secrets, w)
+			if err != nil {
+				d.log.Error("cannot seal a config webhook's secrets; not adding the config file's webhooks", "err", err)
+				return
+			}
+			seed = append(seed, sw)
+		}
+		_, err := d.apply.Apply(state.MustEncode(state.CmdWebhookSeed, state.WebhookSeed{Webhooks: seed, At: time.Now().UTC()}))
 		if err == nil {
 			if len(d.cfg.Seed) > 0 {
 				d.log.Info("added the config file's webhooks", "count", len(d.cfg.Seed))
@@ -233,7 +246,16 @@ func (w *worker) run(ctx context.Context) {
 		if !ok {
 			continue // deleted: apply dropped its entries
 		}
-		result, attempts := w.d.deliver(ctx, hook, e)
+		var result string
+		var attempts int
+		if hook, err := OpenSecrets(w.d.cfg.Secrets, hook); err != nil {
+			// No retry can help: this leader's key is not the one that sealed them.
+			w.d.log.Error("webhook not delivered: its header values or secret do not open with this controller's secrets key",
+				"webhook", hook.ID, "delivery", e.ID, "err", err)
+			result = state.DeliveryFailure
+		} else {
+			result, attempts = w.d.deliver(ctx, hook, e)
+		}
 		if ctx.Err() != nil {
 			// Leadership lost mid-delivery: the entry stays in the outbox and the next
 			// leader sends it again (same delivery id).
@@ -280,6 +302,37 @@ func (d *Deliverer) backoff(attempt int) time.Duration {
 	}
 	b = min(b, d.cfg.MaxBackoff)
 	return time.Duration(float64(b) * (0.5 + rand.Float64()))
+}
+
+// SealSecrets returns w with its header values and secret sealed (the API and the seed do
+// this on the leader, before the webhook enters the raft log and snapshots, as with vCenter
+// passwords). Without a key, w is returned as it is.
+func SealSecrets(box *secrets.Box, w proto.Webhook) (proto.Webhook, error) {
+	return mapSecrets(w, box.Seal)
+}
+
+// OpenSecrets returns w with its header values and secret in clear, for a delivery.
+func OpenSecrets(box *secrets.Box, w proto.Webhook) (proto.Webhook, error) {
+	return mapSecrets(w, box.Open)
+}
+
+// mapSecrets applies f to the secret and every header value, on copies: the stored
+// webhook is shared with every reader of the state.
+func mapSecrets(w proto.Webhook, f func(string) (string, error)) (proto.Webhook, error) {
+	var err error
+	if w.Secret, err = f(w.Secret); err != nil {
+		return w, fmt.Errorf("webhook secret: %w", err)
+	}
+	if len(w.Headers) > 0 {
+		h := make(map[string]string, len(w.Headers))
+		for k, v := range w.Headers {
+			if h[k], err = f(v); err != nil {
+				return w, fmt.Errorf("webhook header %s: %w", k, err)
+			}
+		}
+		w.Headers = h
+	}
+	return w, nil
 }
 
 // Send makes one delivery attempt with the webhook's timeout as its deadline. Any 2xx is

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
 func TestSend(t *testing.T) {
@@ -135,5 +136,36 @@ func TestRunDeliversAndRecords(t *testing.T) {
 	}
 	if calls["/flaky"] != 3 || calls["/broken"] != 3 {
 		t.Fatalf("attempts %v, want 3 each (1 + retry_count 2)", calls)
+	}
+}
+
+// Header values and the secret are sealed for the raft log and opened for a delivery; the
+// stored webhook (shared by every reader of the state) is never changed in place.
+func TestSealAndOpenSecrets(t *testing.T) {
+	box, err := secrets.NewBox("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := secrets.NewBox("1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100")
+	hook := proto.Webhook{ID: "wh-1", URL: "https://x.example/h", Secret: "hmac-key", Headers: map[string]string{"Authorization": "Bearer t"}}
+	sealed, err := SealSecrets(box, hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !secrets.Sealed(sealed.Secret) || !secrets.Sealed(sealed.Headers["Authorization"]) || hook.Headers["Authorization"] != "Bearer t" {
+		t.Fatalf("sealed %+v, original %+v", sealed, hook)
+	}
+	opened, err := OpenSecrets(box, sealed)
+	if err != nil || opened.Secret != "hmac-key" || opened.Headers["Authorization"] != "Bearer t" || !secrets.Sealed(sealed.Secret) {
+		t.Fatalf("opened %+v %v", opened, err)
+	}
+	if _, err := OpenSecrets(other, sealed); err == nil || strings.Contains(err.Error(), "hmac-key") {
+		t.Fatalf("another key: %v", err)
+	}
+	if _, err := OpenSecrets(nil, sealed); err == nil {
+		t.Fatal("no key opened a sealed secret")
+	}
+	if clear, err := SealSecrets(nil, hook); err != nil || clear.Secret != "hmac-key" {
+		t.Fatalf("without a key: %+v %v", clear, err)
 	}
 }
