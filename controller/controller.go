@@ -317,7 +317,7 @@ func writeNodeID(dataDir, id string) error {
 // joinLoop asks the controllers named by --join to add this node until it is part of
 // the cluster (it then hears from a leader).
 func (c *Controller) joinLoop(ctx context.Context) {
-	req := api.JoinRequest{ID: c.Node.ID(), RaftAddr: c.Node.RaftAddr(), APIAddr: c.apiAddr}
+	req := proto.JoinRequest{ID: c.Node.ID(), RaftAddr: c.Node.RaftAddr(), APIAddr: c.apiAddr}
 	backoff := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		for _, addr := range c.cfg.Cluster.Join {
@@ -380,7 +380,7 @@ func (c *Controller) registrationLoop(ctx context.Context) {
 			targets = append(targets, c.cfg.Cluster.Join...)
 		}
 		for _, addr := range targets {
-			err := c.postJSON(ctx, addr, "/cluster/join", api.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
+			err := c.postJSON(ctx, addr, "/cluster/join", proto.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
 			if err == nil {
 				break
 			}

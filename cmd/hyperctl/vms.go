@@ -83,7 +83,7 @@ func init() {
 			}
 			t := a.table("NAME", "PATH", "POWER", "CPUS", "MEMORY", "STORAGE", "GUEST OS", "IP")
 			for _, v := range res.VMs {
-				t.row(v.Name, v.Path, v.PowerState, v.NumCPU, humanBytes(int64(v.MemoryMB)<<20), humanBytes(v.Bytes()), truncate(v.GuestOS, 32), v.IPAddress)
+				t.row(v.Name, v.Path, v.PowerState, v.NumCPU, humanBytes(int64(v.MemoryMB)<<20), humanBytes(v.Storage), truncate(v.GuestOS, 32), v.IPAddress)
 			}
 			return t.flush()
 		},
@@ -107,16 +107,10 @@ func init() {
 			if a.jsonOut() {
 				return a.printJSON(info)
 			}
-			cpus, mem, fw := info.Hardware.NumCPU, info.Hardware.MemoryMB, info.Hardware.Firmware
-			if cpus == 0 {
-				cpus, mem = info.NumCPU, info.MemoryMB
-			}
-			if fw == "" {
-				fw = info.Firmware
-			}
+			hw := info.Hardware
 			if err := fields(a.stdout,
 				"Name", info.Name, "Path", info.Path, "UUID", info.UUID, "Power", info.PowerState,
-				"CPUs", itoa(cpus), "Memory", humanBytes(int64(mem)<<20), "Firmware", fw,
+				"CPUs", itoa(int(hw.NumCPU)), "Memory", humanBytes(int64(hw.MemoryMB)<<20), "Firmware", hw.Firmware,
 				"Guest OS", info.GuestOS, "IP", info.IPAddress,
 			); err != nil {
 				return err
@@ -125,7 +119,7 @@ func init() {
 				fmt.Fprintln(a.stdout)
 				t := a.table("DISK", "CAPACITY", "FILE")
 				for _, d := range info.Disks {
-					t.row(d.Label, humanBytes(d.Bytes()), d.Backing())
+					t.row(d.Label, humanBytes(d.CapacityKB*1024), d.FilePath)
 				}
 				if err := t.flush(); err != nil {
 					return err

@@ -2,7 +2,6 @@ package api
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -11,41 +10,11 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/cluster"
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 func versionString() string { return version.Version }
-
-// ClusterLeader names the leader in GET /cluster.
-type ClusterLeader struct {
-	ID      string `json:"id"`
-	APIAddr string `json:"api_addr"`
-}
-
-// ClusterNode is one controller in GET /cluster.
-type ClusterNode struct {
-	ID       string `json:"id"`
-	APIAddr  string `json:"api_addr"`
-	RaftAddr string `json:"raft_addr"`
-	State    string `json:"state"`
-	Voter    bool   `json:"voter"`
-}
-
-// ClusterResponse answers GET /cluster.
-type ClusterResponse struct {
-	Leader       ClusterLeader `json:"leader"`
-	Nodes        []ClusterNode `json:"nodes"`
-	CommitIndex  uint64        `json:"commit_index"`
-	AppliedIndex uint64        `json:"applied_index"`
-	NodeID       string        `json:"node_id"`
-}
-
-// JoinRequest is what a new (or restarted) controller sends to be added as a voter.
-type JoinRequest struct {
-	ID       string `json:"id"`
-	RaftAddr string `json:"raft_addr"`
-	APIAddr  string `json:"api_addr"`
-}
 
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	servers, err := s.node.Servers()
@@ -54,7 +23,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	leaderID, _ := s.node.Leader()
-	resp := ClusterResponse{NodeID: s.node.ID(), Nodes: []ClusterNode{}}
+	resp := proto.ClusterStatus{NodeID: s.node.ID(), Nodes: []proto.ClusterNode{}}
 	resp.CommitIndex, resp.AppliedIndex = s.node.Indexes()
 	if leaderID != "" {
 		resp.Leader.ID = leaderID
@@ -63,7 +32,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for _, srv := range servers {
-		cn := ClusterNode{ID: srv.ID, RaftAddr: srv.RaftAddr, Voter: srv.Voter, State: "follower"}
+		cn := proto.ClusterNode{ID: srv.ID, RaftAddr: srv.RaftAddr, Voter: srv.Voter, State: "follower"}
 		if n, ok := s.st.Node(srv.ID); ok {
 			cn.APIAddr = n.APIAddr
 		}
@@ -79,23 +48,9 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func validHostPort(a string) bool {
-	h, p, err := net.SplitHostPort(a)
-	return err == nil && h != "" && p != "" && p != "0"
-}
-
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
-	body, ok := s.readBody(w, r)
+	body, j, ok := readRequest[proto.JoinRequest](s, w, r, false)
 	if !ok {
-		return
-	}
-	var j JoinRequest
-	if err := decodeStrict(body, &j, false); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if j.ID == "" || !validHostPort(j.RaftAddr) || !validHostPort(j.APIAddr) {
-		writeError(w, http.StatusBadRequest, "join needs id, raft_addr (host:port) and api_addr (host:port)")
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {

@@ -17,62 +17,6 @@ import (
 // VM discovery: any controller talks to the vCenter directly (nothing is replicated), with
 // the credentials of the request, which are used for this call only and never logged.
 
-// VMRow is one VM of GET /vms/list (the API document's fields).
-type VMRow struct {
-	Name       string `json:"name"`
-	Path       string `json:"path"`
-	PowerState string `json:"power_state"`
-	NumCPU     int32  `json:"num_cpu"`
-	MemoryMB   int32  `json:"memory_mb"`
-	Storage    int64  `json:"storage"`
-	GuestOS    string `json:"guest_os"`
-	IPAddress  string `json:"ip_address"`
-}
-
-// VMListResponse answers GET /vms/list.
-type VMListResponse struct {
-	VMs   []VMRow `json:"vms"`
-	Total int     `json:"total"`
-}
-
-// VMInfoResponse answers GET /vms/info: the document's fields plus firmware and NICs.
-type VMInfoResponse struct {
-	Name       string `json:"name"`
-	Path       string `json:"path"`
-	UUID       string `json:"uuid"`
-	PowerState string `json:"power_state"`
-	Hardware   struct {
-		NumCPU          int32  `json:"num_cpu"`
-		CoresPerSocket  int32  `json:"cores_per_socket"`
-		MemoryMB        int32  `json:"memory_mb"`
-		NumVirtualDisks int    `json:"num_virtual_disks"`
-		Firmware        string `json:"firmware"`
-	} `json:"hardware"`
-	Disks []VMDisk      `json:"disks"`
-	NICs  []vsphere.NIC `json:"nics"`
-	Guest string        `json:"guest_os"`
-	IP    string        `json:"ip_address,omitempty"`
-}
-
-// VMDisk is one disk of GET /vms/info.
-type VMDisk struct {
-	Label      string `json:"label"`
-	CapacityKB int64  `json:"capacity_kb"`
-	FilePath   string `json:"file_path"`
-}
-
-// VMActionRequest is the body of POST /vms/shutdown|poweroff|remove-cdrom.
-type VMActionRequest struct {
-	VCenterURL     string `json:"vcenter_url"`
-	Username       string `json:"username"`
-	Password       string `json:"password"`
-	Datacenter     string `json:"datacenter,omitempty"`
-	Insecure       bool   `json:"insecure,omitempty"`
-	Thumbprint     string `json:"thumbprint,omitempty"`
-	VMPath         string `json:"vm_path"`
-	TimeoutSeconds int    `json:"timeout_seconds,omitempty"`
-}
-
 // vmSourceHeader carries the password out of the URL for clients that prefer it there
 // (a query string ends up in proxies' logs; the document's GETs put it in the query).
 const vmPasswordHeader = "X-Vcenter-Password"
@@ -160,9 +104,9 @@ func (s *Server) handleVMList(w http.ResponseWriter, r *http.Request) {
 		s.vcError(w, err)
 		return
 	}
-	out := VMListResponse{VMs: make([]VMRow, 0, len(rows))}
+	out := proto.VMList{VMs: make([]proto.VM, 0, len(rows))}
 	for _, v := range rows {
-		out.VMs = append(out.VMs, VMRow{Name: v.Name, Path: strings.TrimPrefix(v.Path, "/"), PowerState: v.PowerState,
+		out.VMs = append(out.VMs, proto.VM{Name: v.Name, Path: strings.TrimPrefix(v.Path, "/"), PowerState: v.PowerState,
 			NumCPU: v.NumCPU, MemoryMB: v.MemoryMB, Storage: v.StorageBytes, GuestOS: v.GuestOS, IPAddress: v.IPAddress})
 	}
 	out.Total = len(out.VMs)
@@ -198,12 +142,15 @@ func (s *Server) handleVMInfo(w http.ResponseWriter, r *http.Request) {
 		s.vcError(w, err)
 		return
 	}
-	out := VMInfoResponse{Name: info.Name, Path: strings.TrimPrefix(info.Path, "/"), UUID: info.UUID,
-		PowerState: info.PowerState, NICs: info.NICs, Guest: info.GuestOS, IP: info.IPAddress, Disks: []VMDisk{}}
-	out.Hardware.NumCPU, out.Hardware.CoresPerSocket, out.Hardware.MemoryMB = info.NumCPU, info.CoresPerSocket, info.MemoryMB
-	out.Hardware.NumVirtualDisks, out.Hardware.Firmware = len(info.Disks), info.Firmware
+	out := proto.VMInfo{Name: info.Name, Path: strings.TrimPrefix(info.Path, "/"), UUID: info.UUID,
+		PowerState: info.PowerState, GuestOS: info.GuestOS, IPAddress: info.IPAddress, Disks: []proto.VMDisk{},
+		Hardware: proto.VMHardware{NumCPU: info.NumCPU, CoresPerSocket: info.CoresPerSocket, MemoryMB: info.MemoryMB,
+			NumVirtualDisks: len(info.Disks), Firmware: info.Firmware}}
 	for _, d := range info.Disks {
-		out.Disks = append(out.Disks, VMDisk{Label: d.Label, CapacityKB: d.CapacityBytes / 1024, FilePath: d.File})
+		out.Disks = append(out.Disks, proto.VMDisk{Label: d.Label, CapacityKB: d.CapacityBytes / 1024, FilePath: d.File})
+	}
+	for _, n := range info.NICs {
+		out.NICs = append(out.NICs, proto.VMNIC{Key: n.Key, Label: n.Label, Network: n.Network, MAC: n.MAC, AdapterType: n.AdapterType, Connected: n.Connected})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -214,7 +161,7 @@ func (s *Server) vmAction(action string) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		var req VMActionRequest
+		var req proto.VMActionRequest
 		if err := decodeStrict(body, &req, false); err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return

@@ -6,33 +6,9 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 )
 
-// ClusterLeader names the raft leader in GET /cluster.
-type ClusterLeader struct {
-	ID      string `json:"id"`
-	APIAddr string `json:"api_addr"`
-}
-
-// ClusterNode is one controller in GET /cluster.
-type ClusterNode struct {
-	ID       string `json:"id"`
-	APIAddr  string `json:"api_addr"`
-	RaftAddr string `json:"raft_addr"`
-	State    string `json:"state"`
-	Voter    bool   `json:"voter"`
-}
-
-// ClusterStatus is GET /cluster: the members as the answering node sees them.
-type ClusterStatus struct {
-	Leader       ClusterLeader `json:"leader"`
-	Nodes        []ClusterNode `json:"nodes"`
-	CommitIndex  uint64        `json:"commit_index"`
-	AppliedIndex uint64        `json:"applied_index"`
-	NodeID       string        `json:"node_id"`
-}
-
 // Cluster calls GET /cluster.
-func (c *Client) Cluster(ctx context.Context) (ClusterStatus, error) {
-	var out ClusterStatus
+func (c *Client) Cluster(ctx context.Context) (proto.ClusterStatus, error) {
+	var out proto.ClusterStatus
 	return out, c.get(ctx, "/cluster", nil, &out)
 }
 

@@ -21,7 +21,9 @@ type sample struct {
 	} `yaml:"inner"`
 }
 
-func defaults() sample { return sample{Name: "default", Addr: "127.0.0.1:1", Join: []string{"a"}, Max: 2, Rate: 10} }
+func defaults() sample {
+	return sample{Name: "default", Addr: "127.0.0.1:1", Join: []string{"a"}, Max: 2, Rate: 10}
+}
 
 func write(t *testing.T, body string) string {
 	p := filepath.Join(t.TempDir(), "c.yaml")

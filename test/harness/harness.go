@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/testutil"
 )
 
@@ -274,20 +275,8 @@ func startControllers(t testing.TB, dir string, n int, files TLSFiles, extra ...
 	return cs
 }
 
-// ClusterView is GET /cluster.
-type ClusterView struct {
-	Leader struct {
-		ID      string `json:"id"`
-		APIAddr string `json:"api_addr"`
-	} `json:"leader"`
-	Nodes []struct {
-		ID      string `json:"id"`
-		APIAddr string `json:"api_addr"`
-		State   string `json:"state"`
-	} `json:"nodes"`
-	CommitIndex  uint64 `json:"commit_index"`
-	AppliedIndex uint64 `json:"applied_index"`
-}
+// ClusterView is GET /cluster (the wire type itself: tests read what clients read).
+type ClusterView = proto.ClusterStatus
 
 // LeaderOf asks the controllers who leads and returns that one (nil if unknown).
 func LeaderOf(cs []*Controller) *Controller {
