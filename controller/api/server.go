@@ -25,6 +25,34 @@ import (
 	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
+// Store is the replicated state as the API reads it (controller/state.State).
+type Store interface {
+	Job(id string) (*proto.Job, bool)
+	Query(q proto.QueryRequest) (state.QueryResult, error)
+	Counts() map[proto.JobStatus]int
+	RunningByAgent() map[string]int
+	Node(id string) (state.NodeInfo, bool)
+	Nodes() []state.NodeInfo
+	Schedule(id string) (proto.Schedule, bool)
+	Schedules() []proto.Schedule
+	ScheduleStats() proto.ScheduleStats
+	Webhooks() []proto.Webhook
+}
+
+// Raft is the controller's raft node as the API uses it (controller/cluster.Node): who
+// leads, applying commands on the leader, and the membership.
+type Raft interface {
+	ID() string
+	IsLeader() bool
+	Leader() (id, raftAddr string)
+	State() string
+	Indexes() (commit, applied uint64)
+	Apply(cmd []byte) (any, error)
+	Servers() ([]cluster.Server, error)
+	Join(id, raftAddr string) error
+	Remove(id string) error
+}
+
 // Fleet is the part of the agent view the API shows (nil until agents exist).
 type Fleet interface {
 	// Slots returns the fleet's job slots and the busy ones.
@@ -77,8 +105,8 @@ func (c *Config) fill() {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	st      *state.State
-	node    *cluster.Node
+	st      Store
+	node    Raft
 	metrics *metrics.Metrics
 	fleet   Fleet
 	agents  AgentsConfig
@@ -92,7 +120,7 @@ type Server struct {
 }
 
 // New builds the API server and its routes. It fails only on an invalid token list.
-func New(cfg Config, st *state.State, node *cluster.Node, m *metrics.Metrics) (*Server, error) {
+func New(cfg Config, st Store, node Raft, m *metrics.Metrics) (*Server, error) {
 	cfg.fill()
 	auth, err := NewAuth(cfg.Tokens)
 	if err != nil {
