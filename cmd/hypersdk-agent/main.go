@@ -41,10 +41,8 @@ func main() {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("hypersdk-agent", flag.ContinueOnError)
 	cfg := agent.DefaultConfig()
-	o := config.NewOverrides(fs)
-	configPath := fs.String("config", "", "YAML config file")
+	o := config.NewOverrides(flag.NewFlagSet("hypersdk-agent", flag.ContinueOnError))
 	o.String("name", &cfg.Name, "agent name, unique in the fleet (default: the host name)")
 	o.List("controllers", &cfg.Controllers, "comma-separated controller API URLs (default http://127.0.0.1:8080)")
 	o.String("join-token", &cfg.JoinToken, "token presented to the controllers (or set HYPERSDK_JOIN_TOKEN, which keeps it out of ps)")
@@ -61,28 +59,15 @@ func run(args []string) error {
 	o.String("attempt-log", &cfg.AttemptLog, "append one JSON line per job attempt start and end to this file")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return nil
-		}
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if *showVersion {
-		fmt.Println(version.String("hypersdk-agent"))
-		return nil
-	}
-	if err := config.Load(*configPath, &cfg); err != nil {
-		return err
-	}
 	// The environment's join token beats the file's; the flag beats both.
-	if t := os.Getenv("HYPERSDK_JOIN_TOKEN"); t != "" {
-		cfg.JoinToken = t
+	done, err := o.Parse(args, &cfg, func() {
+		if t := os.Getenv("HYPERSDK_JOIN_TOKEN"); t != "" {
+			cfg.JoinToken = t
+		}
+	})
+	if done || err != nil {
+		return err
 	}
-	o.Apply()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/logging"
-	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 func main() {
@@ -23,10 +22,8 @@ func main() {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("hypersdk-controller", flag.ContinueOnError)
 	cfg := controller.DefaultConfig()
-	o := config.NewOverrides(fs)
-	configPath := fs.String("config", "", "YAML config file")
+	o := config.NewOverrides(flag.NewFlagSet("hypersdk-controller", flag.ContinueOnError))
 	o.String("node-id", &cfg.Cluster.NodeID, "raft node id (default: stored in the data dir, else the hostname)")
 	o.String("data-dir", &cfg.Database.Path, "data dir: raft log, snapshots, node id (config database.path)")
 	o.String("api-addr", &cfg.API.Addr, "API listen address host:port (default 127.0.0.1:8080)")
@@ -47,18 +44,9 @@ func run(args []string) error {
 	}, "API requests per second per client (0 disables; default 1000)")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
+	if done, err := o.Parse(args, &cfg, nil); done || err != nil {
 		return err
 	}
-	if *showVersion {
-		fmt.Println(version.String("hypersdk-controller"))
-		return nil
-	}
-	if err := config.Load(*configPath, &cfg); err != nil {
-		return err
-	}
-	o.Apply()
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err

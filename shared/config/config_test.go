@@ -124,3 +124,47 @@ func TestOverrides(t *testing.T) {
 		t.Fatal("a bad number was accepted")
 	}
 }
+
+func TestParse(t *testing.T) {
+	file := write(t, "name: file\nmax: 5\n")
+	cases := []struct {
+		name string
+		args []string
+		done bool
+		err  string
+		want func(*sample)
+	}{
+		{name: "file then flags", args: []string{"--config", file, "--name", "flag"}, want: func(s *sample) { s.Name, s.Max = "flag", 5 }},
+		{name: "no file", args: []string{"--max", "9"}, want: func(s *sample) { s.Max, s.Addr = 9, "from-between" }},
+		{name: "version", args: []string{"--version"}, done: true},
+		{name: "help", args: []string{"-h"}, done: true},
+		{name: "stray argument", args: []string{"oops"}, done: true, err: `unexpected argument "oops"`},
+		{name: "unknown flag", args: []string{"--nope"}, done: true, err: "not defined"},
+		{name: "bad file", args: []string{"--config", write(t, "nmae: x\n")}, done: true, err: "field nmae not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			fs.SetOutput(new(strings.Builder))
+			got := defaults()
+			o := NewOverrides(fs)
+			o.String("name", &got.Name, "")
+			o.Int("max", &got.Max, "")
+			done, err := o.Parse(tc.args, &got, func() {
+				if got.Max == 2 {
+					got.Addr = "from-between" // runs after the file, before the flags
+				}
+			})
+			if done != tc.done || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("done %v err %v, want done %v err %q", done, err, tc.done, tc.err)
+			}
+			if tc.want != nil {
+				want := defaults()
+				tc.want(&want)
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("got %+v, want %+v", got, want)
+				}
+			}
+		})
+	}
+}

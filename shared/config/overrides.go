@@ -1,8 +1,12 @@
 package config
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"strconv"
+
+	"github.com/hypersdk/hypersdk/shared/version"
 )
 
 // Overrides are the command-line flags that override a daemon's config file: each flag
@@ -10,19 +14,51 @@ import (
 // order the flags were given. A flag not given leaves the file's value (or the default);
 // an empty string or list means "not given", as it always did.
 //
-//	var cfg = DefaultConfig()
-//	o := config.NewOverrides(fs)
+//	cfg := DefaultConfig()
+//	o := config.NewOverrides(flag.NewFlagSet("hypersdk-controller", flag.ContinueOnError))
 //	o.String("node-id", &cfg.Cluster.NodeID, "raft node id")
-//	fs.Parse(args)
-//	config.Load(*path, &cfg)
-//	o.Apply()
+//	if done, err := o.Parse(args, &cfg, nil); done || err != nil { ... }
 type Overrides struct {
-	fs  *flag.FlagSet
-	set []func()
+	fs     *flag.FlagSet
+	set    []func()
+	config *string
+	ver    *bool
 }
 
-// NewOverrides defines override flags on fs.
-func NewOverrides(fs *flag.FlagSet) *Overrides { return &Overrides{fs: fs} }
+// NewOverrides defines override flags on fs, and the two every daemon has: --config (the
+// YAML file) and --version.
+func NewOverrides(fs *flag.FlagSet) *Overrides {
+	return &Overrides{fs: fs, config: fs.String("config", "", "YAML config file"),
+		ver: fs.Bool("version", false, "print the version and exit")}
+}
+
+// Parse parses the command line, loads the --config file over cfg (a pointer to the
+// defaults), runs between (nil: nothing; e.g. the environment, which the flags beat) and
+// applies the flags given. done reports that --help or --version was answered: the daemon
+// exits without starting.
+func (o *Overrides) Parse(args []string, cfg any, between func()) (done bool, err error) {
+	if err := o.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return true, err
+	}
+	if o.fs.NArg() > 0 {
+		return true, fmt.Errorf("unexpected argument %q", o.fs.Arg(0))
+	}
+	if *o.ver {
+		fmt.Println(version.String(o.fs.Name()))
+		return true, nil
+	}
+	if err := Load(*o.config, cfg); err != nil {
+		return true, err
+	}
+	if between != nil {
+		between()
+	}
+	o.Apply()
+	return false, nil
+}
 
 func (o *Overrides) later(f func()) { o.set = append(o.set, f) }
 
