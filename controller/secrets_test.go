@@ -22,18 +22,28 @@ import (
 	"github.com/hypersdk/hypersdk/test/harness"
 )
 
+// testKey is a secrets key file's content (32 bytes, hex).
+const testKey = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+// sealedConfig is a test node's config, with a secrets key file when withKey.
+func sealedConfig(t *testing.T, withKey bool) controller.Config {
+	dir := t.TempDir()
+	cfg := controller.TestConfig(t, "sealed", filepath.Join(dir, "data"))
+	if withKey {
+		cfg.Secrets.KeyFile = filepath.Join(dir, "key")
+		if err := os.WriteFile(cfg.Secrets.KeyFile, []byte(testKey), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cfg
+}
+
 // With secrets.key_file the raft log and snapshots never hold a password in clear; the
 // agent still receives it in its lease.
 func TestPasswordsSealedAtRest(t *testing.T) {
 	for _, withKey := range []bool{true, false} {
 		t.Run(fmt.Sprint("key=", withKey), func(t *testing.T) {
-			dir := t.TempDir()
-			cfg := controller.TestConfig(t, "sealed", filepath.Join(dir, "data"))
-			if withKey {
-				key := filepath.Join(dir, "key")
-				os.WriteFile(key, []byte("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"), 0o600)
-				cfg.Secrets.KeyFile = key
-			}
+			cfg := sealedConfig(t, withKey)
 			c, err := controller.New(cfg, controller.TestLogger(t))
 			if err != nil {
 				t.Fatal(err)
@@ -102,13 +112,7 @@ func TestWebhookSecretsSealedAtRest(t *testing.T) {
 			}))
 			t.Cleanup(srv.Close)
 
-			dir := t.TempDir()
-			cfg := controller.TestConfig(t, "sealed", filepath.Join(dir, "data"))
-			if withKey {
-				key := filepath.Join(dir, "key")
-				os.WriteFile(key, []byte("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"), 0o600)
-				cfg.Secrets.KeyFile = key
-			}
+			cfg := sealedConfig(t, withKey)
 			cfg.Webhooks = []controller.WebhookConfig{{URL: srv.URL + "/cfg", Events: []string{proto.EventJobSubmitted},
 				Headers: map[string]string{"X-Token": cfgHeader}, Secret: cfgSecret}}
 			c, err := controller.New(cfg, controller.TestLogger(t))
@@ -175,7 +179,7 @@ func TestWebhookSecretsSealedAtRest(t *testing.T) {
 func TestUnopenablePasswordIsThePendingReason(t *testing.T) {
 	dir := t.TempDir()
 	keyA, keyB := filepath.Join(dir, "a.key"), filepath.Join(dir, "b.key")
-	os.WriteFile(keyA, []byte("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"), 0o600)
+	os.WriteFile(keyA, []byte(testKey), 0o600)
 	os.WriteFile(keyB, []byte("1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100"), 0o600)
 	cfg := controller.TestConfig(t, "rekeyed", filepath.Join(dir, "data"))
 	cfg.Secrets.KeyFile = keyA

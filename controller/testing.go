@@ -2,9 +2,7 @@ package controller
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -27,12 +25,7 @@ func TestConfig(t testing.TB, nodeID, dataDir string, join ...string) Config {
 }
 
 // TestLogger logs to stderr when HYPERSDK_TEST_LOG is set, else discards.
-func TestLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("HYPERSDK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func TestLogger(t testing.TB) *slog.Logger { return testutil.Logger().With("test", t.Name()) }
 
 // StartTestCluster starts n in-process controllers: the first bootstraps, the others join
 // it; it returns once all n are voters and every node knows the leader's API address.

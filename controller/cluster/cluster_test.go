@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,13 +19,6 @@ import (
 
 // Real raft nodes in one process on 127.0.0.1:0, the shape of rqlite's store tests.
 
-func testLogger() *slog.Logger {
-	if os.Getenv("HYPERSDK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
 // testNode is one node and what it needs to be reopened.
 type testNode struct {
 	*Node
@@ -39,7 +29,7 @@ type testNode struct {
 func testConfig(t *testing.T, id string, bootstrap bool) Config {
 	cfg := FastConfig()
 	cfg.NodeID, cfg.DataDir, cfg.RaftAddr = id, t.TempDir(), "127.0.0.1:0"
-	cfg.Bootstrap, cfg.NoSync, cfg.Logger = bootstrap, true, testLogger().With("node", id)
+	cfg.Bootstrap, cfg.NoSync, cfg.Logger = bootstrap, true, testutil.Logger().With("node", id)
 	return cfg
 }
 
@@ -112,10 +102,15 @@ func servers(t *testing.T, n *testNode) []Server {
 	return s
 }
 
-// cluster3 opens n1 (bootstrapping) and joins n2 and n3 to it.
-func cluster3(t *testing.T) []*testNode {
+// cluster3 opens n1 (bootstrapping) and joins n2 and n3 to it; mutate (may be nil)
+// changes n1's configuration.
+func cluster3(t *testing.T, mutate func(*Config)) []*testNode {
 	t.Helper()
-	n1 := mustOpen(t, testConfig(t, "n1", true))
+	cfg := testConfig(t, "n1", true)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n1 := mustOpen(t, cfg)
 	waitLeader(t, n1)
 	nodes := []*testNode{n1}
 	for _, id := range []string{"n2", "n3"} {
@@ -182,7 +177,7 @@ func TestOpenRefusesBadConfig(t *testing.T) {
 }
 
 func TestJoinReplicatesAndIsIdempotent(t *testing.T) {
-	nodes := cluster3(t)
+	nodes := cluster3(t, nil)
 	n1 := nodes[0]
 	want := []Server{{"n1", n1.RaftAddr(), true}, {"n2", nodes[1].RaftAddr(), true}, {"n3", nodes[2].RaftAddr(), true}}
 	if got := servers(t, n1); !slices.Equal(got, want) {
@@ -219,7 +214,7 @@ func TestJoinReplicatesAndIsIdempotent(t *testing.T) {
 // A known id at a new address replaces the old entry (a node restarted elsewhere); a
 // known address under a new id replaces it too (a data dir wiped and reused).
 func TestJoinReplacesChangedMember(t *testing.T) {
-	nodes := cluster3(t)
+	nodes := cluster3(t, nil)
 	n1, n3 := nodes[0], nodes[2]
 	// n3 restarts on a new address with its data dir.
 	cfg := n3.cfg
@@ -252,7 +247,7 @@ func TestJoinReplacesChangedMember(t *testing.T) {
 // A restarted node (same data dir, no bootstrap, no join) is a member again and catches
 // up with what was committed while it was away.
 func TestRestartRejoinsAndCatchesUp(t *testing.T) {
-	nodes := cluster3(t)
+	nodes := cluster3(t, nil)
 	n1 := nodes[0]
 	submit(t, n1, "before")
 	waitJob(t, nodes[2], "before")
@@ -283,7 +278,7 @@ func TestRestartRejoinsAndCatchesUp(t *testing.T) {
 }
 
 func TestRemoveMember(t *testing.T) {
-	nodes := cluster3(t)
+	nodes := cluster3(t, nil)
 	n1 := nodes[0]
 	if err := n1.Remove("n3"); err != nil {
 		t.Fatal(err)
@@ -334,7 +329,7 @@ func (w *leaderWork) get(id string) (running, started int) {
 // Leader work runs on the leader only, stops when leadership ends, and starts on the next
 // leader; work registered late joins the current term.
 func TestLeaderWorkStartsAndStops(t *testing.T) {
-	nodes := cluster3(t)
+	nodes := cluster3(t, nil)
 	w := newLeaderWork()
 	for _, n := range nodes {
 		w.register(n) // n1 leads already: its registration joins the current term
@@ -402,18 +397,8 @@ func TestBarrierFailureIsRetried(t *testing.T) {
 // steps down, and a node that can takes over with the leader work.
 func TestLeaderThatCannotEstablishStepsDown(t *testing.T) {
 	fb := &failingBarrier{n: -1}
-	cfg := testConfig(t, "n1", true)
-	cfg.barrier = fb.barrier
-	n1 := mustOpen(t, cfg)
-	waitLeader(t, n1)
-	nodes := []*testNode{n1}
-	for _, id := range []string{"n2", "n3"} {
-		n := mustOpen(t, testConfig(t, id, false))
-		if err := n1.Join(id, n.RaftAddr()); err != nil {
-			t.Fatalf("join %s: %v", id, err)
-		}
-		nodes = append(nodes, n)
-	}
+	nodes := cluster3(t, func(c *Config) { c.barrier = fb.barrier })
+	n1 := nodes[0]
 	w := newLeaderWork()
 	for _, n := range nodes {
 		w.register(n)

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,13 +14,6 @@ import (
 )
 
 // The manager over a state and a local applier: the broker, timers and reports without raft.
-
-func testLogger() *slog.Logger {
-	if os.Getenv("HYPERSDK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 func jobDef(id, method string) proto.JobDefinition {
 	return proto.JobDefinition{ID: id, VMPath: "DC0/vm/" + id, CreatedAt: t0,
@@ -73,7 +63,7 @@ func TestBrokerLeaseLifecycle(t *testing.T) {
 	st := state.New()
 	a := state.NewLocalApplier(st)
 	const ttl = time.Second
-	m := New(Config{TTL: ttl, Logger: testLogger()}, st, a, nil)
+	m := New(Config{TTL: ttl, Logger: testutil.Logger()}, st, a, nil)
 	runManager(t, m)
 	mustApply(t, a, state.CmdSubmitJob, state.SubmitJob{Definition: jobDef("j1", "")})
 
@@ -125,7 +115,7 @@ func TestBrokerLeaseLifecycle(t *testing.T) {
 func TestBrokerTerms(t *testing.T) {
 	st := state.New()
 	a := state.NewLocalApplier(st)
-	m := New(Config{TTL: time.Hour, Logger: testLogger()}, st, a, nil)
+	m := New(Config{TTL: time.Hour, Logger: testutil.Logger()}, st, a, nil)
 	stop := runManager(t, m)
 	mustApply(t, a, state.CmdSubmitJob, state.SubmitJob{Definition: jobDef("j1", "")})
 	if l := lease(t, m, "ag", 2); l == nil {
@@ -156,7 +146,7 @@ func TestBrokerAndPendingReasonAgreeOnMethod(t *testing.T) {
 		{Name: "with-vddk", State: proto.AgentAlive, RunningJobs: 1, MaxJobs: 1, Capabilities: proto.AgentCapabilities{Methods: []string{"vddk", "https"}}},
 		{Name: "without", State: proto.AgentAlive, MaxJobs: 2, Capabilities: proto.AgentCapabilities{Methods: []string{"https"}}},
 	}
-	m := New(Config{Logger: testLogger()}, st, a, fleet)
+	m := New(Config{Logger: testutil.Logger()}, st, a, fleet)
 	runManager(t, m)
 	mustApply(t, a, state.CmdSubmitJob, state.SubmitJob{Definition: jobDef("v", "vddk")})
 	l, err := m.Lease(context.Background(), proto.LeaseRequest{Agent: "without", MaxJobs: 2, WaitSeconds: 1,
@@ -186,7 +176,7 @@ func TestPendingReasonCostDoesNotGrowWithRunningJobs(t *testing.T) {
 		mustApply(t, a, state.CmdSubmitJob, state.SubmitJob{Definition: jobDef("waiting", "")})
 		j, _ := st.Job("waiting")
 		fleet := fakeFleet{{Name: "a0", State: proto.AgentAlive, MaxJobs: 1}, {Name: "a1", State: proto.AgentAlive, MaxJobs: 1}}
-		explain := New(Config{Logger: testLogger()}, st, a, fleet).PendingReasons()
+		explain := New(Config{Logger: testutil.Logger()}, st, a, fleet).PendingReasons()
 		if r := explain(j); !strings.Contains(r, "busy") {
 			t.Fatalf("reason %q", r)
 		}

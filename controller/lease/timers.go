@@ -90,22 +90,28 @@ func (t *Timers) ran(tm *timer) {
 // was renewed or ended meanwhile.
 func (t *Timers) Retry(tok state.LeaseToken, agent string) {
 	t.mu.Lock()
-	tm, ok := t.held[tok.JobID]
+	_, other := t.held[tok.JobID]
+	_, same := t.current(tok)
 	t.mu.Unlock()
-	if !ok || tm.tok == tok {
+	if !other || same {
 		t.armFor(tok, agent, retryAfter)
 	}
+}
+
+// current is tok's timer, if tok (this job, this attempt) holds one. Caller holds mu.
+func (t *Timers) current(tok state.LeaseToken) (*timer, bool) {
+	tm, ok := t.held[tok.JobID]
+	return tm, ok && tm.tok == tok
 }
 
 // Holds reports whether tok's timer runs, and for which agent.
 func (t *Timers) Holds(tok state.LeaseToken) (agent string, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tm, ok := t.held[tok.JobID]
-	if !ok || tm.tok != tok {
-		return "", false
+	if tm, ok := t.current(tok); ok {
+		return tm.agent, true
 	}
-	return tm.agent, true
+	return "", false
 }
 
 // Take stops and forgets the timer that ran out, if it is still the job's; ok is false
@@ -125,8 +131,8 @@ func (t *Timers) Take(e Expiry) bool {
 func (t *Timers) Release(tok state.LeaseToken) (agent string, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	tm, ok := t.held[tok.JobID]
-	if !ok || tm.tok != tok {
+	tm, ok := t.current(tok)
+	if !ok {
 		return "", false
 	}
 	tm.stop()

@@ -5,9 +5,21 @@ package testutil
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"os"
 	"testing"
 	"time"
 )
+
+// Logger is the logger of in-process tests: debug to stderr when HYPERSDK_TEST_LOG is set,
+// else nothing (a test's log is noise unless someone is looking into a failure).
+func Logger() *slog.Logger {
+	if os.Getenv("HYPERSDK_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // WaitFor polls cond every 20 ms until it holds, and fails the test when timeout passes
 // first. Tests wait for an event this way, never for the clock (a loaded machine makes any
