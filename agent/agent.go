@@ -77,20 +77,13 @@ func (c Config) VDDKDir() string {
 
 // GossipConfig is the agent's seat in the pool.
 type GossipConfig struct {
-	Addr      string   `yaml:"addr"`
-	Advertise string   `yaml:"advertise"`
-	Join      []string `yaml:"join"`
-	Key       string   `yaml:"key"`
-	Label     string   `yaml:"label"`
+	config.Gossip `yaml:",inline"`
 	// Fast shortens failure detection (tests, one-machine demos).
 	Fast bool `yaml:"fast"`
 }
 
 // LogConfig selects level and format.
-type LogConfig struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"`
-}
+type LogConfig = config.Log
 
 // DefaultConfig works on one machine with no flags.
 func DefaultConfig() Config {
@@ -102,7 +95,7 @@ func DefaultConfig() Config {
 		Name: host, Controllers: []string{"http://127.0.0.1:8080"}, APIAddr: "127.0.0.1:8082",
 		LibvirtURI: "qemu:///system", StorageDir: "/var/lib/hypersdk/storage", MaxJobs: 2,
 		VDDKLibDir: "/usr/lib64/vmware-vix-disklib", DefaultNetwork: "default", ShutdownGrace: 30 * time.Second,
-		Gossip: GossipConfig{Addr: "127.0.0.1:7947", Join: []string{"127.0.0.1:7946"}},
+		Gossip: GossipConfig{Gossip: config.Gossip{Addr: "127.0.0.1:7947", Join: []string{"127.0.0.1:7946"}}},
 		Log:    LogConfig{Level: "info", Format: "text"},
 	}
 }

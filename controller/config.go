@@ -105,13 +105,7 @@ type ClusterConfig struct {
 }
 
 // GossipConfig is the memberlist pool shared with agents.
-type GossipConfig struct {
-	Addr      string   `yaml:"addr"`
-	Advertise string   `yaml:"advertise"`
-	Join      []string `yaml:"join"`
-	Key       string   `yaml:"key"`
-	Label     string   `yaml:"label"`
-}
+type GossipConfig = config.Gossip
 
 // AgentsConfig is how controllers deal with agents.
 type AgentsConfig struct {
@@ -135,10 +129,7 @@ type WebhookConfig struct {
 }
 
 // LogConfig selects the log level and format.
-type LogConfig struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"` // text|json
-}
+type LogConfig = config.Log
 
 // DefaultConfig runs a single node on one machine with no flags.
 func DefaultConfig() Config {

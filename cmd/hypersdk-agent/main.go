@@ -14,7 +14,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -34,10 +33,7 @@ func main() {
 	// The agent re-executes itself as the reader process of VMware's VDDK (one per disk
 	// copied with the vddk method): see agent/transfer/vddk.
 	vddk.RunIfReader()
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "hypersdk-agent:", err)
-		os.Exit(1)
-	}
+	config.Main(run)
 }
 
 func run(args []string) error {

@@ -4,7 +4,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,12 +13,7 @@ import (
 	"github.com/hypersdk/hypersdk/shared/logging"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "hypersdk-controller:", err)
-		os.Exit(1)
-	}
-}
+func main() { config.Main(run) }
 
 func run(args []string) error {
 	cfg := controller.DefaultConfig()
