@@ -300,7 +300,7 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 	var order []string
 	if m.fleet != nil {
 		for _, a := range m.fleet.List() {
-			byName[a.Name] = &Agent{Name: a.Name, Alive: a.State.Member(), Running: a.RunningJobs, MaxJobs: a.MaxJobs,
+			byName[a.Name] = &Agent{Name: a.Name, Alive: a.State.Member(), State: a.State, Running: a.RunningJobs, MaxJobs: a.MaxJobs,
 				StorageFree: a.Capacity.StorageFreeBytes, MemoryFree: a.Capacity.MemoryFreeBytes, Methods: a.Capabilities.Methods}
 			order = append(order, a.Name)
 		}

@@ -30,8 +30,10 @@ import (
 // Agent is one agent as placement sees it.
 type Agent struct {
 	Name string
-	// Alive: a member of the gossip pool (alive or suspect), or polling right now.
+	// Alive: a member of the gossip pool (alive or suspect), or polling right now; State is
+	// its gossip state, for the reasons ("" for an agent known only by its poll).
 	Alive bool
+	State proto.AgentState
 	// Polls is how many of its long-polls wait on this leader: each can take one job.
 	Polls int
 	// Running is how many leases it holds; MaxJobs its limit (0: none known).
@@ -251,6 +253,8 @@ func (v *View) Reason(j *proto.Job) string {
 		switch {
 		case !ok:
 			return fmt.Sprintf("target agent %q is not in the fleet", t)
+		case !a.Alive && a.State != "":
+			return fmt.Sprintf("target agent %q is %s", t, a.State)
 		case !a.Alive:
 			return fmt.Sprintf("target agent %q is not alive", t)
 		case a.full():
