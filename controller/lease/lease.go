@@ -319,7 +319,10 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 		a.Alive, a.MaxJobs, a.Polls = true, max, a.Polls+1
 		a.StorageFree, a.MemoryFree, a.Methods = r.Capacity.StorageFreeBytes, r.Capacity.MemoryFreeBytes, r.Capabilities.Methods
 	}
-	in := Input{PerVCenterLimit: m.cfg.PerVCenterLimit, RunningForVCenter: m.st.RunningForVCenter, Usable: usable,
+	// Copies, not calls into the state: the broker places while it walks the pending jobs
+	// under the state's read lock, and a second read lock there would wait behind a
+	// waiting apply that waits for the first (TestDispatchNeverBlocksApply).
+	in := Input{PerVCenterLimit: m.cfg.PerVCenterLimit, RunningPerVCenter: m.st.RunningPerVCenter(), Usable: usable,
 		Agents: make([]Agent, 0, len(order))}
 	for _, name := range order {
 		a := byName[name]

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,4 +186,47 @@ func TestPendingReasonCostDoesNotGrowWithRunningJobs(t *testing.T) {
 	if allocs[2000] > allocs[10] {
 		t.Fatalf("allocations per pending reason: %v with 10 running jobs, %v with 2000", allocs[10], allocs[2000])
 	}
+}
+
+// Placement runs while the broker walks the pending jobs under the state's read lock, and
+// apply takes the write lock meanwhile: placement must not take the read lock again (a
+// nested RLock waits behind a waiting writer: apply and the broker then hang for good, as
+// BenchmarkLeaseGrants showed). Thousands of blocked jobs make every pass long; applies
+// must go on.
+func TestDispatchNeverBlocksApply(t *testing.T) {
+	st := state.New()
+	a := state.NewLocalApplier(st)
+	m := New(Config{PerVCenterLimit: 1, Logger: testutil.Logger()}, st, a, nil)
+	runManager(t, m)
+	same := func(id string) proto.JobDefinition {
+		d := jobDef(id, "")
+		d.Source.VCenterURL = "https://vc.example/sdk"
+		return d
+	}
+	mustApply(t, a, state.CmdSubmitJob, state.SubmitJob{Definition: same("running")})
+	mustApply(t, a, state.CmdLeaseGrant, state.LeaseGrant{LeaseToken: state.LeaseToken{JobID: "running", Attempt: 1}, Agent: "x", At: t0})
+	defs := make([]proto.JobDefinition, 5000)
+	for i := range defs {
+		defs[i] = same(fmt.Sprint("blocked-", i))
+	}
+	mustApply(t, a, state.CmdSubmitBatch, state.SubmitBatch{Definitions: defs})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for k := 0; k < 4; k++ { // agents polling: one dispatch pass after another
+		go func(k int) {
+			for ctx.Err() == nil {
+				m.Lease(ctx, proto.LeaseRequest{Agent: fmt.Sprint("ag", k), MaxJobs: 1, WaitSeconds: 1})
+			}
+		}(k)
+	}
+	var applied atomic.Int64
+	go func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			p := proto.Progress{Stage: proto.StageConversion, CurrentBytes: int64(i)}
+			if _, err := a.Apply(state.MustEncode(state.CmdProgress, state.ProgressReport{LeaseToken: state.LeaseToken{JobID: "running", Attempt: 1}, Progress: p, At: t0})); err == nil {
+				applied.Add(1)
+			}
+		}
+	}()
+	testutil.WaitFor(t, 30*time.Second, "2000 applies while the broker places", func() bool { return applied.Load() >= 2000 })
 }

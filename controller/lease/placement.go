@@ -48,13 +48,14 @@ func (a *Agent) full() bool { return a.MaxJobs > 0 && a.Running >= a.MaxJobs }
 type Input struct {
 	// Agents are every agent known: the gossip view merged with the waiting polls.
 	Agents []Agent
-	// RunningForVCenter is the number of running jobs per vCenter key
+	// RunningPerVCenter is the number of running jobs per vCenter key
 	// (proto.JobDefinition.VCenterKey).
-	RunningForVCenter func(key string) int
+	RunningPerVCenter map[string]int
 	// PerVCenterLimit bounds running jobs per source vCenter (0: the default, 8).
 	PerVCenterLimit int
 	// Usable says why a job cannot be handed out at all (its password does not open with
-	// this controller's key); nil: every job is usable.
+	// this controller's key); nil: every job is usable. Place calls it while the pending
+	// jobs are walked under the state's read lock: it must not take that lock.
 	Usable func(*proto.Job) error
 }
 
@@ -81,9 +82,6 @@ type View struct {
 func NewView(in Input) *View {
 	if in.PerVCenterLimit <= 0 {
 		in.PerVCenterLimit = DefaultConfig().PerVCenterLimit
-	}
-	if in.RunningForVCenter == nil {
-		in.RunningForVCenter = func(string) int { return 0 }
 	}
 	v := &View{in: in, byName: make(map[string]*Agent, len(in.Agents)), methods: map[string]bool{},
 		placed: map[string]int{}, vcKeys: map[string]string{}, reasons: map[string]string{}}
@@ -159,7 +157,7 @@ func (v *View) demanded(j *proto.Job) string {
 // (the password check, the costly one) is left to the caller.
 func (v *View) blockedJob(j *proto.Job) string {
 	key := v.vcenterKey(j)
-	if n := v.in.RunningForVCenter(key) + v.placed[key]; n >= v.in.PerVCenterLimit {
+	if n := v.in.RunningPerVCenter[key] + v.placed[key]; n >= v.in.PerVCenterLimit {
 		return fmt.Sprintf("vCenter %s is at its limit of %d concurrent migrations", key, v.in.PerVCenterLimit)
 	}
 	return ""

@@ -154,7 +154,7 @@ func TestPlacement(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := Input{Agents: tc.agents, PerVCenterLimit: tc.limit,
-				RunningForVCenter: func(k string) int { return tc.runningVC[k] },
+				RunningPerVCenter: tc.runningVC,
 				Usable: func(j *proto.Job) error {
 					if tc.unusable[j.Definition.ID] {
 						return sealedErr
@@ -218,7 +218,7 @@ func TestPlacementAndReasonAgree(t *testing.T) {
 		j := pjob("j", "vc", opts...)
 		running := r.IntN(3)
 		sealed := r.IntN(10) == 0
-		in := Input{Agents: agents, PerVCenterLimit: 2, RunningForVCenter: func(string) int { return running },
+		in := Input{Agents: agents, PerVCenterLimit: 2, RunningPerVCenter: map[string]int{"vc": running},
 			Usable: func(*proto.Job) error {
 				if sealed {
 					return errors.New("sealed")

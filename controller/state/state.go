@@ -223,11 +223,16 @@ func (s *State) RunningOn(agent string) int {
 	return s.running[agent]
 }
 
-// RunningForVCenter is how many jobs run from a source vCenter (JobDefinition.VCenterKey).
-func (s *State) RunningForVCenter(key string) int {
+// RunningPerVCenter returns how many jobs run from each source vCenter
+// (JobDefinition.VCenterKey): a copy, one entry per vCenter with running jobs.
+func (s *State) RunningPerVCenter() map[string]int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.runningVC[key]
+	out := make(map[string]int, len(s.runningVC))
+	for k, v := range s.runningVC {
+		out[k] = v
+	}
+	return out
 }
 
 // Jobs calls fn for every job with the given status in submission order (oldest first)
