@@ -8,6 +8,7 @@
 package state
 
 import (
+	"maps"
 	"sort"
 	"strconv"
 	"sync"
@@ -209,11 +210,7 @@ func (s *State) TotalJobs() int {
 func (s *State) RunningByAgent() map[string]int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make(map[string]int, len(s.running))
-	for k, v := range s.running {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.running)
 }
 
 // RunningOn is how many jobs an agent holds a lease for.
@@ -228,11 +225,7 @@ func (s *State) RunningOn(agent string) int {
 func (s *State) RunningPerVCenter() map[string]int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make(map[string]int, len(s.runningVC))
-	for k, v := range s.runningVC {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.runningVC)
 }
 
 // Jobs calls fn for every job with the given status in submission order (oldest first)
