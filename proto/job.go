@@ -93,11 +93,11 @@ type Options struct {
 	// its serial console (result.boot); a guest not up within BootTimeoutSeconds (default
 	// 300) fails the job and its domain is kept. The domain is shut down afterwards unless
 	// StartAfter.
-	VerifyBoot         bool `json:"verify_boot,omitempty"`
-	BootTimeoutSeconds int  `json:"boot_timeout_seconds,omitempty"`
-	StartAfter         bool `json:"start_after,omitempty"`
-	TargetAgent            string            `json:"target_agent,omitempty"`
-	MaxAttempts            int               `json:"max_attempts,omitempty"`
+	VerifyBoot         bool   `json:"verify_boot,omitempty"`
+	BootTimeoutSeconds int    `json:"boot_timeout_seconds,omitempty"`
+	StartAfter         bool   `json:"start_after,omitempty"`
+	TargetAgent        string `json:"target_agent,omitempty"`
+	MaxAttempts        int    `json:"max_attempts,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.

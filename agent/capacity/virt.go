@@ -260,6 +260,9 @@ type VirtConfig struct {
 	// (default /proc/sys/kernel/random/boot_id). Tests replace them.
 	Host   func() HostVirt
 	BootID func() string
+	// Fixed, when set, is the decision: nothing is probed or cached (an operator's
+	// override, tests).
+	Fixed  *proto.Virtualization
 	Logger *slog.Logger
 }
 
@@ -353,6 +356,9 @@ func (p *VirtProbe) Result() *proto.Virtualization {
 }
 
 func (p *VirtProbe) decide(ctx context.Context) proto.Virtualization {
+	if p.cfg.Fixed != nil {
+		return *p.cfg.Fixed
+	}
 	host := p.cfg.Host()
 	bootID := p.cfg.BootID()
 	path := p.cfg.CacheFile

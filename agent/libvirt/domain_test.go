@@ -15,6 +15,8 @@ import (
 
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"github.com/hypersdk/hypersdk/agent/capacity"
 )
 
 const systemURI = "qemu:///system"
@@ -505,14 +507,30 @@ func TestBuildDomainDetails(t *testing.T) {
 		Disks: []Disk{{Path: "/a", Bus: "scsi"}, {Path: "/b", Bus: "scsi"}, {Path: "/c"}},
 		JobID: "j1", SourceVMPath: `DC0/vm/"quoted" & <tag>`,
 	}
-	d, warnings, err := buildDomain(spec, Options{Now: func() time.Time { return time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) }},
-		host{domainType: "kvm"}, nil)
+	cpu := &capacity.CPUDef{Mode: "host-model", Disable: []string{"arch-capabilities"}}
+	d, warnings, err := buildDomain(spec, Options{Now: func() time.Time { return time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) },
+		CPU: cpu, ConsoleLog: "/var/lib/hypersdk/storage/j1/w-console.log"}, host{domainType: "kvm"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 6 vCPUs do not split into sockets of 4: flattened, with a warning.
-	if d.CPU.Topology.Sockets != 6 || d.CPU.Topology.Cores != 1 || len(warnings) != 1 || d.CPU.Mode != "host-model" {
-		t.Errorf("topology %+v mode %q warnings %q", d.CPU.Topology, d.CPU.Mode, warnings)
+	// 6 vCPUs do not split into sockets of 4: flattened, with a warning. The CPU is the
+	// probe's definition, with its disabled feature.
+	if d.CPU.Topology.Sockets != 6 || d.CPU.Topology.Cores != 1 || len(warnings) != 1 || d.CPU.Mode != "host-model" ||
+		len(d.CPU.Features) != 1 || d.CPU.Features[0].Name != "arch-capabilities" || d.CPU.Features[0].Policy != "disable" {
+		t.Errorf("topology %+v mode %q features %+v warnings %q", d.CPU.Topology, d.CPU.Mode, d.CPU.Features, warnings)
+	}
+	if s := d.Devices.Serials; len(s) != 1 || s[0].Log == nil || s[0].Log.File != "/var/lib/hypersdk/storage/j1/w-console.log" {
+		t.Errorf("serial %+v: want its console log", s)
+	}
+	// Without a probed CPU (and under TCG, whatever the probe said): qemu's default model.
+	for _, tc := range []struct {
+		typ string
+		cpu *capacity.CPUDef
+	}{{"kvm", nil}, {"qemu", cpu}} {
+		d, _, err := buildDomain(spec, Options{CPU: tc.cpu}, host{domainType: tc.typ}, nil)
+		if err != nil || d.CPU.Mode != "" || len(d.CPU.Features) != 0 || d.CPU.Topology == nil {
+			t.Errorf("%s with cpu %v: %+v %v", tc.typ, tc.cpu, d.CPU, err)
+		}
 	}
 	if d.Clock.Offset != "localtime" || d.OS.Type.Machine != "pc" {
 		t.Errorf("clock %q machine %q", d.Clock.Offset, d.OS.Type.Machine)

@@ -272,10 +272,16 @@ func describeOptions(o proto.Options) string {
 	add("disk_bus", o.DiskBus)
 	add("target_agent", o.TargetAgent)
 	for k, v := range map[string]bool{"shutdown": o.Shutdown, "power_off": o.PowerOff, "remove_cdrom": o.RemoveCDROM,
-		"guest_conversion": o.GuestConversion, "start_after": o.StartAfter} {
+		"start_after": o.StartAfter, "verify_boot": o.VerifyBoot} {
 		if v {
 			parts = append(parts, k)
 		}
+	}
+	if o.GuestConversion != nil {
+		parts = append(parts, "guest_conversion="+strconv.FormatBool(*o.GuestConversion))
+	}
+	if o.BootTimeoutSeconds > 0 {
+		parts = append(parts, "boot_timeout="+strconv.Itoa(o.BootTimeoutSeconds)+"s")
 	}
 	for k, v := range o.NetworkMapping {
 		parts = append(parts, fmt.Sprintf("net %q→%s", k, v))
