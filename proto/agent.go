@@ -242,8 +242,17 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	slices.SortStableFunc(methods, func(a, b string) int { return methodRank(a) - methodRank(b) })
 	plugins := slices.Clone(c.NbdkitPlugins)
 	SortPlugins(plugins)
-	trailer := encodeGuestTrailer(c)
-	limit := NodeMetaMaxSize - len(trailer)
+	// Room for the guest trailer is reserved before the lists: its essentials (type, CPU)
+	// and the start of the reason, but never so much that the methods and the transfer
+	// plugins (the first list items, which placement uses) lose their room. The reason
+	// then grows into whatever the lists leave.
+	free := NodeMetaMaxSize - len(b) - 2 // after both list counts
+	essential := len(encodeGuestTrailer(c, 0))
+	reserve := essential + min(guestReasonReserve, reasonLen(c))
+	if free-reserve < listsMinRoom {
+		reserve = max(essential, free-listsMinRoom)
+	}
+	limit := NodeMetaMaxSize - reserve
 	var cut bool
 	// Reserve the plugins' count byte while filling methods, so both counts always fit.
 	b, cut = appendList(b, methods, limit-1)
@@ -254,15 +263,30 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	if cut {
 		flags |= flagTruncated
 	}
-	b = append(b, trailer...)
+	b = append(b, encodeGuestTrailer(c, NodeMetaMaxSize-len(b))...)
 	b[flagsAt] = flags
 	return b, nil
 }
 
+// Trailer room: the part of the reason reserved ahead of the lists, and what the lists keep
+// whatever happens (methods and the vddk and curl plugins).
+const (
+	guestReasonReserve = 40
+	listsMinRoom       = 32
+)
+
+func reasonLen(c AgentCapabilities) int {
+	if c.Virtualization == nil {
+		return 0
+	}
+	return min(len(c.Virtualization.Reason), maxMetaReasonLen)
+}
+
 // encodeGuestTrailer writes what the agent knows about running guests: virt-v2v present,
-// and the virtualisation its probe chose (type, CPU definition, the reason cut short: the
-// full reason is in the agent's log).
-func encodeGuestTrailer(c AgentCapabilities) []byte {
+// and the virtualisation its probe chose (type, CPU definition, and the reason cut to what
+// room leaves after the rest: the full reason is in the agent's log). The flags, type and
+// CPU are always written whole.
+func encodeGuestTrailer(c AgentCapabilities, room int) []byte {
 	var flags uint64
 	if c.VirtV2V {
 		flags |= guestFlagVirtV2V
@@ -278,7 +302,7 @@ func encodeGuestTrailer(c AgentCapabilities) []byte {
 	b := binary.AppendUvarint(make([]byte, 0, guestTrailerMax), flags)
 	b = appendString(b, typ, maxMetaVirtTypeLen)
 	b = appendString(b, cpu, maxMetaCPULen)
-	return appendString(b, reason, maxMetaReasonLen)
+	return appendString(b, reason, min(maxMetaReasonLen, max(0, room-len(b)-1)))
 }
 
 func methodRank(m string) int {

@@ -250,8 +250,8 @@ func shorten(s string, n int) string {
 
 // VirtConfig configures a VirtProbe. Zero values mean the defaults.
 type VirtConfig struct {
-	// CacheFile keeps the decision for the current boot of the host (default
-	// /var/lib/hypersdk/virt-probe.json); agents on one host share it.
+	// CacheFile keeps the decision for the current boot of the host (required); agents
+	// sharing the file share one probe.
 	CacheFile  string
 	LibvirtURI string
 	// Trial boots a kernel (agent/libvirt's BootTrial); nil: decide from host facts only.
@@ -265,9 +265,6 @@ type VirtConfig struct {
 	Fixed  *proto.Virtualization
 	Logger *slog.Logger
 }
-
-// DefaultVirtCacheFile is where the decision is cached.
-const DefaultVirtCacheFile = "/var/lib/hypersdk/virt-probe.json"
 
 // virtCacheVersion changes when the decision rules change, so old entries are not reused.
 const virtCacheVersion = 1
@@ -292,9 +289,6 @@ type VirtProbe struct {
 
 // NewVirtProbe returns a probe; Run decides.
 func NewVirtProbe(cfg VirtConfig) *VirtProbe {
-	if cfg.CacheFile == "" {
-		cfg.CacheFile = DefaultVirtCacheFile
-	}
 	if cfg.Host == nil {
 		cfg.Host = ReadHostVirt
 	}

@@ -119,7 +119,7 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 	}
 	text, _ := console.Text()
 	if state != bootUp {
-		what := evidence
+		what := fmt.Sprintf("%s (after %.0f s)", evidence, secs)
 		if state == booting {
 			what = fmt.Sprintf("no login prompt within %s", timeout)
 		}
@@ -138,8 +138,8 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 			where = ", console log " + logPath
 		}
 		j.log.Warn("boot check failed", "domain", name, "what", what, "seconds", fmt.Sprintf("%.0f", secs))
-		return nil, fmt.Errorf("%w: %s after %.0f s; domain %s is kept (%s) with its disks in %s for you to look at: virsh start %s; virsh console %s%s; last console lines:\n%s",
-			ErrBootCheck, what, secs, name, kept, j.dir, name, name, where, strings.Join(tail, "\n"))
+		return nil, fmt.Errorf("%w: %s; domain %s is kept (%s) with its disks in %s for you to look at: virsh start %s; virsh console %s%s; last console lines:\n%s",
+			ErrBootCheck, what, name, kept, j.dir, name, name, where, strings.Join(tail, "\n"))
 	}
 	j.keep = false
 	res := &proto.BootResult{OK: true, Seconds: roundTenth(secs), Evidence: evidence, ConsoleLog: logPath}

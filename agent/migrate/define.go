@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -160,6 +161,7 @@ func (j *job) define(ctx context.Context) (*proto.JobResult, error) {
 		}
 	}
 
+	j.letQemuIn()
 	conn, err := libvirt.Connect(ctx, j.p.cfg.LibvirtURI)
 	if err != nil {
 		return nil, err
@@ -191,4 +193,20 @@ func virtString(v *proto.Virtualization) string {
 		return "libvirt's choice"
 	}
 	return v.Type + " " + v.CPU
+}
+
+// letQemuIn makes the storage dir and the job's dir traversable (not readable) by others:
+// qemu runs as its own user (libvirt-qemu), and libvirt hands it the disk images (it
+// chowns the files) but not the directories above them, so a domain whose disks sit in a
+// 0750 directory defines fine and then fails to start with "Permission denied".
+func (j *job) letQemuIn() {
+	for _, d := range []string{j.p.cfg.StorageDir, j.dir} {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm()&0o011 == 0o011 {
+			continue
+		}
+		if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+			j.log.Warn("cannot let qemu reach the disks: the domain may not start", "dir", d, "err", err)
+		}
+	}
 }

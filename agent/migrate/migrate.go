@@ -58,7 +58,7 @@ type Config struct {
 	// without them a Windows guest is not converted and gets compatibility devices.
 	VirtioWin string
 	// VirtProbeFile caches the virtualisation probe's decision per boot of the host
-	// (default capacity.DefaultVirtCacheFile).
+	// (default <StorageDir>/.virt-probe.json; agents sharing a file share one probe).
 	VirtProbeFile string
 	// Virtualization, when set, is used instead of probing (tests; an operator's override).
 	Virtualization *proto.Virtualization
@@ -81,7 +81,6 @@ func DefaultConfig() Config {
 		GuestConversion:     GuestConversionAuto,
 		V2VInPlace:          "virt-v2v-in-place",
 		VirtioWin:           "/usr/share/virtio-win",
-		VirtProbeFile:       capacity.DefaultVirtCacheFile,
 		BootShutdownTimeout: 2 * time.Minute,
 		Logger:              slog.Default(),
 	}
@@ -120,7 +119,7 @@ func (c Config) withDefaults() Config {
 		c.VirtioWin = d.VirtioWin
 	}
 	if c.VirtProbeFile == "" {
-		c.VirtProbeFile = d.VirtProbeFile
+		c.VirtProbeFile = filepath.Join(c.StorageDir, ".virt-probe.json")
 	}
 	if c.BootShutdownTimeout <= 0 {
 		c.BootShutdownTimeout = d.BootShutdownTimeout
@@ -228,7 +227,9 @@ func safeName(s string) string {
 		}
 		return '_'
 	}, s)
-	if s == "" || s == "." || s == ".." {
+	// A leading dot is kept for the agent's own files in the storage dir (the
+	// virtualisation cache), so no job directory can be one of them.
+	if s == "" || s[0] == '.' {
 		s = "_" + s
 	}
 	return s
