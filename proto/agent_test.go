@@ -38,7 +38,7 @@ func fullMeta() NodeMeta {
 			Nbdkit: true, NbdkitPlugins: debianPlugins, Nbdcopy: true, VDDK: true,
 			LibvirtURI:       "qemu+ssh://migration@kvm-host-0017.rack12.datacenter-east.example.com/system?keyfile=/etc/hypersdk/id_ed25519",
 			LibvirtReachable: true, Methods: []string{"nfc", "https", "vddk"},
-			VirtV2V:          true,
+			VirtV2V: true,
 			Virtualization: &Virtualization{Type: VirtKVM, CPU: "host-model -arch-capabilities -tsx-ctrl", LibguestfsKVM: true,
 				Reason: "hardware KVM: /dev/kvm (kvm_amd, svm); host-model: did not start (qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000001c082f); " +
 					"host-model -arch-capabilities: booted a kernel in 1.8 s; host-passthrough: booted a kernel in 1.7 s"},
