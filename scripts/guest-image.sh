@@ -14,7 +14,9 @@
 #
 # What the guest is (each part is something a migration has to cope with):
 # - Debian 12 from Debian's packages (mmdebstrap, minbase): linux-image-amd64, systemd, grub-pc
-#   in the MBR of the disk, open-vm-tools (what virt-v2v removes), ifupdown.
+#   in the MBR of the disk, open-vm-tools (what virt-v2v removes). No network configuration:
+#   ifupdown's networking.service waits for udev to settle, which costs minutes under TCG and
+#   shows nothing a boot check needs.
 # - /etc/fstab and the kernel's root= name /dev/sda1, as guests cloned from templates and older
 #   installs have them (Debian's installer writes UUID=, which needs no fixing): on virtio the
 #   disk is /dev/vda, so an unconverted guest cannot mount its root; virt-v2v rewrites both.
@@ -49,7 +51,7 @@ SUITE=bookworm
 DISK_MIB=2048
 PART_START_MIB=1
 HOSTNAME_=hsxguest
-PACKAGES=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools,grub-pc,e2fsprogs,open-vm-tools,ifupdown,isc-dhcp-client,procps,less
+PACKAGES=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools,grub-pc,e2fsprogs,open-vm-tools,procps
 # The storage drivers of VMware's virtual hardware: pvscsi, LSI Logic (parallel and SAS), AHCI
 # (VMware's SATA controller, and the agent's compatibility bus), the SCSI disk driver, ext4.
 INITRAMFS_MODULES="vmw_pvscsi mptspi mptsas ahci sd_mod ext4 crc32c_generic"
@@ -125,14 +127,16 @@ customize_hook() {
 echo $HOSTNAME_ >"\$1/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t$HOSTNAME_\n' >"\$1/etc/hosts"
 printf '# /etc/fstab: static file system information.\n# <file system> <mount point> <type> <options> <dump> <pass>\n/dev/sda1 / ext4 errors=remount-ro 0 1\n' >"\$1/etc/fstab"
-printf 'auto lo\niface lo inet loopback\n\nallow-hotplug ens192\niface ens192 inet dhcp\n' >"\$1/etc/network/interfaces"
 echo 'root:hypersdk' | chroot "\$1" chpasswd
 rm -f "\$1/etc/machine-id" "\$1/var/lib/dbus/machine-id"
 touch "\$1/etc/machine-id"
 EOF
 }
 
+# force-unsafe-io: no fsync per unpacked file (the tree is thrown away if the build dies),
+# which is most of the build's time on a busy machine.
 mmdebstrap --variant=minbase --mode=root --format=directory --include="$PACKAGES" \
+	--dpkgopt=force-unsafe-io --aptopt='Acquire::Languages "none"' \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
 	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
 	--dpkgopt='path-exclude=/usr/share/info/*' \

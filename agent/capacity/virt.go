@@ -365,7 +365,9 @@ func (p *VirtProbe) decide(ctx context.Context) proto.Virtualization {
 		return c.Virtualization
 	}
 	start := time.Now()
-	p.log.Info("probing virtualisation: booting a kernel under each candidate CPU definition", "host", host.String())
+	if host.DevKVM && p.cfg.Trial != nil {
+		p.log.Info("probing virtualisation: booting a kernel under each candidate CPU definition", "host", host.String())
+	}
 	v := Decide(ctx, host, p.cfg.Trial)
 	if ctx.Err() != nil {
 		return v // not cached: an interrupted probe decided on partial evidence

@@ -48,9 +48,15 @@ var bootFailures = []struct{ marker, what string }{
 // happened), or still booting.
 func bootVerdict(text string) (bootState, string) {
 	lines := libvirt.Tail(text, 400)
+	// The newest line decides, except that the initramfs shell's prompt sends the search
+	// back for the reason it was dropped there.
+	shell := false
 	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.TrimSpace(lines[i])
 		if loginPrompt.MatchString(l) {
+			if shell {
+				break
+			}
 			return bootUp, l
 		}
 		for _, f := range bootFailures {
@@ -59,8 +65,11 @@ func bootVerdict(text string) (bootState, string) {
 			}
 		}
 		if strings.HasPrefix(l, "(initramfs)") {
-			return bootFailed, "the guest dropped to the initramfs shell"
+			shell = true
 		}
+	}
+	if shell {
+		return bootFailed, "the guest dropped to the initramfs shell"
 	}
 	return booting, ""
 }
@@ -117,6 +126,11 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 		j.keep = false // cancelled: the attempt's domain goes like everything else it made
 		return nil, errCancelled(ctx, "boot check")
 	}
+	if state == bootFailed {
+		// The guest is still printing why (the initramfs's advice, the kernel's trace):
+		// let it finish so the error shows the whole story.
+		settle(ctx, console, 2*time.Second, 15*time.Second)
+	}
 	text, _ := console.Text()
 	if state != bootUp {
 		what := fmt.Sprintf("%s (after %.0f s)", evidence, secs)
@@ -155,6 +169,28 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// settle waits until the console has been quiet for quiet, or max has passed.
+func settle(ctx context.Context, c *libvirt.Console, quiet, max time.Duration) {
+	deadline := time.NewTimer(max)
+	defer deadline.Stop()
+	for {
+		idle := time.NewTimer(quiet)
+		select {
+		case <-c.Changed():
+			idle.Stop()
+			if _, ended := c.Text(); !ended {
+				continue
+			}
+		case <-idle.C:
+		case <-deadline.C:
+			idle.Stop()
+		case <-ctx.Done():
+			idle.Stop()
+		}
+		return
+	}
 }
 
 func roundTenth(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }

@@ -124,6 +124,7 @@ func newFixture(t *testing.T, simCfg vcsim.Config, edit ...func(*migrate.Config)
 		// The simulator's disks hold random bytes, which virt-v2v cannot inspect: tests
 		// that convert a guest ask for it per job or set this back to auto.
 		GuestConversion: migrate.GuestConversionOff,
+		VirtProbeFile:   harness.VirtProbeFile,
 		Logger:          slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	for _, e := range edit {

@@ -176,7 +176,7 @@ func New(cfg Config) (*Pipeline, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "migrate"), xfer: transfer.New(tc), metrics: m,
 	}
 	p.domains = newDomains(cfg.LibvirtURI, cfg.DefaultNetwork, p.log)
-	p.virt = newVirtProbe(cfg, p.log)
+	p.virt = newVirtProbe(cfg, cfg.Logger)
 	return p, nil
 }
 

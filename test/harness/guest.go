@@ -12,6 +12,10 @@ import (
 // DefaultGuestImage is where scripts/guest-image.sh links its newest image.
 const DefaultGuestImage = "/var/cache/hypersdk/guest/debian12.raw"
 
+// VirtProbeFile is the virtualisation decision every test agent shares, so a host probes
+// once per boot however many agents the tests start (make test fills it first).
+var VirtProbeFile = filepath.Join(os.TempDir(), "hypersdk-test-virt-probe.json")
+
 // GuestImage returns the bootable guest image (scripts/guest-image.sh; make test builds it
 // and sets HYPERSDK_GUEST_IMAGE), or skips the test saying how to get one.
 func GuestImage(t testing.TB) string {

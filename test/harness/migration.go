@@ -170,7 +170,7 @@ func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controlle
 		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info",
 		// The simulator's disks hold random bytes, which virt-v2v cannot convert: a test
 		// that converts a guest asks for it in its job (or passes --guest-conversion auto).
-		"--guest-conversion", "off"}
+		"--guest-conversion", "off", "--virt-probe-file", VirtProbeFile}
 	args = append(args, extra...)
 	// Agents trust the controllers' CA through the system store (the HA guide); for https
 	// controllers the harness points Go's store at their CA.
