@@ -116,3 +116,31 @@ func TestVerifyBootNeverBoots(t *testing.T) {
 		t.Errorf("the kept domain's disks are gone")
 	}
 }
+
+// TestWindowsWithoutVirtioWin: a Windows guest on an agent without virtio-win's drivers is
+// not handed to virt-v2v (which would leave it unable to boot from virtio); it gets the
+// compatibility devices Windows boots from, with a warning saying how to get virtio.
+func TestWindowsWithoutVirtioWin(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, vcsim.Config{VMs: 1, DiskSize: 8 * mib, GuestID: "windows2019srv_64Guest", Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}},
+		func(c *migrate.Config) {
+			c.GuestConversion = migrate.GuestConversionAuto
+			c.V2VInPlace = "/bin/false" // present; the job fails if it is run at all
+			c.VirtioWin = "/nonexistent/virtio-win"
+		})
+	rec := &recorder{}
+	res, err := f.run(f.lease("job-windows", 0, proto.Options{ConversionMethod: "https"}), rec, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Conversion == nil || res.Conversion.Converted || !strings.Contains(res.Conversion.Reason, "virtio-win") ||
+		res.Devices == nil || res.Devices.DiskBus != "sata" || res.Devices.NICModel != "e1000e" {
+		t.Errorf("conversion %+v devices %+v, want not converted (no virtio-win) on sata + e1000e", res.Conversion, res.Devices)
+	}
+	if !strings.Contains(strings.Join(rec.warns(), "\n"), "install the virtio-win drivers") {
+		t.Errorf("warnings %q lack the virtio-win advice", rec.warns())
+	}
+	if d := domainXML(t, f.sim.VMs[0].Name); d.Clock == nil || d.Clock.Offset != "localtime" {
+		t.Errorf("a Windows guest's clock %+v, want localtime", d.Clock)
+	}
+}
