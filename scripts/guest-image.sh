@@ -14,7 +14,9 @@
 #
 # What the guest is (each part is something a migration has to cope with):
 # - Debian 12 from Debian's packages (mmdebstrap, minbase): linux-image-amd64, systemd, grub-pc
-#   in the MBR of the disk, open-vm-tools (what virt-v2v removes). No network configuration:
+#   in the MBR of the disk, open-vm-tools (what virt-v2v removes), dbus (so systemd-logind
+#   runs and an ACPI power button shuts the guest down, as a hypervisor's shutdown asks). No
+#   network configuration:
 #   ifupdown's networking.service waits for udev to settle, which costs minutes under TCG and
 #   shows nothing a boot check needs.
 # - /etc/fstab and the kernel's root= name /dev/sda1, as guests cloned from templates and older
@@ -51,7 +53,7 @@ SUITE=bookworm
 DISK_MIB=2048
 PART_START_MIB=1
 HOSTNAME_=hsxguest
-PACKAGES=linux-image-amd64,systemd-sysv,udev,kmod,initramfs-tools,grub-pc,e2fsprogs,open-vm-tools,procps
+PACKAGES=linux-image-amd64,systemd-sysv,udev,kmod,dbus,initramfs-tools,grub-pc,e2fsprogs,open-vm-tools,procps
 # The storage drivers of VMware's virtual hardware: pvscsi, LSI Logic (parallel and SAS), AHCI
 # (VMware's SATA controller, and the agent's compatibility bus), the SCSI disk driver, ext4.
 INITRAMFS_MODULES="vmw_pvscsi mptspi mptsas ahci sd_mod ext4 crc32c_generic"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	lv "libvirt.org/go/libvirt"
 )
@@ -139,10 +140,14 @@ func (c *Console) Wait(ctx context.Context, check func(text string, ended bool) 
 // Close stops reading and releases the stream. The domain keeps running.
 func (c *Console) Close() {
 	c.closeOnce.Do(func() {
-		// Abort unblocks a Recv in progress; the reader then ends.
+		// Abort unblocks a Recv in progress (measured: milliseconds); the reader then
+		// ends. Should it not, the stream is left to the reader rather than freed under it.
 		_ = c.stream.Abort()
-		<-c.readDone
-		c.stream.Free()
+		select {
+		case <-c.readDone:
+			c.stream.Free()
+		case <-time.After(10 * time.Second):
+		}
 		c.finish(nil)
 	})
 }

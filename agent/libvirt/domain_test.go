@@ -563,3 +563,35 @@ func TestBuildDomainDetails(t *testing.T) {
 		t.Errorf("efi without OVMF: %v", err)
 	}
 }
+
+// TestSourceXML: what virt-v2v-in-place reads: the VM as it was on VMware, every disk at
+// its converted path on a SCSI bus (so the guest's /dev/sdX names map), the VMware NIC
+// models and MACs, the BIOS UUID.
+func TestSourceXML(t *testing.T) {
+	spec := DomainSpec{Name: "web", VCPUs: 2, MemoryMiB: 1024, JobID: "j1", BIOSUUID: "4211AAAA-BBBB-CCCC-DDDD-EEEEFFFF0000",
+		Disks: []Disk{{Path: "/s/j1/web-disk0.qcow2", Format: "qcow2", Bus: "virtio"}, {Path: "/s/j1/web-disk1.raw", Format: "raw"}},
+		NICs:  []NIC{{Network: "VM Network", MAC: "00:50:56:aa:bb:01", Model: "vmxnet3"}}}
+	doc, err := SourceXML(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if d.UUID != "4211aaaa-bbbb-cccc-dddd-eeeeffff0000" || len(d.Devices.Disks) != 2 {
+		t.Fatalf("uuid %q disks %d", d.UUID, len(d.Devices.Disks))
+	}
+	for i, want := range []struct{ path, format, dev string }{{"/s/j1/web-disk0.qcow2", "qcow2", "sda"}, {"/s/j1/web-disk1.raw", "raw", "sdb"}} {
+		dd := d.Devices.Disks[i]
+		if dd.Source.File.File != want.path || dd.Driver.Type != want.format || dd.Target.Bus != "scsi" || dd.Target.Dev != want.dev {
+			t.Errorf("disk %d: %s %s %s/%s, want %+v on scsi", i, dd.Source.File.File, dd.Driver.Type, dd.Target.Bus, dd.Target.Dev, want)
+		}
+	}
+	if n := d.Devices.Interfaces; len(n) != 1 || n[0].Model.Type != "vmxnet3" || n[0].MAC.Address != "00:50:56:aa:bb:01" {
+		t.Errorf("interfaces %+v", n)
+	}
+	if _, err := SourceXML(DomainSpec{Name: "x"}); !errors.Is(err, ErrInvalidSpec) {
+		t.Errorf("an invalid spec: %v", err)
+	}
+}

@@ -101,6 +101,8 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 		return nil, fmt.Errorf("%w: %v; domain %s is kept with its disks (%s): fix the host and start it with virsh start %s",
 			ErrBootCheck, err, name, j.dir, name)
 	}
+	// Closed before the domain is stopped, and in any case: libvirtd does not finish
+	// destroying a domain while a client still holds its console stream open.
 	defer console.Close()
 	start := time.Now()
 
@@ -132,6 +134,7 @@ func (j *job) bootCheck(ctx context.Context) (*proto.BootResult, error) {
 		settle(ctx, console, 2*time.Second, 15*time.Second)
 	}
 	text, _ := console.Text()
+	console.Close()
 	if state != bootUp {
 		what := fmt.Sprintf("%s (after %.0f s)", evidence, secs)
 		if state == booting {
