@@ -81,17 +81,11 @@ func FillLength(capacity int64, fill Fill) int64 {
 // fillExtent makes the file exactly capacity bytes long (a hole) and writes its first
 // FillLength bytes with real writes, so the file system allocates those blocks only.
 func fillExtent(ctx context.Context, name string, capacity int64, fill Fill, key [32]byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	f, err := emptyExtent(name, capacity)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Truncate(0); err != nil {
-		return err
-	}
-	if err := f.Truncate(capacity); err != nil {
-		return err
-	}
 	n := FillLength(capacity, fill)
 	if n == 0 {
 		return nil
@@ -116,6 +110,23 @@ func fillExtent(ctx context.Context, name string, capacity int64, fill Fill, key
 		off += int64(w)
 	}
 	return f.Close()
+}
+
+// emptyExtent opens the extent for writing as one hole of capacity bytes.
+func emptyExtent(name string, capacity int64) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Truncate(capacity); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 type zeroReader struct{}
@@ -149,17 +160,11 @@ func copyGuest(ctx context.Context, flat, image string, capacity int64) error {
 		return err
 	}
 	defer src.Close()
-	dst, err := os.OpenFile(flat, os.O_WRONLY, 0)
+	dst, err := emptyExtent(flat, capacity)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
-	if err := dst.Truncate(0); err != nil {
-		return err
-	}
-	if err := dst.Truncate(capacity); err != nil {
-		return err
-	}
 	buf := make([]byte, 64<<10)
 	for off := int64(0); ; {
 		if err := ctx.Err(); err != nil {

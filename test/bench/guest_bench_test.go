@@ -52,15 +52,7 @@ func BenchmarkGuest(b *testing.B) {
 	harness.QemuCanReach(b, dir)
 	sim := harness.StartSim(b, vcsim.Config{VMs: 2, DisksPerVM: 1, CPUs: 1, MemoryMB: 1024, Guest: vcsim.GuestLinux, GuestImage: image,
 		Username: "admin", Password: "bench-pw", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	conf := filepath.Join(dir, "controller.yaml")
-	if err := os.WriteFile(conf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	ctl := harness.StartController(b, dir, "c1", nil, "--config", conf, "--fast-raft")
-	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
-		var cl harness.ClusterView
-		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
-	})
+	ctl := startBenchController(b, dir)
 	harness.StartAgent(b, dir, "bench-agent", []*harness.Controller{ctl}, "--max-jobs", "1", "--log-level", "warn")
 	nets := map[string]string{"VM Network": "bridge:" + harness.Bridge(b)}
 
