@@ -174,6 +174,12 @@ func failingFeature(msg string) string {
 	return msrFeatures[strings.ToLower(f[0])]
 }
 
+// cpuRefused reports a start failure that is about the CPU definition or KVM itself.
+func cpuRefused(msg string) bool {
+	m := strings.ToLower(msg)
+	return failingFeature(msg) != "" || strings.Contains(m, "cpu") || strings.Contains(m, "kvm") || strings.Contains(m, "msr")
+}
+
 // maxDisabled bounds the host-model retries: each trial costs a qemu start.
 const maxDisabled = 3
 
@@ -196,9 +202,13 @@ func Decide(ctx context.Context, h HostVirt, trial Trial) proto.Virtualization {
 	}
 
 	var notes []string
+	// tested: some trial told something about KVM here (it started, or KVM refused its
+	// CPU); otherwise every trial failed for reasons of its own.
+	tested := false
 	try := func(cpu CPUDef) TrialResult {
 		r := trial(ctx, proto.VirtKVM, cpu)
 		notes = append(notes, cpu.String()+": "+r.summary())
+		tested = tested || r.Started || cpuRefused(r.Error)
 		return r
 	}
 	var chosen *CPUDef
@@ -221,6 +231,13 @@ func Decide(ctx context.Context, h HostVirt, trial Trial) proto.Virtualization {
 		}
 	}
 	evidence := strings.Join(notes, "; ")
+	if chosen == nil && !tested && h.Hardware() {
+		// No trial domain started, and not because of its CPU: the trial itself cannot run
+		// here (a security policy, a kernel qemu may not read), which says nothing about
+		// the hardware, and hardware KVM runs host-model.
+		return proto.Virtualization{Type: proto.VirtKVM, CPU: "host-model", LibguestfsKVM: true,
+			Reason: "hardware KVM: " + h.String() + " (no trial domain started, not confirmed: " + evidence + ")"}
+	}
 	if chosen == nil {
 		return tcg("TCG: KVM did not boot a kernel: " + h.String() + "; " + evidence)
 	}
