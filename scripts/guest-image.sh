@@ -19,9 +19,12 @@
 #   network configuration:
 #   ifupdown's networking.service waits for udev to settle, which costs minutes under TCG and
 #   shows nothing a boot check needs.
-# - /etc/fstab and the kernel's root= name /dev/sda1, as guests cloned from templates and older
-#   installs have them (Debian's installer writes UUID=, which needs no fixing): on virtio the
-#   disk is /dev/vda, so an unconverted guest cannot mount its root; virt-v2v rewrites both.
+# - /etc/fstab and the kernel's root= (in /boot/grub/grub.cfg) name /dev/sda1, as guests cloned
+#   from templates and older installs have them (Debian's installer writes UUID=, which needs no
+#   fixing): on virtio the disk is /dev/vda, so an unconverted guest cannot mount its root.
+#   virt-v2v rewrites fstab and then regenerates grub.cfg with update-grub, which names the
+#   root by UUID. (root= must not be in GRUB_CMDLINE_LINUX: update-grub appends that after its
+#   own root=UUID, the kernel takes the last one, and virt-v2v does not rewrite it there.)
 # - An initramfs with the storage drivers of VMware's virtual hardware only (pvscsi, LSI Logic,
 #   AHCI), as a host-only initramfs built on ESXi has them (RHEL's dracut default; Debian's
 #   MODULES=dep): no virtio. Booted on a virtio disk unconverted, it waits for its root device
@@ -116,7 +119,7 @@ GRUB_DEFAULT=0
 GRUB_TIMEOUT=1
 GRUB_DISTRIBUTOR=\`lsb_release -i -s 2> /dev/null || echo Debian\`
 GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="root=/dev/sda1 $KERNEL_CMDLINE"
+GRUB_CMDLINE_LINUX="$KERNEL_CMDLINE"
 GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
