@@ -43,7 +43,7 @@ test: setup build guest-image ## Run every test (unit, in-process cluster, real 
 	HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin $(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
 
 .PHONY: test-guest
-test-guest: setup build guest-image ## Convert a migrated guest with virt-v2v and boot it on virtio (about 11 min under TCG, 2-3 with KVM)
+test-guest: setup build guest-image ## Convert a migrated guest with virt-v2v and boot it on virtio (7-15 min under TCG, a few with KVM)
 	$(probe_virt)
 	set -o pipefail; HYPERSDK_GUEST_CONVERSION=1 HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin \
 		$(GO) test -count=1 -v -timeout 60m -run '^TestGuestConversion$$' ./test/ | grep --line-buffered -v 'TLS handshake error' | tee test-guest.out
