@@ -8,7 +8,7 @@
 # check on, left running), prints the job's progress every second, and ends with the login
 # prompt the guest printed on its serial console and how to attach to it. The guest is
 # converted with virt-v2v when the agent's libguestfs can use KVM (a minute or two); under
-# TCG that takes about 11 minutes, so it is skipped unless asked for, and the guest boots on
+# TCG that takes 5-12 minutes, so it is skipped unless asked for, and the guest boots on
 # compatibility devices (sata, e1000e) instead of virtio. The processes stop when the script
 # ends; the domain (running), its disks and, where it had to make one, the bridge its NIC is
 # on stay (the script says how to remove them). Running it again replaces the previous
@@ -203,7 +203,7 @@ if [ "$URI" = qemu:///system ]; then
 	elif [ "$CONVERT" = true ]; then
 		note "virt-v2v converts the guest (virtio drivers in, VMware tools out)"
 	else
-		note "virt-v2v would run under TCG here (about 11 minutes): skipped, the guest gets compatibility devices;"
+		note "virt-v2v would run under TCG here (5-12 minutes): skipped, the guest gets compatibility devices;"
 		note "HYPERSDK_DEMO_CONVERT=1 make demo converts it anyway"
 	fi
 fi

@@ -339,7 +339,7 @@ func (p *VirtProbe) Run(ctx context.Context) proto.Virtualization {
 			p.log.Info("virtualisation decided", "type", p.v.Type, "cpu", p.v.CPU, "libguestfs_kvm", p.v.LibguestfsKVM, "reason", p.v.Reason)
 		}
 		if !p.v.LibguestfsKVM {
-			p.log.Warn("virt-v2v (libguestfs) will run under TCG on this host: a guest conversion takes minutes (about 11 for a small Linux guest)")
+			p.log.Warn("virt-v2v (libguestfs) will run under TCG on this host: a guest conversion takes minutes (5-12 for a small Linux guest on a 2-core host)")
 		}
 	})
 	return p.v
