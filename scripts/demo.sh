@@ -19,6 +19,7 @@
 #   HYPERSDK_DEMO_DISK_SIZE=1G scripts/demo.sh   the second disk's size
 #   HYPERSDK_DEMO_CONVERT=1 scripts/demo.sh   convert with virt-v2v even under TCG (0: never)
 #   HYPERSDK_DEMO_KEEP=1 scripts/demo.sh      keep the processes' logs
+#   HYPERSDK_DEMO_VM=name- scripts/demo.sh    the VM's name prefix (default vm-: the VM is vm-1)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -124,7 +125,7 @@ say "Starting the vCenter simulator: 1 VM, a Debian 12 guest on its first disk, 
 SIM_PASSWORD="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # The password reaches the simulator through its environment and the job through a file:
 # neither shows up in the process list.
-HYPERSDK_SIM_PASSWORD=$SIM_PASSWORD "$BIN/hypersdk-sim" --listen 127.0.0.1:0 --vms 1 --disks-per-vm 2 \
+HYPERSDK_SIM_PASSWORD=$SIM_PASSWORD "$BIN/hypersdk-sim" --listen 127.0.0.1:0 --vms 1 --name-prefix "${HYPERSDK_DEMO_VM:-vm-}" --disks-per-vm 2 \
 	--disk-size "$DISK_SIZE" --fill random:0.5 --username administrator@vsphere.local \
 	--guest linux --guest-image "$IMAGE" --cpus 1 --memory-mb 1024 \
 	>"$RUN/sim.out" 2>"$RUN/sim.log" &
@@ -144,7 +145,8 @@ done < <(sed -n 's/^disk=\([^ ]*\).*/\1/p' "$RUN/sim.out")
 
 # A previous demo left a domain of the same name (the simulator's VM is always vm-1). It is
 # the demo's own when the job id in its metadata names a job directory under the demo's
-# storage: then remove it with its disks. Anything else of that name is not ours to touch.
+# storage: then remove it with its disks. Anything else of that name is not ours to touch
+# (HYPERSDK_DEMO_VM names the VM otherwise).
 if [ "$URI" = qemu:///system ] && virsh -c "$URI" domuuid "$VM_NAME" >/dev/null 2>&1; then
 	old_job=$(virsh -c "$URI" metadata "$VM_NAME" https://hypersdk.io/xmlns/migration/1 2>/dev/null |
 		sed -n 's/.*<job_id>\([^<]*\)<\/job_id>.*/\1/p' | head -1)
@@ -154,7 +156,7 @@ if [ "$URI" = qemu:///system ] && virsh -c "$URI" domuuid "$VM_NAME" >/dev/null 
 		virsh -c "$URI" undefine --nvram "$VM_NAME" >/dev/null
 		rm -rf "${STORAGE:?}/$old_job"
 	else
-		die "a domain named $VM_NAME exists on $URI and was not made by this demo; remove or rename it (virsh -c $URI undefine --nvram $VM_NAME) and run the demo again"
+		die "a domain named $VM_NAME exists on $URI and was not made by this demo; remove or rename it (virsh -c $URI undefine --nvram $VM_NAME), or name the demo's VM otherwise (HYPERSDK_DEMO_VM=demo- make demo), and run the demo again"
 	fi
 fi
 
@@ -294,12 +296,11 @@ if [ "$URI" = qemu:///system ]; then
 	mapfile -t b < <(printf '%s' "$j" | obj boot | json ok seconds evidence console_log)
 	if [ "${b[0]}" = true ]; then
 		say "The guest booted in ${b[1]}s; its serial console says:"
-		# The lines before the prompt name the OS and the console; the prompt is the evidence.
+		# getty's banner names the OS and the console; the prompt after it is the evidence.
 		if [ -r "${b[3]}" ]; then
-			tr -d '\r' <"${b[3]}" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' | grep -v '^[[:space:]]*$' | tail -n 2 | sed 's/^/    | /'
-		else
-			note "| ${b[2]}"
+			tr -d '\r' <"${b[3]}" | grep -a ' ttyS0$' | tail -n 1 | sed 's/^/    | /'
 		fi
+		note "| ${b[2]}"
 		say "It is running. Log in on its console (root / hypersdk; leave with Ctrl+]):"
 		note "virsh -c $URI console $DOMAIN"
 	fi
@@ -307,8 +308,9 @@ else
 	note "(test:///default lives inside the agent, which has stopped: nothing to show with virsh)"
 fi
 say "Disks"
-for f in "$STORAGE/$JOB"/*; do
-	info=$(qemu-img info "$f" | sed -n 's/^virtual size: \(.*\)/virtual \1/p; s/^disk size: \(.*\)/on disk \1/p' | paste -sd, -)
+for f in "$STORAGE/$JOB"/*-disk*; do
+	# -U: the running guest holds the image's write lock.
+	info=$(qemu-img info -U "$f" | sed -n 's/^virtual size: \(.*\)/virtual \1/p; s/^disk size: \(.*\)/on disk \1/p' | paste -sd, -)
 	note "$f ($info)"
 done
 if [ "$URI" = qemu:///system ]; then

@@ -46,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var (
 		listen     = fs.String("listen", "127.0.0.1:8989", "`host:port` of the SDK endpoint (port 0 picks one)")
 		vms        = fs.Int("vms", d.VMs, "number of VMs, named vm-1, vm-2, … under /DC0/vm")
+		namePrefix = fs.String("name-prefix", d.NamePrefix, "prefix of the VM names (vm- makes vm-1, vm-2, …)")
 		diskSize   = fs.String("disk-size", "1G", "capacity of each disk (K, M, G, T are powers of 1024; a multiple of 1M)")
 		disks      = fs.Int("disks-per-vm", d.DisksPerVM, "disks per VM")
 		fill       = fs.String("fill", "none", "flat extent content: none | zero[:FRACTION] | random[:FRACTION]; the rest is a hole")
@@ -100,7 +101,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg := vcsim.Config{
-		Listen: *listen, VMs: *vms, DisksPerVM: *disks, DiskSize: size, Fill: fillParsed, Seed: *seed,
+		Listen: *listen, VMs: *vms, NamePrefix: *namePrefix, DisksPerVM: *disks, DiskSize: size, Fill: fillParsed, Seed: *seed,
 		PowerOn: *powerOn, CPUs: *cpus, MemoryMB: *memoryMB, Firmware: *firmware,
 		Username: *username, Password: *password, LeaseTimeout: *leaseTTL, LeaseHostStar: *leaseStar,
 		PrepareExports: *prepare, Guest: *guest, GuestImage: *guestImage, SCSIController: *scsi,
