@@ -16,6 +16,14 @@ const DefaultGuestImage = "/var/cache/hypersdk/guest/debian12.raw"
 // once per boot however many agents the tests start (make test fills it first).
 var VirtProbeFile = filepath.Join(os.TempDir(), "hypersdk-test-virt-probe.json")
 
+// guestArgs are the agent flags every test agent gets: guest conversion off by default (the
+// simulator's disks hold random bytes, which virt-v2v cannot convert; a test that converts a
+// guest asks for it in its job or passes --guest-conversion auto after these) and the shared
+// virtualisation decision.
+func guestArgs() []string {
+	return []string{"--guest-conversion", "off", "--virt-probe-file", VirtProbeFile}
+}
+
 // GuestImage returns the bootable guest image (scripts/guest-image.sh; make test builds it
 // and sets HYPERSDK_GUEST_IMAGE), or skips the test saying how to get one.
 func GuestImage(t testing.TB) string {

@@ -167,11 +167,8 @@ func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controlle
 	a := &Agent{Name: name, APIAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), StorageDir: filepath.Join(dir, name+"-storage")}
 	args := []string{"--name", name, "--controllers", strings.Join(urls, ","), "--api-addr", a.APIAddr,
 		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--gossip-join", strings.Join(gossip, ","),
-		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info",
-		// The simulator's disks hold random bytes, which virt-v2v cannot convert: a test
-		// that converts a guest asks for it in its job (or passes --guest-conversion auto).
-		"--guest-conversion", "off", "--virt-probe-file", VirtProbeFile}
-	args = append(args, extra...)
+		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info"}
+	args = append(append(args, guestArgs()...), extra...)
 	// Agents trust the controllers' CA through the system store (the HA guide); for https
 	// controllers the harness points Go's store at their CA.
 	if len(cs) > 0 && cs[0].CAFile != "" {
