@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 18m
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: setup
 setup: ## Install host packages, users, and start libvirtd (idempotent)
@@ -22,23 +22,44 @@ build: ## Build every binary into bin/
 	@mkdir -p bin
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
+.PHONY: guest-image
+guest-image: setup ## Build the bootable Debian guest the boot tests and the demo migrate (once; cached until its recipe changes)
+	@scripts/guest-image.sh >/dev/null
+
+# Every test agent shares one virtualisation decision per boot of the host (see
+# agent/capacity/virt.go); deciding it before the tests keeps the first migrations from
+# waiting for the probe.
+VIRT_PROBE_FILE := $(or $(TMPDIR),/tmp)/hypersdk-test-virt-probe.json
+define probe_virt
+	@d=$$(mktemp -d) && bin/hypersdk-agent --probe-virtualization --storage-dir $$d --virt-probe-file $(VIRT_PROBE_FILE) \
+		| sed 's/^/virtualisation: /'; rm -rf $$d
+endef
+
 .PHONY: test
-test: setup build ## Run every test (unit, in-process cluster, real processes, libvirt)
+test: setup build guest-image ## Run every test (unit, in-process cluster, real processes, libvirt, a migrated guest's boot)
 	$(GO) vet ./...
 	FUZZTIME=3s scripts/fuzz.sh
-	HYPERSDK_BIN=$(CURDIR)/bin $(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+	$(probe_virt)
+	HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin $(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+
+.PHONY: test-guest
+test-guest: setup build guest-image ## Convert a migrated guest with virt-v2v and boot it on virtio (7-15 min under TCG, a few with KVM)
+	$(probe_virt)
+	set -o pipefail; HYPERSDK_GUEST_CONVERSION=1 HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin \
+		$(GO) test -count=1 -v -timeout 60m -run '^TestGuestConversion$$' ./test/ | grep --line-buffered -v 'TLS handshake error' | tee test-guest.out
 
 .PHONY: fuzz
 fuzz: ## Fuzz every decoder and parser longer (FUZZTIME=60s by default)
 	FUZZTIME=$${FUZZTIME:-60s} scripts/fuzz.sh
 
 .PHONY: demo
-demo: setup build ## Migrate a simulated vSphere VM to a libvirt domain on this machine
+demo: setup build guest-image ## Migrate a simulated vSphere VM (a bootable Debian guest) to this machine and boot it
 	@scripts/demo.sh
 
 .PHONY: bench
-bench: setup build ## Run the benchmarks (cluster throughput, queries, failover, transfers)
-	HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
+bench: setup build guest-image ## Run the benchmarks (cluster throughput, queries, failover, transfers, guest build/conversion/boot)
+	$(probe_virt)
+	HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
 
 .PHONY: chaos
 chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, restarts, 20k-job load (~10 min, root)
@@ -57,4 +78,4 @@ screenshot: ## PNG of the dashboard: of URL=http://controller:8080, else of a te
 
 .PHONY: clean
 clean: ## Remove build outputs
-	rm -rf bin dist bench.out chaos.out
+	rm -rf bin dist bench.out chaos.out test-guest.out

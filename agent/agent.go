@@ -42,10 +42,16 @@ type Config struct {
 	ShutdownGrace  time.Duration `yaml:"shutdown_grace"`
 	// AttemptLog, when set, is a file that gets one JSON line per job attempt start and
 	// end (worker.AttemptRecord), appended across restarts.
-	AttemptLog string         `yaml:"attempt_log"`
-	Transfer   TransferConfig `yaml:"transfer"`
-	Gossip     GossipConfig   `yaml:"gossip"`
-	Log        LogConfig      `yaml:"log"`
+	AttemptLog string `yaml:"attempt_log"`
+	// GuestConversion is what a job that does not set options.guest_conversion gets:
+	// auto (convert with virt-v2v when it is installed) or off.
+	GuestConversion string `yaml:"guest_conversion"`
+	// VirtProbeFile caches the virtualisation probe's decision for the host's current boot
+	// (default <storage_dir>/.virt-probe.json).
+	VirtProbeFile string         `yaml:"virt_probe_file"`
+	Transfer      TransferConfig `yaml:"transfer"`
+	Gossip        GossipConfig   `yaml:"gossip"`
+	Log           LogConfig      `yaml:"log"`
 }
 
 // TransferConfig tunes the disk copies against a flaky source (zero: the defaults of
@@ -95,8 +101,9 @@ func DefaultConfig() Config {
 		Name: host, Controllers: []string{"http://127.0.0.1:8080"}, APIAddr: "127.0.0.1:8082",
 		LibvirtURI: "qemu:///system", StorageDir: "/var/lib/hypersdk/storage", MaxJobs: 2,
 		VDDKLibDir: "/usr/lib64/vmware-vix-disklib", DefaultNetwork: "default", ShutdownGrace: 30 * time.Second,
-		Gossip: GossipConfig{Gossip: config.Gossip{Addr: "127.0.0.1:7947", Join: []string{"127.0.0.1:7946"}}},
-		Log:    LogConfig{Level: "info", Format: "text"},
+		GuestConversion: "auto",
+		Gossip:          GossipConfig{Gossip: config.Gossip{Addr: "127.0.0.1:7947", Join: []string{"127.0.0.1:7946"}}},
+		Log:             LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -120,6 +127,8 @@ func (c *Config) Validate() error {
 		return errors.New("storage dir is required (--storage-dir)")
 	case c.MaxJobs <= 0 || c.MaxJobs > 64:
 		return errors.New("max_jobs must be between 1 and 64")
+	case c.GuestConversion != "" && c.GuestConversion != "auto" && c.GuestConversion != "off":
+		return fmt.Errorf("guest_conversion %q is not auto or off", c.GuestConversion)
 	}
 	return nil
 }
@@ -156,11 +165,17 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	}
 	a := &Agent{cfg: cfg, log: log, Registry: reg}
 	vddkProbe := transfer.New(transfer.Config{Logger: log})
-	a.Prober = capacity.New(capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKDir(), Logger: log,
+	pc := capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKDir(), Logger: log,
 		VDDKProbe: func(ctx context.Context, dir string) (bool, string) {
 			p := vddkProbe.ProbeVDDK(ctx, dir)
 			return p.Available, p.Reason
-		}})
+		}}
+	// The executor (the migration pipeline) knows how this host runs guests once its
+	// virtualisation probe has decided: advertise it with the capabilities.
+	if v, ok := exec.(interface{ Virtualization() *proto.Virtualization }); ok {
+		pc.Virtualization = v.Virtualization
+	}
+	a.Prober = capacity.New(pc)
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {

@@ -47,6 +47,11 @@ type AgentCapabilities struct {
 	LibvirtURI       string   `json:"libvirt_uri,omitempty"`
 	LibvirtReachable bool     `json:"libvirt_reachable"`
 	Methods          []string `json:"methods,omitempty"`
+	// VirtV2V: virt-v2v-in-place is installed (guest conversion).
+	VirtV2V bool `json:"virt_v2v"`
+	// Virtualization is how the host runs guests, once the agent's probe has decided
+	// (absent while it runs).
+	Virtualization *Virtualization `json:"virtualization,omitempty"`
 }
 
 // HasMethod reports whether the agent can run the given conversion method.
@@ -142,12 +147,14 @@ func (m NodeMeta) Validate() error {
 //
 //	format byte (1) | role byte | flags uvarint | name | api | version | cpus | mem total |
 //	mem free | storage free | storage total | running | max | qemu-img version | libvirt uri |
-//	methods (count, items) | nbdkit plugins (count, items)
+//	methods (count, items) | nbdkit plugins (count, items) |
+//	guest flags uvarint | virtualization type | cpu | reason
 //
-// Strings are uvarint length + bytes, numbers uvarint. The lists come last and get what
-// remains of the 512 bytes, in a deterministic order, so truncation drops the least useful
-// items and the same input always encodes to the same bytes (the sender compares bytes to
-// decide whether to re-broadcast).
+// Strings are uvarint length + bytes, numbers uvarint. The lists get what remains of the 512
+// bytes once the guest trailer (at most guestTrailerMax bytes, appended later than the lists
+// and so after them) is reserved, in a deterministic order, so truncation drops the least
+// useful items and the same input always encodes to the same bytes (the sender compares
+// bytes to decide whether to re-broadcast).
 const nodeMetaFormat = 1
 
 const (
@@ -158,6 +165,21 @@ const (
 	flagVDDK
 	flagLibvirtReachable
 	flagTruncated
+)
+
+// Guest trailer flags (a second flags field: the first is full at 7 bits).
+const (
+	guestFlagVirtV2V = 1 << iota
+	guestFlagProbed
+	guestFlagLibguestfsKVM
+)
+
+// Bounds of the guest trailer: the reason is the longest field and the first to be cut.
+const (
+	maxMetaVirtTypeLen = 8
+	maxMetaCPULen      = 48
+	maxMetaReasonLen   = 96
+	guestTrailerMax    = 1 + 1 + maxMetaVirtTypeLen + 1 + maxMetaCPULen + 1 + maxMetaReasonLen
 )
 
 var roleBytes = map[NodeRole]byte{RoleController: 1, RoleAgent: 2}
@@ -220,18 +242,67 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	slices.SortStableFunc(methods, func(a, b string) int { return methodRank(a) - methodRank(b) })
 	plugins := slices.Clone(c.NbdkitPlugins)
 	SortPlugins(plugins)
+	// Room for the guest trailer is reserved before the lists: its essentials (type, CPU)
+	// and the start of the reason, but never so much that the methods and the transfer
+	// plugins (the first list items, which placement uses) lose their room. The reason
+	// then grows into whatever the lists leave.
+	free := NodeMetaMaxSize - len(b) - 2 // after both list counts
+	essential := len(encodeGuestTrailer(c, 0))
+	reserve := essential + min(guestReasonReserve, reasonLen(c))
+	if free-reserve < listsMinRoom {
+		reserve = max(essential, free-listsMinRoom)
+	}
+	limit := NodeMetaMaxSize - reserve
 	var cut bool
 	// Reserve the plugins' count byte while filling methods, so both counts always fit.
-	b, cut = appendList(b, methods, NodeMetaMaxSize-1)
+	b, cut = appendList(b, methods, limit-1)
 	if cut {
 		flags |= flagTruncated
 	}
-	b, cut = appendList(b, plugins, NodeMetaMaxSize)
+	b, cut = appendList(b, plugins, limit)
 	if cut {
 		flags |= flagTruncated
 	}
+	b = append(b, encodeGuestTrailer(c, NodeMetaMaxSize-len(b))...)
 	b[flagsAt] = flags
 	return b, nil
+}
+
+// Trailer room: the part of the reason reserved ahead of the lists, and what the lists keep
+// whatever happens (methods and the vddk and curl plugins).
+const (
+	guestReasonReserve = 40
+	listsMinRoom       = 32
+)
+
+func reasonLen(c AgentCapabilities) int {
+	if c.Virtualization == nil {
+		return 0
+	}
+	return min(len(c.Virtualization.Reason), maxMetaReasonLen)
+}
+
+// encodeGuestTrailer writes what the agent knows about running guests: virt-v2v present,
+// and the virtualisation its probe chose (type, CPU definition, and the reason cut to what
+// room leaves after the rest: the full reason is in the agent's log). The flags, type and
+// CPU are always written whole.
+func encodeGuestTrailer(c AgentCapabilities, room int) []byte {
+	var flags uint64
+	if c.VirtV2V {
+		flags |= guestFlagVirtV2V
+	}
+	var typ, cpu, reason string
+	if v := c.Virtualization; v != nil {
+		flags |= guestFlagProbed
+		if v.LibguestfsKVM {
+			flags |= guestFlagLibguestfsKVM
+		}
+		typ, cpu, reason = v.Type, v.CPU, v.Reason
+	}
+	b := binary.AppendUvarint(make([]byte, 0, guestTrailerMax), flags)
+	b = appendString(b, typ, maxMetaVirtTypeLen)
+	b = appendString(b, cpu, maxMetaCPULen)
+	return appendString(b, reason, min(maxMetaReasonLen, max(0, room-len(b)-1)))
 }
 
 func methodRank(m string) int {
@@ -378,6 +449,14 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 	c.LibvirtURI = r.str()
 	c.Methods = r.list()
 	c.NbdkitPlugins = r.list()
+	if !r.done() {
+		gf := r.uvarint()
+		c.VirtV2V = gf&guestFlagVirtV2V != 0
+		typ, cpu, reason := r.str(), r.str(), r.str()
+		if gf&guestFlagProbed != 0 {
+			c.Virtualization = &Virtualization{Type: typ, CPU: cpu, Reason: reason, LibguestfsKVM: gf&guestFlagLibguestfsKVM != 0}
+		}
+	}
 	if r.err != nil {
 		return NodeMeta{}, r.err
 	}

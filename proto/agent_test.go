@@ -38,6 +38,10 @@ func fullMeta() NodeMeta {
 			Nbdkit: true, NbdkitPlugins: debianPlugins, Nbdcopy: true, VDDK: true,
 			LibvirtURI:       "qemu+ssh://migration@kvm-host-0017.rack12.datacenter-east.example.com/system?keyfile=/etc/hypersdk/id_ed25519",
 			LibvirtReachable: true, Methods: []string{"nfc", "https", "vddk"},
+			VirtV2V: true,
+			Virtualization: &Virtualization{Type: VirtKVM, CPU: "host-model -arch-capabilities -tsx-ctrl", LibguestfsKVM: true,
+				Reason: "hardware KVM: /dev/kvm (kvm_amd, svm); host-model: did not start (qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000001c082f); " +
+					"host-model -arch-capabilities: booted a kernel in 1.8 s; host-passthrough: booted a kernel in 1.7 s"},
 		},
 		Leaving: true,
 	}
@@ -108,6 +112,13 @@ func TestNodeMetaSize(t *testing.T) {
 			if !reflect.DeepEqual(got.Capabilities.Methods, tc.wantMethods) {
 				t.Fatalf("methods %v, want %v", got.Capabilities.Methods, tc.wantMethods)
 			}
+			// The virtualisation survives every squeeze (the reason cut short), ahead of
+			// the nbdkit plugins.
+			if wv, gv := tc.meta.Capabilities.Virtualization, got.Capabilities.Virtualization; (wv == nil) != (gv == nil) ||
+				wv != nil && (gv.Type != wv.Type || gv.CPU != wv.CPU || gv.LibguestfsKVM != wv.LibguestfsKVM ||
+					!strings.HasPrefix(wv.Reason, gv.Reason) || len(gv.Reason) == 0) || got.Capabilities.VirtV2V != tc.meta.Capabilities.VirtV2V {
+				t.Fatalf("virtualization %+v (virt-v2v %v), want %+v", gv, got.Capabilities.VirtV2V, wv)
+			}
 		})
 	}
 }
@@ -119,7 +130,8 @@ func TestNodeMetaRoundTrip(t *testing.T) {
 		RunningJobs: 2, MaxJobs: 4,
 		Capabilities: AgentCapabilities{QemuImg: true, QemuImgVersion: "7.2.22", Nbdkit: true,
 			NbdkitPlugins: []string{"curl", "file", "ssh"}, Nbdcopy: true, LibvirtURI: "qemu:///system",
-			LibvirtReachable: true, Methods: []string{"https", "nfc"}},
+			LibvirtReachable: true, Methods: []string{"https", "nfc"}, VirtV2V: true,
+			Virtualization: &Virtualization{Type: VirtTCG, CPU: "default", Reason: "TCG: no /dev/kvm on this host"}},
 	}
 	b, err := m.Encode()
 	if err != nil {

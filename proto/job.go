@@ -43,8 +43,12 @@ const (
 	StageConnecting = "connecting"
 	StagePreparing  = "preparing"
 	StageConversion = "conversion"
-	StageDefining   = "defining"
-	StageCompleted  = "completed"
+	// StageGuestConversion: virt-v2v adapts the guest to KVM (drivers, fstab, bootloader).
+	StageGuestConversion = "guest_conversion"
+	StageDefining        = "defining"
+	// StageBootCheck: the domain is started and its serial console read (options.verify_boot).
+	StageBootCheck = "boot_check"
+	StageCompleted = "completed"
 )
 
 // RedactedPassword replaces every password in anything the system shows.
@@ -78,11 +82,22 @@ type Options struct {
 	ShutdownTimeoutSeconds int               `json:"shutdown_timeout_seconds,omitempty"`
 	PowerOff               bool              `json:"power_off,omitempty"`
 	RemoveCDROM            bool              `json:"remove_cdrom,omitempty"`
-	DiskBus                string            `json:"disk_bus,omitempty"` // virtio|sata|scsi
-	GuestConversion        bool              `json:"guest_conversion,omitempty"`
-	StartAfter             bool              `json:"start_after,omitempty"`
-	TargetAgent            string            `json:"target_agent,omitempty"`
-	MaxAttempts            int               `json:"max_attempts,omitempty"`
+	// DiskBus overrides the agent's choice (virtio for a converted guest, sata otherwise).
+	DiskBus string `json:"disk_bus,omitempty"` // virtio|sata|scsi
+	// GuestConversion runs virt-v2v on the disks before the domain is defined: true
+	// requires it (the job fails without virt-v2v, or when it fails), false skips it (the
+	// domain gets compatibility devices), absent follows the agent (by default: convert
+	// when virt-v2v is installed, and then a failure fails the job).
+	GuestConversion *bool `json:"guest_conversion,omitempty"`
+	// VerifyBoot starts the domain after define and waits for the guest's login prompt on
+	// its serial console (result.boot); a guest not up within BootTimeoutSeconds (default
+	// 300) fails the job and its domain is kept. The domain is shut down afterwards unless
+	// StartAfter.
+	VerifyBoot         bool   `json:"verify_boot,omitempty"`
+	BootTimeoutSeconds int    `json:"boot_timeout_seconds,omitempty"`
+	StartAfter         bool   `json:"start_after,omitempty"`
+	TargetAgent        string `json:"target_agent,omitempty"`
+	MaxAttempts        int    `json:"max_attempts,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
@@ -131,6 +146,14 @@ type JobResult struct {
 	DomainUUID string   `json:"domain_uuid,omitempty"`
 	LibvirtURI string   `json:"libvirt_uri,omitempty"`
 	Disks      []string `json:"disks,omitempty"`
+	// Virtualization is how the agent runs the domain (kvm or qemu/TCG, CPU definition).
+	Virtualization *Virtualization `json:"virtualization,omitempty"`
+	// Devices are the disk bus and NIC model the domain got, and why.
+	Devices *DeviceChoice `json:"devices,omitempty"`
+	// Conversion says whether and how virt-v2v converted the guest.
+	Conversion *ConversionResult `json:"conversion,omitempty"`
+	// Boot is the boot check's outcome (options.verify_boot).
+	Boot *BootResult `json:"boot,omitempty"`
 }
 
 // Job is the job status document of the API (GET /jobs/{id}, query results, job_update).

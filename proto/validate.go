@@ -135,6 +135,9 @@ func (o *Options) Validate() error {
 	if o.ShutdownTimeoutSeconds < 0 || o.ShutdownTimeoutSeconds > 86400 {
 		return invalid("options.shutdown_timeout_seconds must be between 0 and 86400")
 	}
+	if o.BootTimeoutSeconds < 0 || o.BootTimeoutSeconds > 86400 {
+		return invalid("options.boot_timeout_seconds must be between 0 and 86400")
+	}
 	if o.MaxAttempts < 0 || o.MaxAttempts > 100 {
 		return invalid("options.max_attempts must be between 0 and 100")
 	}

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# make demo: migrate a simulated vSphere VM to a libvirt domain on this machine.
+# make demo: migrate a simulated vSphere VM to a libvirt domain on this machine and boot it.
 #
-# Starts the vCenter simulator (one VM, two 256 MiB disks, half random bytes and half
-# hole), a single-node controller and an agent, submits a migration with curl (https
-# method), prints the job's progress every second, and ends with `virsh dominfo` of the
-# new domain and where its disks are. The processes stop when the script ends; the domain
-# and its disks stay (the script says how to remove them). Running it again replaces the
-# previous demo's domain.
+# Starts the vCenter simulator with one VM whose first disk holds a bootable Debian 12 guest
+# installed the way VMware guests are (scripts/guest-image.sh: open-vm-tools, /dev/sda1 in
+# fstab, a vmxnet3 NIC) and whose second disk holds 256 MiB (half random bytes, half hole),
+# a single-node controller and an agent; submits a migration with curl (https method, boot
+# check on, left running), prints the job's progress every second, and ends with the login
+# prompt the guest printed on its serial console and how to attach to it. The guest is
+# converted with virt-v2v when the agent's libguestfs can use KVM (a minute or two); under
+# TCG that takes 5-12 minutes, so it is skipped unless asked for, and the guest boots on
+# compatibility devices (sata, e1000e) instead of virtio. The processes stop when the script
+# ends; the domain (running), its disks and, where it had to make one, the bridge its NIC is
+# on stay (the script says how to remove them). Running it again replaces the previous
+# demo's domain.
 #
-#   scripts/demo.sh                      (make demo runs `make setup build` first)
+#   scripts/demo.sh                      (make demo runs `make setup build guest-image` first)
 #   HYPERSDK_DEMO_DIR=/path scripts/demo.sh   where disks and logs go (default /var/tmp/hypersdk-demo)
-#   HYPERSDK_DEMO_DISK_SIZE=1G scripts/demo.sh
+#   HYPERSDK_DEMO_DISK_SIZE=1G scripts/demo.sh   the second disk's size
+#   HYPERSDK_DEMO_CONVERT=1 scripts/demo.sh   convert with virt-v2v even under TCG (0: never)
 #   HYPERSDK_DEMO_KEEP=1 scripts/demo.sh      keep the processes' logs
+#   HYPERSDK_DEMO_VM=name- scripts/demo.sh    the VM's name prefix (default vm-: the VM is vm-1)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +41,7 @@ done
 for t in curl qemu-img nbdkit; do
 	command -v "$t" >/dev/null || die "$t is not installed: run 'make setup'"
 done
+IMAGE=$("$ROOT/scripts/guest-image.sh") || die "no guest image: scripts/guest-image.sh failed (make guest-image)"
 
 mkdir -p "$STORAGE"
 RUN=$(mktemp -d "$DEMO_DIR/run.XXXXXX")
@@ -112,12 +121,13 @@ if ! command -v virsh >/dev/null || ! virsh -c "$URI" version >/dev/null 2>&1; t
 fi
 
 # --- vCenter simulator -------------------------------------------------------------------
-say "Starting the vCenter simulator: 1 VM with 2 disks of $DISK_SIZE (half random data, half hole)"
+say "Starting the vCenter simulator: 1 VM, a Debian 12 guest on its first disk, $DISK_SIZE of data on its second"
 SIM_PASSWORD="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # The password reaches the simulator through its environment and the job through a file:
 # neither shows up in the process list.
-HYPERSDK_SIM_PASSWORD=$SIM_PASSWORD "$BIN/hypersdk-sim" --listen 127.0.0.1:0 --vms 1 --disks-per-vm 2 \
+HYPERSDK_SIM_PASSWORD=$SIM_PASSWORD "$BIN/hypersdk-sim" --listen 127.0.0.1:0 --vms 1 --name-prefix "${HYPERSDK_DEMO_VM:-vm-}" --disks-per-vm 2 \
 	--disk-size "$DISK_SIZE" --fill random:0.5 --username administrator@vsphere.local \
+	--guest linux --guest-image "$IMAGE" --cpus 1 --memory-mb 1024 \
 	>"$RUN/sim.out" 2>"$RUN/sim.log" &
 PIDS+=($!)
 wait_for "the simulator" 120 grep -q '^ready=true' "$RUN/sim.out"
@@ -135,7 +145,8 @@ done < <(sed -n 's/^disk=\([^ ]*\).*/\1/p' "$RUN/sim.out")
 
 # A previous demo left a domain of the same name (the simulator's VM is always vm-1). It is
 # the demo's own when the job id in its metadata names a job directory under the demo's
-# storage: then remove it with its disks. Anything else of that name is not ours to touch.
+# storage: then remove it with its disks. Anything else of that name is not ours to touch
+# (HYPERSDK_DEMO_VM names the VM otherwise).
 if [ "$URI" = qemu:///system ] && virsh -c "$URI" domuuid "$VM_NAME" >/dev/null 2>&1; then
 	old_job=$(virsh -c "$URI" metadata "$VM_NAME" https://hypersdk.io/xmlns/migration/1 2>/dev/null |
 		sed -n 's/.*<job_id>\([^<]*\)<\/job_id>.*/\1/p' | head -1)
@@ -145,7 +156,7 @@ if [ "$URI" = qemu:///system ] && virsh -c "$URI" domuuid "$VM_NAME" >/dev/null 
 		virsh -c "$URI" undefine --nvram "$VM_NAME" >/dev/null
 		rm -rf "${STORAGE:?}/$old_job"
 	else
-		die "a domain named $VM_NAME exists on $URI and was not made by this demo; remove or rename it (virsh -c $URI undefine --nvram $VM_NAME) and run the demo again"
+		die "a domain named $VM_NAME exists on $URI and was not made by this demo; remove or rename it (virsh -c $URI undefine --nvram $VM_NAME), or name the demo's VM otherwise (HYPERSDK_DEMO_VM=demo- make demo), and run the demo again"
 	fi
 fi
 
@@ -167,6 +178,50 @@ say "Starting an agent (libvirt $URI, disks under $STORAGE)"
 PIDS+=($!)
 wait_for "the agent" 30 curl -sf "http://$AGENT_API/health"
 
+# obj KEY: the first {...} object value of "KEY" in the JSON on stdin (flat objects only).
+obj() { tr -d '\n' | sed -n "s/.*\"$1\": *{\([^{}]*\)}.*/{\1}/p" | head -1; }
+
+# How this host runs guests: the agent's probe decides at start and advertises it.
+BOOT=false
+CONVERT=false
+if [ "$URI" = qemu:///system ]; then
+	wait_for "the agent's virtualisation probe" 300 sh -c "curl -sf $API/agents/demo-agent | grep -q '\"virtualization\"'"
+	virt=$(curl -sf "$API/agents/demo-agent" | obj virtualization)
+	mapfile -t v < <(printf '%s' "$virt" | json type cpu libguestfs_kvm reason)
+	if [ "${v[0]}" = kvm ]; then
+		note "guests run under KVM (cpu ${v[1]})"
+	else
+		note "guests run under TCG, software emulation: slow (${v[3]})"
+	fi
+	BOOT=true
+	case "${HYPERSDK_DEMO_CONVERT:-auto}" in
+	1) CONVERT=true ;;
+	0) ;;
+	*) [ "${v[2]}" = true ] && CONVERT=true ;;
+	esac
+	if ! command -v virt-v2v-in-place >/dev/null; then
+		CONVERT=false
+		note "virt-v2v is not installed: the guest is not converted (make setup installs it)"
+	elif [ "$CONVERT" = true ]; then
+		note "virt-v2v converts the guest (virtio drivers in, VMware tools out)"
+	else
+		note "virt-v2v would run under TCG here (5-12 minutes): skipped, the guest gets compatibility devices;"
+		note "HYPERSDK_DEMO_CONVERT=1 make demo converts it anyway"
+	fi
+fi
+
+# The domain's NIC needs a network or bridge to start: libvirt's default network when it is
+# active, else a bridge with no address and no uplink, made for the demo.
+NET_TARGET=default
+if [ "$BOOT" = true ] && ! virsh -c "$URI" net-info default 2>/dev/null | grep -q '^Active: *yes'; then
+	NET_TARGET=bridge:hsxdemo0
+	if ! ip link show hsxdemo0 >/dev/null 2>&1; then
+		ip link add hsxdemo0 type bridge && ip link set hsxdemo0 up ||
+			die "libvirt's default network is not active and a bridge for the guest's NIC could not be made"
+		note "libvirt's default network is not active: made bridge hsxdemo0 (no address, no uplink) for the guest's NIC"
+	fi
+fi
+
 # --- the migration -----------------------------------------------------------------------
 umask 077
 cat >"$RUN/job.json" <<EOF
@@ -176,11 +231,12 @@ cat >"$RUN/job.json" <<EOF
   "source": {"type": "vsphere", "vcenter_url": "$SIM_URL", "username": "administrator@vsphere.local",
              "password": "$SIM_PASSWORD", "thumbprint": "$THUMBPRINT"},
   "destination": {"type": "kvm", "libvirt_uri": "$URI"},
-  "options": {"conversion_method": "https", "output_format": "qcow2", "network_mapping": {"VM Network": "default"}}
+  "options": {"conversion_method": "https", "output_format": "qcow2", "network_mapping": {"VM Network": "$NET_TARGET"},
+              "guest_conversion": $CONVERT, "verify_boot": $BOOT, "boot_timeout_seconds": 1200, "start_after": $BOOT}
 }
 EOF
 umask 022
-say "Submitting the migration: curl -X POST $API/jobs/submit --data @job.json (method https)"
+say "Submitting the migration: curl -X POST $API/jobs/submit --data @job.json (method https, boot check $BOOT)"
 resp=$(curl -sS -X POST "$API/jobs/submit" -H 'Content-Type: application/json' --data @"$RUN/job.json")
 rm -f "$RUN/job.json"
 JOB=$(printf '%s' "$resp" | json job_id)
@@ -198,11 +254,16 @@ start=$(usecs)
 last=""
 while :; do
 	j=$(curl -sf "$API/jobs/$JOB") || die "GET /jobs/$JOB failed"
-	mapfile -t f < <(printf '%s' "$j" | json status stage percent_complete current_bytes total_bytes bytes_per_second eta_seconds)
+	mapfile -t f < <(printf '%s' "$j" | json status stage percent_complete current_bytes total_bytes bytes_per_second eta_seconds message)
 	status=${f[0]}
-	line=$(awk -v st="$status" -v sg="${f[1]:--}" -v p="${f[2]:-0}" -v c="${f[3]:-0}" -v t="${f[4]:-0}" -v r="${f[5]:-0}" -v e="${f[6]:-0}" '
+	case "${f[1]}" in
+	guest_conversion | boot_check) # the copy is done: what the stage says is the news
+		line=$(printf '%-9s %-16s %.90s' "$status" "${f[1]}" "${f[7]}") ;;
+	*)
+		line=$(awk -v st="$status" -v sg="${f[1]:--}" -v p="${f[2]:-0}" -v c="${f[3]:-0}" -v t="${f[4]:-0}" -v r="${f[5]:-0}" -v e="${f[6]:-0}" '
 		function h(b, i, u) { split("B KiB MiB GiB TiB", u); i = 1; while (b >= 1024 && i < 5) { b /= 1024; i++ }; return sprintf("%.1f %s", b, u[i]) }
-		BEGIN { printf "%-9s %-11s %5.1f%%  %10s / %-10s  %10s/s  ETA %3.0fs", st, sg, p, h(c), h(t), h(r), e }')
+		BEGIN { printf "%-9s %-16s %5.1f%%  %10s / %-10s  %10s/s  ETA %3.0fs", st, sg, p, h(c), h(t), h(r), e }') ;;
+	esac
 	if [ "$line" != "$last" ]; then
 		printf '    [%5ss] %s\n' "$(since "$start")" "$line"
 	fi
@@ -221,21 +282,41 @@ warnings=$(printf '%s' "$j" | tr -d '\n' | sed -n 's/.*"warnings": *\[\([^]]*\)\
 [ -n "$warnings" ] && note "warnings: $warnings"
 
 if [ "$URI" = qemu:///system ]; then
-	say "virsh dominfo $DOMAIN"
-	virsh -c "$URI" dominfo "$DOMAIN"
+	mapfile -t v < <(printf '%s' "$j" | obj virtualization | json type cpu)
+	mapfile -t d < <(printf '%s' "$j" | obj devices | json disk_bus nic_model)
+	mapfile -t c < <(printf '%s' "$j" | obj conversion | json converted tool seconds reason)
+	if [ "${c[0]}" = true ]; then
+		note "guest converted by ${c[1]} in ${c[2]}s"
+	else
+		note "guest not converted: ${c[3]}"
+	fi
+	note "domain: ${v[0]} (cpu ${v[1]}), ${d[0]} disks, ${d[1]} NIC"
 	say "virsh domblklist $DOMAIN"
 	virsh -c "$URI" domblklist "$DOMAIN"
+	mapfile -t b < <(printf '%s' "$j" | obj boot | json ok seconds evidence console_log)
+	if [ "${b[0]}" = true ]; then
+		say "The guest booted in ${b[1]}s; its serial console says:"
+		# getty's banner names the OS and the console; the prompt after it is the evidence.
+		if [ -r "${b[3]}" ]; then
+			tr -d '\r' <"${b[3]}" | grep -a ' ttyS0$' | tail -n 1 | sed 's/^/    | /'
+		fi
+		note "| ${b[2]}"
+		say "It is running. Log in on its console (root / hypersdk; leave with Ctrl+]):"
+		note "virsh -c $URI console $DOMAIN"
+	fi
 else
 	note "(test:///default lives inside the agent, which has stopped: nothing to show with virsh)"
 fi
 say "Disks"
-for f in "$STORAGE/$JOB"/*; do
-	info=$(qemu-img info "$f" | sed -n 's/^virtual size: \(.*\)/virtual \1/p; s/^disk size: \(.*\)/on disk \1/p' | paste -sd, -)
+for f in "$STORAGE/$JOB"/*-disk*; do
+	# -U: the running guest holds the image's write lock.
+	info=$(qemu-img info -U "$f" | sed -n 's/^virtual size: \(.*\)/virtual \1/p; s/^disk size: \(.*\)/on disk \1/p' | paste -sd, -)
 	note "$f ($info)"
 done
 if [ "$URI" = qemu:///system ]; then
 	say "Done. The domain and its disks stay; remove them with:"
-	note "virsh -c $URI undefine --nvram $DOMAIN && rm -rf $STORAGE/$JOB"
+	note "virsh -c $URI destroy $DOMAIN; virsh -c $URI undefine --nvram $DOMAIN && rm -rf $STORAGE/$JOB"
+	[ "$NET_TARGET" = bridge:hsxdemo0 ] && note "ip link del hsxdemo0   # the bridge made for its NIC"
 	note "(running make demo again replaces them)"
 else
 	say "Done. Remove the disks with: rm -rf $STORAGE/$JOB"

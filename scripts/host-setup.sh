@@ -20,10 +20,14 @@ fi
 # Packages: the field's tools the agent orchestrates, libvirt (daemon + client + headers for
 # cgo), and the test-only tools (chromium for the dashboard test, rpm to inspect packages,
 # prometheus for promtool, systemd for systemd-analyze, iproute2 for network namespaces, curl
-# for baselines).
+# for baselines), guest conversion (virt-v2v with libguestfs; its appliance is built by
+# supermin from the host's kernel, hence linux-image-amd64) and the test guest
+# (scripts/guest-image.sh: mmdebstrap, sfdisk from fdisk, mke2fs from e2fsprogs).
 PKGS=(
 	qemu-utils nbdkit libnbd-bin
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 ovmf
+	virt-v2v libguestfs-tools linux-image-amd64
+	mmdebstrap fdisk e2fsprogs
 	pkg-config gcc curl iproute2 procps psmisc
 	chromium rpm prometheus wrk systemd
 )

@@ -1,7 +1,7 @@
 // Package capacity probes the agent's host: how much it can hold (CPUs, memory, storage
-// dir) and what it can do (qemu-img, nbdkit and its plugins, nbdcopy, VDDK, libvirt). The
-// numbers are read on every call (cheap); tool discovery runs external commands and is
-// cached.
+// dir), what it can do (qemu-img, nbdkit and its plugins, nbdcopy, VDDK, libvirt,
+// virt-v2v) and how it runs guests (virt.go: KVM with which CPU, or TCG). The numbers are
+// read on every call (cheap); tool discovery runs external commands and is cached.
 package capacity
 
 import (
@@ -45,6 +45,9 @@ type Config struct {
 	// LibvirtPing checks the hypervisor (the caller may pass one built on its libvirt
 	// connection). Nil runs `virsh -c URI version`, so this package needs no cgo.
 	LibvirtPing func(ctx context.Context) error
+	// Virtualization reports the virtualisation probe's decision (nil while it runs, or
+	// when the agent has no probe): advertised with the capabilities.
+	Virtualization func() *proto.Virtualization
 	// ToolsTTL is how long tool discovery is trusted (tools change when packages are
 	// installed, rarely). LibvirtTTL is shorter because libvirtd restarts.
 	ToolsTTL   time.Duration
@@ -115,6 +118,7 @@ type tools struct {
 	nbdcopy        bool
 	vddk           bool
 	vddkReason     string
+	virtV2V        bool
 }
 
 // New returns a prober; nothing is probed until the first call.
@@ -175,6 +179,10 @@ func (p *Prober) Capabilities(ctx context.Context) proto.AgentCapabilities {
 		Nbdkit: t.nbdkit, NbdkitPlugins: append([]string(nil), t.plugins...),
 		Nbdcopy: t.nbdcopy, VDDK: t.vddk,
 		LibvirtURI: p.cfg.LibvirtURI, LibvirtReachable: p.reachable,
+		VirtV2V: t.virtV2V,
+	}
+	if p.cfg.Virtualization != nil {
+		c.Virtualization = p.cfg.Virtualization()
 	}
 	c.Methods = Methods(c)
 	return c
@@ -296,6 +304,8 @@ func (p *Prober) probeTools(ctx context.Context) tools {
 			log.Info("no vddk method", "reason", t.vddkReason)
 		}
 	}
+	_, err = exec.LookPath("virt-v2v-in-place")
+	t.virtV2V = err == nil
 	log.Debug("host tools probed", "qemu_img", t.qemuImgVersion, "nbdkit_plugins", t.plugins, "vddk", t.vddk)
 	return t
 }

@@ -17,6 +17,8 @@ import (
 
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"github.com/hypersdk/hypersdk/agent/capacity"
 )
 
 // Sentinel errors.
@@ -67,6 +69,10 @@ type DomainSpec struct {
 	JobID          string // required: written to the metadata, checked on collisions
 	SourceVMUUID   string
 	SourceVMPath   string
+	// BIOSUUID is the source VM's BIOS UUID: it becomes the domain's UUID, which qemu
+	// gives the guest as its SMBIOS system UUID (licences, cloud-init instance ids and
+	// configuration management key on it). Empty or invalid: libvirt picks one.
+	BIOSUUID string
 }
 
 // Options say how to place the domain on this host.
@@ -81,8 +87,15 @@ type Options struct {
 	// StartAfter starts the domain once defined. A failed start is a warning: the
 	// migration itself succeeded and the operator can fix the host and start it.
 	StartAfter bool
-	// DomainType overrides the detection (kvm with /dev/kvm, else qemu; test on test:///).
+	// DomainType is kvm or qemu (TCG), as the agent's virtualisation probe decided; empty:
+	// kvm with /dev/kvm, else qemu (test on test:///).
 	DomainType string
+	// CPU is the CPU definition the probe found the host can run; nil: none (qemu's
+	// default model, which starts wherever the domain type does).
+	CPU *capacity.CPUDef
+	// ConsoleLog, when set, records the serial console in this file (libvirt's virtlogd
+	// writes it) for the operator, whatever reads the console meanwhile.
+	ConsoleLog string
 	// OVMFCode and OVMFVars override the firmware paths for efi.
 	OVMFCode, OVMFVars string
 	Logger             *slog.Logger
@@ -196,6 +209,9 @@ func Define(ctx context.Context, conn *lv.Connect, spec DomainSpec, opts Options
 		return nil, err
 	}
 	res.Warnings = append(res.Warnings, warnings...)
+	if uuid == "" && validUUID(spec.BIOSUUID) {
+		uuid = strings.ToLower(spec.BIOSUUID)
+	}
 	dom.UUID = uuid
 	doc, err := dom.Marshal()
 	if err != nil {
@@ -211,9 +227,13 @@ func Define(ctx context.Context, conn *lv.Connect, spec DomainSpec, opts Options
 		d, err = conn.DomainDefineXML(doc)
 	}
 	if err != nil {
-		if strings.Contains(lvMessage(err), "already exists") {
+		if msg := lvMessage(err); strings.Contains(msg, "already exists with uuid") || strings.Contains(msg, "already defined with uuid") {
+			// The source's BIOS UUID belongs to another domain (this VM migrated before
+			// under another name, or a clone of it).
+			return nil, fmt.Errorf("%w: the source VM's BIOS UUID %s is the UUID of another domain on this host: %s", ErrDomainExists, uuid, msg)
+		} else if strings.Contains(msg, "already exists") {
 			// Another definer won a race for the name between our lookup and define.
-			return nil, fmt.Errorf("%w: domain %q was defined concurrently: %s", ErrDomainExists, spec.Name, lvMessage(err))
+			return nil, fmt.Errorf("%w: domain %q was defined concurrently: %s", ErrDomainExists, spec.Name, msg)
 		}
 		return nil, fmt.Errorf("defining domain %q: %s", spec.Name, lvMessage(err))
 	}
@@ -229,6 +249,37 @@ func Define(ctx context.Context, conn *lv.Connect, spec DomainSpec, opts Options
 		}
 	}
 	return res, nil
+}
+
+// SourceXML describes the VM as it was on VMware, with its disks at their converted paths
+// on this host: the input of `virt-v2v-in-place -i libvirtxml`. The disks sit on a SCSI bus
+// as on VMware's pvscsi/LSI Logic controllers (so virt-v2v maps the guest's /dev/sdX names to
+// the converted ones), the NICs keep their VMware models, and the rest is the domain Define
+// would make.
+func SourceXML(spec DomainSpec) (string, error) {
+	if err := validate(spec); err != nil {
+		return "", err
+	}
+	src := spec
+	src.Disks = nil
+	for _, d := range spec.Disks {
+		d.Bus = "scsi"
+		src.Disks = append(src.Disks, d)
+	}
+	var nics []resolvedNIC
+	for _, n := range spec.NICs {
+		// virt-v2v-in-place only reads the NICs (MACs, models); where they connect does not
+		// matter to it.
+		nics = append(nics, resolvedNIC{kind: "network", target: "default", mac: n.MAC, model: nicModel(n.Model)})
+	}
+	d, _, err := buildDomain(src, Options{}, host{domainType: "kvm"}, nics)
+	if err != nil {
+		return "", err
+	}
+	if validUUID(spec.BIOSUUID) {
+		d.UUID = strings.ToLower(spec.BIOSUUID)
+	}
+	return d.Marshal()
 }
 
 // Undefine removes the domain name if, and only if, job jobID made it: the cleanup of a
@@ -376,6 +427,26 @@ func validate(s DomainSpec) error {
 	return nil
 }
 
+// validUUID accepts the canonical 8-4-4-4-12 hex form.
+func validUUID(u string) bool {
+	if len(u) != 36 {
+		return false
+	}
+	for i, r := range u {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func validMAC(m string) bool {
 	parts := strings.Split(m, ":")
 	if len(parts) != 6 {
@@ -500,11 +571,16 @@ func buildDomain(spec DomainSpec, opts Options, h host, nics []resolvedNIC) (*li
 			warnings = append(warnings, fmt.Sprintf("%d vCPUs do not split into sockets of %d cores; using %d sockets of 1 core", spec.VCPUs, c, spec.VCPUs))
 		}
 	}
-	d.CPU = &libvirtxml.DomainCPU{Topology: &libvirtxml.DomainCPUTopology{Sockets: sockets, Dies: 1, Cores: cores, Threads: 1}}
-	if h.domainType == "kvm" {
-		// host-model: close to the host's CPU yet still live-migratable between hosts.
-		d.CPU.Mode = "host-model"
+	// The CPU definition is the one the agent's probe booted a kernel with on this host:
+	// host-model where it works (close to the host's CPU, still live-migratable), else
+	// host-model without the features the host's KVM refuses, else qemu's default model.
+	if opts.CPU != nil && h.domainType == "kvm" {
+		d.CPU = domainCPU(*opts.CPU)
 	}
+	if d.CPU == nil {
+		d.CPU = &libvirtxml.DomainCPU{}
+	}
+	d.CPU.Topology = &libvirtxml.DomainCPUTopology{Sockets: sockets, Dies: 1, Cores: cores, Threads: 1}
 
 	if spec.Firmware == FirmwareEFI {
 		code, vars, err := findOVMF(opts)
@@ -581,6 +657,9 @@ func buildDomain(spec DomainSpec, opts Options, h host, nics []resolvedNIC) (*li
 		port := uint(0)
 		d.Devices.Serials = []libvirtxml.DomainSerial{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 			Target: &libvirtxml.DomainSerialTarget{Port: &port}}}
+		if opts.ConsoleLog != "" {
+			d.Devices.Serials[0].Log = &libvirtxml.DomainChardevLog{File: opts.ConsoleLog, Append: "on"}
+		}
 		d.Devices.Consoles = []libvirtxml.DomainConsole{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 			Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
 		d.Devices.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{AutoPort: "yes", Listen: "127.0.0.1"}}}

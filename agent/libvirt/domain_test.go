@@ -15,6 +15,8 @@ import (
 
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"github.com/hypersdk/hypersdk/agent/capacity"
 )
 
 const systemURI = "qemu:///system"
@@ -505,14 +507,30 @@ func TestBuildDomainDetails(t *testing.T) {
 		Disks: []Disk{{Path: "/a", Bus: "scsi"}, {Path: "/b", Bus: "scsi"}, {Path: "/c"}},
 		JobID: "j1", SourceVMPath: `DC0/vm/"quoted" & <tag>`,
 	}
-	d, warnings, err := buildDomain(spec, Options{Now: func() time.Time { return time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) }},
-		host{domainType: "kvm"}, nil)
+	cpu := &capacity.CPUDef{Mode: "host-model", Disable: []string{"arch-capabilities"}}
+	d, warnings, err := buildDomain(spec, Options{Now: func() time.Time { return time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) },
+		CPU: cpu, ConsoleLog: "/var/lib/hypersdk/storage/j1/w-console.log"}, host{domainType: "kvm"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 6 vCPUs do not split into sockets of 4: flattened, with a warning.
-	if d.CPU.Topology.Sockets != 6 || d.CPU.Topology.Cores != 1 || len(warnings) != 1 || d.CPU.Mode != "host-model" {
-		t.Errorf("topology %+v mode %q warnings %q", d.CPU.Topology, d.CPU.Mode, warnings)
+	// 6 vCPUs do not split into sockets of 4: flattened, with a warning. The CPU is the
+	// probe's definition, with its disabled feature.
+	if d.CPU.Topology.Sockets != 6 || d.CPU.Topology.Cores != 1 || len(warnings) != 1 || d.CPU.Mode != "host-model" ||
+		len(d.CPU.Features) != 1 || d.CPU.Features[0].Name != "arch-capabilities" || d.CPU.Features[0].Policy != "disable" {
+		t.Errorf("topology %+v mode %q features %+v warnings %q", d.CPU.Topology, d.CPU.Mode, d.CPU.Features, warnings)
+	}
+	if s := d.Devices.Serials; len(s) != 1 || s[0].Log == nil || s[0].Log.File != "/var/lib/hypersdk/storage/j1/w-console.log" {
+		t.Errorf("serial %+v: want its console log", s)
+	}
+	// Without a probed CPU (and under TCG, whatever the probe said): qemu's default model.
+	for _, tc := range []struct {
+		typ string
+		cpu *capacity.CPUDef
+	}{{"kvm", nil}, {"qemu", cpu}} {
+		d, _, err := buildDomain(spec, Options{CPU: tc.cpu}, host{domainType: tc.typ}, nil)
+		if err != nil || d.CPU.Mode != "" || len(d.CPU.Features) != 0 || d.CPU.Topology == nil {
+			t.Errorf("%s with cpu %v: %+v %v", tc.typ, tc.cpu, d.CPU, err)
+		}
 	}
 	if d.Clock.Offset != "localtime" || d.OS.Type.Machine != "pc" {
 		t.Errorf("clock %q machine %q", d.Clock.Offset, d.OS.Type.Machine)
@@ -543,5 +561,37 @@ func TestBuildDomainDetails(t *testing.T) {
 	defer func() { ovmfCandidates = saved }()
 	if _, _, err := buildDomain(spec, Options{}, host{domainType: "qemu"}, nil); !errors.Is(err, ErrFirmwareMissing) || !strings.Contains(err.Error(), "ovmf") {
 		t.Errorf("efi without OVMF: %v", err)
+	}
+}
+
+// TestSourceXML: what virt-v2v-in-place reads: the VM as it was on VMware, every disk at
+// its converted path on a SCSI bus (so the guest's /dev/sdX names map), the VMware NIC
+// models and MACs, the BIOS UUID.
+func TestSourceXML(t *testing.T) {
+	spec := DomainSpec{Name: "web", VCPUs: 2, MemoryMiB: 1024, JobID: "j1", BIOSUUID: "4211AAAA-BBBB-CCCC-DDDD-EEEEFFFF0000",
+		Disks: []Disk{{Path: "/s/j1/web-disk0.qcow2", Format: "qcow2", Bus: "virtio"}, {Path: "/s/j1/web-disk1.raw", Format: "raw"}},
+		NICs:  []NIC{{Network: "VM Network", MAC: "00:50:56:aa:bb:01", Model: "vmxnet3"}}}
+	doc, err := SourceXML(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if d.UUID != "4211aaaa-bbbb-cccc-dddd-eeeeffff0000" || len(d.Devices.Disks) != 2 {
+		t.Fatalf("uuid %q disks %d", d.UUID, len(d.Devices.Disks))
+	}
+	for i, want := range []struct{ path, format, dev string }{{"/s/j1/web-disk0.qcow2", "qcow2", "sda"}, {"/s/j1/web-disk1.raw", "raw", "sdb"}} {
+		dd := d.Devices.Disks[i]
+		if dd.Source.File.File != want.path || dd.Driver.Type != want.format || dd.Target.Bus != "scsi" || dd.Target.Dev != want.dev {
+			t.Errorf("disk %d: %s %s %s/%s, want %+v on scsi", i, dd.Source.File.File, dd.Driver.Type, dd.Target.Bus, dd.Target.Dev, want)
+		}
+	}
+	if n := d.Devices.Interfaces; len(n) != 1 || n[0].Model.Type != "vmxnet3" || n[0].MAC.Address != "00:50:56:aa:bb:01" {
+		t.Errorf("interfaces %+v", n)
+	}
+	if _, err := SourceXML(DomainSpec{Name: "x"}); !errors.Is(err, ErrInvalidSpec) {
+		t.Errorf("an invalid spec: %v", err)
 	}
 }

@@ -2,12 +2,13 @@ package migrate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
+	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/hypersdk/hypersdk/agent/capacity"
 	"github.com/hypersdk/hypersdk/agent/libvirt"
 	"github.com/hypersdk/hypersdk/proto"
 )
@@ -68,14 +69,25 @@ func (d domains) undefine(ctx context.Context, dd *definedDomain) error {
 	return libvirt.Undefine(ctx, conn, dd.name, dd.jobID)
 }
 
-// define defines the domain on the local libvirtd (redefining this job's own earlier one)
-// and starts it if asked.
-func (j *job) define(ctx context.Context) (*proto.JobResult, error) {
-	j.stage(proto.StageDefining, "defining domain "+j.info.Name+" on "+j.p.cfg.LibvirtURI)
-	if err := ctx.Err(); err != nil {
-		return nil, err
+// newVirtProbe starts the virtualisation probe of the agent's host (see agent/capacity):
+// it runs in the background from the agent's start, and define waits for its decision. For
+// libvirt drivers other than qemu's (test:///) there is nothing to decide.
+func newVirtProbe(cfg Config, log *slog.Logger) *capacity.VirtProbe {
+	if !strings.HasPrefix(cfg.LibvirtURI, "qemu") {
+		return nil
 	}
-	opts := j.def.Options
+	var trial capacity.Trial
+	if k := libvirt.FindKernel(); k != "" {
+		trial = libvirt.BootTrial{URI: cfg.LibvirtURI, Kernel: k, Logger: log}.Run
+	}
+	vp := capacity.NewVirtProbe(capacity.VirtConfig{CacheFile: cfg.VirtProbeFile, LibvirtURI: cfg.LibvirtURI,
+		Trial: trial, Fixed: cfg.Virtualization, Logger: log})
+	go vp.Run(context.Background())
+	return vp
+}
+
+// spec is the domain as read from vSphere, with this job's disks.
+func (j *job) spec() libvirt.DomainSpec {
 	spec := libvirt.DomainSpec{
 		Name:           j.info.Name,
 		VCPUs:          int(j.info.NumCPU),
@@ -86,29 +98,76 @@ func (j *job) define(ctx context.Context) (*proto.JobResult, error) {
 		JobID:          j.lease.JobID,
 		SourceVMUUID:   j.info.UUID,
 		SourceVMPath:   j.info.Path,
+		BIOSUUID:       j.info.UUID,
 	}
 	for _, p := range j.disks {
-		spec.Disks = append(spec.Disks, libvirt.Disk{Path: p, Format: j.format, Bus: opts.DiskBus})
+		spec.Disks = append(spec.Disks, libvirt.Disk{Path: p, Format: j.format})
 	}
 	for _, n := range j.info.NICs {
 		spec.NICs = append(spec.NICs, libvirt.NIC{Network: n.Network, MAC: n.MAC, Model: n.AdapterType})
 	}
+	return spec
+}
 
-	if opts.GuestConversion {
-		j.guestConversion(ctx)
+// consoleLog is where the domain's serial console is recorded: beside its disks, so an
+// operator finds both in the job's directory.
+func (j *job) consoleLog() string {
+	return filepath.Join(j.dir, safeName(j.info.Name)+"-console.log")
+}
+
+// define defines the domain on the local libvirtd (redefining this job's own earlier one)
+// with the virtualisation the host runs and the devices the guest can drive, and starts it
+// if asked (and no boot check does that).
+func (j *job) define(ctx context.Context) (*proto.JobResult, error) {
+	j.stage(proto.StageDefining, "defining domain "+j.info.Name+" on "+j.p.cfg.LibvirtURI)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	opts := j.def.Options
+	spec := j.spec()
+
+	conv := j.conversion
+	devices, warnings := chooseDevices(deviceInput{DiskBus: opts.DiskBus, Converted: conv != nil && conv.Converted,
+		Windows: isWindows(j.info.GuestID), WhyNotConverted: conversionReason(conv)})
+	for _, w := range warnings {
+		j.log.Warn("device choice", "warning", w)
+		j.rep.Warn(w)
+	}
+	for i := range spec.Disks {
+		spec.Disks[i].Bus = devices.DiskBus
+	}
+	for i := range spec.NICs {
+		spec.NICs[i].Model = devices.NICModel
+	}
+	lopts := libvirt.Options{
+		NetworkMapping: opts.NetworkMapping,
+		DefaultNetwork: j.p.cfg.DefaultNetwork,
+		// The boot check starts the domain itself, with its console attached.
+		StartAfter: opts.StartAfter && !opts.VerifyBoot,
+		Logger:     j.log,
+	}
+	var virt *proto.Virtualization
+	if j.p.virt != nil {
+		v, err := j.p.virt.Wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		virt = &v
+		cpu := capacity.ParseCPUDef(v.CPU)
+		lopts.DomainType, lopts.CPU = v.Type, &cpu
+		lopts.ConsoleLog = j.consoleLog()
+		if v.Type == proto.VirtTCG {
+			j.rep.Warn("this agent runs guests under TCG (software emulation, 10-50 times slower than KVM): " + v.Reason)
+		}
 	}
 
+	j.letQemuIn()
 	conn, err := libvirt.Connect(ctx, j.p.cfg.LibvirtURI)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	res, err := libvirt.Define(ctx, conn, spec, libvirt.Options{
-		NetworkMapping: opts.NetworkMapping,
-		DefaultNetwork: j.p.cfg.DefaultNetwork,
-		StartAfter:     opts.StartAfter,
-		Logger:         j.log,
-	})
+	res, err := libvirt.Define(ctx, conn, spec, lopts)
 	if err != nil {
 		return nil, err
 	}
@@ -120,39 +179,34 @@ func (j *job) define(ctx context.Context) (*proto.JobResult, error) {
 	if res.Redefined {
 		j.log.Info("redefined the domain of an earlier attempt of this job", "domain", res.Name)
 	}
+	j.log.Info("domain defined", "domain", res.Name, "disk_bus", devices.DiskBus, "nic", devices.NICModel,
+		"virtualization", virtString(virt))
 	return &proto.JobResult{
 		DomainName: res.Name, DomainUUID: res.UUID, LibvirtURI: j.p.cfg.LibvirtURI,
-		Disks: append([]string(nil), j.disks...),
+		Disks:          append([]string(nil), j.disks...),
+		Virtualization: virt, Devices: &devices, Conversion: conv,
 	}, nil
 }
 
-// guestConversion would run virt-v2v-in-place on the converted disks (virtio drivers,
-// fstab, bootloader). It is optional and only where installed; without it the job
-// completes with a warning, since the disks and domain are still correct copies.
-func (j *job) guestConversion(ctx context.Context) {
-	if _, err := exec.LookPath("virt-v2v-in-place"); err != nil {
-		j.rep.Warn("guest_conversion was asked but virt-v2v-in-place is not installed on this agent; the guest was not converted (install virt-v2v and run virt-v2v-in-place on the domain)")
-		return
+func virtString(v *proto.Virtualization) string {
+	if v == nil {
+		return "libvirt's choice"
 	}
-	// -i disk inspects one disk: the first, which the domain boots from and where the
-	// guest's OS (drivers, fstab, bootloader) lives.
-	args := []string{"-i", "disk"}
-	if j.format != "" {
-		args = append(args, "-if", j.format)
-	}
-	args = append(args, j.disks[0])
-	cmd := exec.CommandContext(ctx, "virt-v2v-in-place", args...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		msg := strings.TrimSpace(string(out))
-		if i := strings.LastIndex(msg, "\n"); i >= 0 {
-			msg = msg[i+1:]
+	return v.Type + " " + v.CPU
+}
+
+// letQemuIn makes the storage dir and the job's dir traversable (not readable) by others:
+// qemu runs as its own user (libvirt-qemu), and libvirt hands it the disk images (it
+// chowns the files) but not the directories above them, so a domain whose disks sit in a
+// 0750 directory defines fine and then fails to start with "Permission denied".
+func (j *job) letQemuIn() {
+	for _, d := range []string{j.p.cfg.StorageDir, j.dir} {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm()&0o011 == 0o011 {
+			continue
 		}
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return
+		if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+			j.log.Warn("cannot let qemu reach the disks: the domain may not start", "dir", d, "err", err)
 		}
-		j.rep.Warn(fmt.Sprintf("guest conversion with virt-v2v-in-place failed (%v: %s); the domain is defined with the unconverted guest", err, msg))
-		return
 	}
-	j.log.Info("guest converted with virt-v2v-in-place")
 }

@@ -49,6 +49,8 @@ func classify(stage string, err error) error {
 		errors.Is(err, vsphere.ErrShutdownTimeout),
 		errors.Is(err, ErrPoweredOn),
 		errors.Is(err, ErrUnsupportedVM),
+		errors.Is(err, ErrGuestConversion),
+		errors.Is(err, ErrBootCheck),
 		errors.Is(err, transfer.ErrVDDKUnavailable),
 		errors.Is(err, transfer.ErrSourceAccess),
 		errors.Is(err, transfer.ErrMethodUnavailable),

@@ -1,5 +1,6 @@
 // Package migrate is the migration pipeline an agent runs for a leased job: connect to
-// vCenter, prepare the source VM, copy and convert its disks, define the libvirt domain.
+// vCenter, prepare the source VM, copy and convert its disks, convert the guest with
+// virt-v2v, define the libvirt domain, and check that it boots.
 // It implements worker.Executor and orchestrates the packages that do the work
 // (shared/vsphere, agent/transfer, agent/libvirt); every stage reports progress and cleans
 // up after itself on failure and on cancel.
@@ -22,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hypersdk/hypersdk/agent/capacity"
 	"github.com/hypersdk/hypersdk/agent/transfer"
 	"github.com/hypersdk/hypersdk/agent/worker"
 	"github.com/hypersdk/hypersdk/proto"
@@ -47,6 +49,22 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Transfer tunes the disk copies (tool paths, retries); its Logger is set from Logger.
 	Transfer transfer.Config
+	// GuestConversion is what a job that does not set options.guest_conversion gets:
+	// "auto" (the default: convert when virt-v2v-in-place is installed) or "off".
+	GuestConversion string
+	// V2VInPlace is the virt-v2v-in-place program (default: found in PATH).
+	V2VInPlace string
+	// VirtioWin is where virtio-win's Windows drivers are (default /usr/share/virtio-win);
+	// without them a Windows guest is not converted and gets compatibility devices.
+	VirtioWin string
+	// VirtProbeFile caches the virtualisation probe's decision per boot of the host
+	// (default <StorageDir>/.virt-probe.json; agents sharing a file share one probe).
+	VirtProbeFile string
+	// Virtualization, when set, is used instead of probing (tests; an operator's override).
+	Virtualization *proto.Virtualization
+	// BootShutdownTimeout is how long a guest that passed the boot check gets to shut
+	// down before it is powered off (default 2 minutes).
+	BootShutdownTimeout time.Duration
 	// Registry receives the transfer metrics (nil: not exported).
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
@@ -55,14 +73,24 @@ type Config struct {
 // DefaultConfig matches the agent's defaults.
 func DefaultConfig() Config {
 	return Config{
-		StorageDir:       "/var/lib/hypersdk/storage",
-		LibvirtURI:       "qemu:///system",
-		DefaultNetwork:   "default",
-		MaxParallelDisks: 4,
-		ShutdownTimeout:  5 * time.Minute,
-		Logger:           slog.Default(),
+		StorageDir:          "/var/lib/hypersdk/storage",
+		LibvirtURI:          "qemu:///system",
+		DefaultNetwork:      "default",
+		MaxParallelDisks:    4,
+		ShutdownTimeout:     5 * time.Minute,
+		GuestConversion:     GuestConversionAuto,
+		V2VInPlace:          "virt-v2v-in-place",
+		VirtioWin:           "/usr/share/virtio-win",
+		BootShutdownTimeout: 2 * time.Minute,
+		Logger:              slog.Default(),
 	}
 }
+
+// Agent-wide guest conversion defaults (Config.GuestConversion).
+const (
+	GuestConversionAuto = "auto"
+	GuestConversionOff  = "off"
+)
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
@@ -81,6 +109,21 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
 	}
+	if c.GuestConversion == "" {
+		c.GuestConversion = d.GuestConversion
+	}
+	if c.V2VInPlace == "" {
+		c.V2VInPlace = d.V2VInPlace
+	}
+	if c.VirtioWin == "" {
+		c.VirtioWin = d.VirtioWin
+	}
+	if c.VirtProbeFile == "" {
+		c.VirtProbeFile = filepath.Join(c.StorageDir, ".virt-probe.json")
+	}
+	if c.BootShutdownTimeout <= 0 {
+		c.BootShutdownTimeout = d.BootShutdownTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -95,10 +138,16 @@ type Pipeline struct {
 	xfer    *transfer.Transferer
 	metrics *metrics
 	domains domains
+	// virt decides how domains run on this host (nil: the libvirt driver is not qemu's,
+	// e.g. test:///, which has no such choice).
+	virt *capacity.VirtProbe
 
 	capsMu sync.Mutex
 	caps   transfer.Capabilities
 	capsAt time.Time
+
+	v2vOnce sync.Once
+	v2vVer  string
 }
 
 var _ worker.Executor = (*Pipeline)(nil)
@@ -111,6 +160,9 @@ const capsTTL = 5 * time.Minute
 // to be present yet (a job fails with what is missing).
 func New(cfg Config) (*Pipeline, error) {
 	cfg = cfg.withDefaults()
+	if cfg.GuestConversion != GuestConversionAuto && cfg.GuestConversion != GuestConversionOff {
+		return nil, fmt.Errorf("migrate: guest conversion default %q is not auto or off", cfg.GuestConversion)
+	}
 	if err := os.MkdirAll(cfg.StorageDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStorage, err)
 	}
@@ -124,7 +176,30 @@ func New(cfg Config) (*Pipeline, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "migrate"), xfer: transfer.New(tc), metrics: m,
 	}
 	p.domains = newDomains(cfg.LibvirtURI, cfg.DefaultNetwork, p.log)
+	p.virt = newVirtProbe(cfg, cfg.Logger)
 	return p, nil
+}
+
+// WaitVirtualization waits for the virtualisation probe's decision (nil for libvirt drivers
+// other than qemu's).
+func (p *Pipeline) WaitVirtualization(ctx context.Context) (*proto.Virtualization, error) {
+	if p.virt == nil {
+		return nil, nil
+	}
+	v, err := p.virt.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// Virtualization is the virtualisation probe's decision (nil while it runs, and for
+// libvirt drivers other than qemu's): the agent advertises it.
+func (p *Pipeline) Virtualization() *proto.Virtualization {
+	if p.virt == nil {
+		return nil
+	}
+	return p.virt.Result()
 }
 
 // capabilities probes the host's transfer tools, cached for capsTTL.
@@ -152,7 +227,9 @@ func safeName(s string) string {
 		}
 		return '_'
 	}, s)
-	if s == "" || s == "." || s == ".." {
+	// A leading dot is kept for the agent's own files in the storage dir (the
+	// virtualisation cache), so no job directory can be one of them.
+	if s == "" || s[0] == '.' {
 		s = "_" + s
 	}
 	return s
@@ -177,6 +254,11 @@ type job struct {
 	domain   *definedDomain // set once this attempt defined it
 	progress proto.Progress
 	copyRate float64 // average bytes per second of the whole copy, shown once it is done
+	// conversion is what the guest conversion stage did (or why it did not run).
+	conversion *proto.ConversionResult
+	// keep: the job failed but its domain and disks stay for the operator (a guest that
+	// did not boot: the error says so).
+	keep bool
 }
 
 // Run migrates the leased job's VM. On error and on cancel everything this attempt made
@@ -228,16 +310,31 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 	if err := j.convert(ctx); err != nil {
 		return nil, classify(proto.StageConversion, err)
 	}
+	if err := j.convertGuest(ctx); err != nil {
+		return nil, classify(proto.StageGuestConversion, err)
+	}
+	// The commit point (DESIGN.md, leases 8: define only once the leader has committed this
+	// attempt as the one that defines) belongs here, between the last step that touches
+	// only this attempt's files and the first that changes the host's libvirt.
 	res, err := j.define(ctx)
 	if err != nil {
 		return nil, classify(proto.StageDefining, err)
 	}
+	if j.def.Options.VerifyBoot {
+		if res.Boot, err = j.bootCheck(ctx); err != nil {
+			return nil, classify(proto.StageBootCheck, err)
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	msg := fmt.Sprintf("domain %s defined on %s", res.DomainName, res.LibvirtURI)
+	if res.Boot != nil {
+		msg += fmt.Sprintf("; booted to %q in %.0f s", res.Boot.Evidence, res.Boot.Seconds)
+	}
 	j.report(proto.Progress{Stage: proto.StageCompleted, PercentComplete: 100,
 		CurrentBytes: j.progress.TotalBytes, TotalBytes: j.progress.TotalBytes, BytesPerSecond: j.copyRate,
-		Message: fmt.Sprintf("domain %s defined on %s", res.DomainName, res.LibvirtURI)})
+		Message: msg})
 	j.log.Info("migration completed", "domain", res.DomainName, "method", j.method, "disks", len(res.Disks),
 		"took", time.Since(start).Round(time.Millisecond))
 	return res, nil
@@ -268,7 +365,9 @@ func (j *job) cleanup(ctx context.Context, failed bool) {
 			j.log.Error("could not remove the migration snapshot: remove it in vSphere", "snapshot", j.snapshot.Name, "err", err)
 		}
 	}
-	if failed {
+	if failed && j.keep {
+		j.log.Warn("the failed job's domain and disks are kept for the operator", "dir", j.dir)
+	} else if failed {
 		if j.domain != nil {
 			if err := j.p.domains.undefine(ctx, j.domain); err != nil {
 				j.log.Error("could not undefine the domain of the failed attempt", "domain", j.domain.name, "err", err)

@@ -48,8 +48,8 @@ func TestMigrate(t *testing.T) {
 	}{
 		{name: "https to qcow2, NIC mapped to a bridge", opts: proto.Options{ConversionMethod: "https", NetworkMapping: map[string]string{"VM Network": "bridge:hsdk-br9"}},
 			format: "qcow2", nicKind: "bridge", nicTarget: "hsdk-br9", warning: `host bridge "hsdk-br9", which does not exist`},
-		{name: "nfc to raw, NIC unmapped", opts: proto.Options{ConversionMethod: "nfc", OutputFormat: "raw", DiskBus: "sata", GuestConversion: true},
-			format: "raw", nicKind: "network", nicTarget: "default", warning: "not in network_mapping"},
+		{name: "nfc to raw, NIC unmapped", opts: proto.Options{ConversionMethod: "nfc", OutputFormat: "raw", DiskBus: "sata", GuestConversion: new(bool)},
+			format: "raw", nicKind: "network", nicTarget: "default", warning: "guest_conversion is false"},
 		{name: "auto picks https for a powered-off VM with flat disks", opts: proto.Options{ConversionMethod: "auto", NetworkMapping: map[string]string{"VM Network": "network:hsdk-net9"}},
 			wantMethod: "https", format: "qcow2", nicKind: "network", nicTarget: "hsdk-net9", warning: `libvirt network "hsdk-net9", which does not exist`},
 	}
@@ -73,9 +73,14 @@ func TestMigrate(t *testing.T) {
 			if !strings.Contains(strings.Join(rec.warns(), "\n"), tc.warning) {
 				t.Errorf("warnings %q lack %q", rec.warns(), tc.warning)
 			}
-			if _, err := exec.LookPath("virt-v2v-in-place"); err != nil && tc.opts.GuestConversion &&
-				!strings.Contains(strings.Join(rec.warns(), "\n"), "virt-v2v-in-place is not installed") {
-				t.Errorf("guest_conversion without virt-v2v-in-place: warnings %q do not say so", rec.warns())
+			// Not converted: compatibility devices the guest has drivers for, and the
+			// source's BIOS UUID as the domain's (the guest's SMBIOS UUID).
+			if res.Devices == nil || res.Devices.DiskBus != "sata" || res.Devices.NICModel != "e1000e" ||
+				res.Conversion == nil || res.Conversion.Converted || res.Conversion.Reason == "" {
+				t.Errorf("result devices %+v conversion %+v, want sata/e1000e, not converted with a reason", res.Devices, res.Conversion)
+			}
+			if res.Virtualization == nil || (res.Virtualization.Type != "kvm" && res.Virtualization.Type != "qemu") {
+				t.Errorf("result virtualization %+v", res.Virtualization)
 			}
 			if tc.wantMethod != "" && !strings.Contains(strings.Join(progressMessages(rec), "\n"), "with "+tc.wantMethod) {
 				t.Errorf("progress never says the method is %s: %q", tc.wantMethod, progressMessages(rec))
@@ -135,6 +140,12 @@ func TestMigrate(t *testing.T) {
 				if nic.Source == nil || nic.Source.Network == nil || nic.Source.Network.Network != tc.nicTarget {
 					t.Errorf("interface source %+v, want network %s", nic.Source, tc.nicTarget)
 				}
+			}
+			if !strings.EqualFold(d.UUID, info.UUID) || !strings.EqualFold(res.DomainUUID, info.UUID) {
+				t.Errorf("domain uuid %s (result %s), want the source's BIOS UUID %s", d.UUID, res.DomainUUID, info.UUID)
+			}
+			if nic.Model == nil || nic.Model.Type != "e1000e" {
+				t.Errorf("NIC model %+v, want e1000e for an unconverted guest", nic.Model)
 			}
 			if d.Metadata == nil || !strings.Contains(d.Metadata.XML, jobID) || !strings.Contains(d.Metadata.XML, info.UUID) {
 				t.Errorf("metadata %+v lacks job id %s and source uuid %s", d.Metadata, jobID, info.UUID)

@@ -237,6 +237,22 @@ func TestCommands(t *testing.T) {
 		})
 	}
 
+	t.Run("submit --verify-boot", func(t *testing.T) {
+		sub := hyperctl(t, env, jobJSON("DC0/vm/boot"), "jobs", "submit", "-f", "-", "-o", "json", "--verify-boot", "--boot-timeout", "90s")
+		var s proto.SubmitResponse
+		mustJSON(t, sub.stdout, &s)
+		var j proto.Job
+		mustJSON(t, hyperctl(t, env, "", "jobs", "get", s.JobID, "-o", "json").stdout, &j)
+		if o := j.Definition.Options; !o.VerifyBoot || o.BootTimeoutSeconds != 90 {
+			t.Errorf("options after --verify-boot: %+v", o)
+		}
+		if g := hyperctl(t, env, "", "jobs", "get", s.JobID); !strings.Contains(g.stdout, "verify_boot") || !strings.Contains(g.stdout, "boot_timeout=90s") {
+			t.Errorf("jobs get does not show the boot check: %s", g)
+		}
+		if r := hyperctl(t, env, jobJSON("DC0/vm/boot"), "jobs", "submit", "-f", "-", "--boot-timeout", "90s"); r.code != exitUsage || !strings.Contains(r.stderr, "--verify-boot") {
+			t.Errorf("--boot-timeout alone: %s", r)
+		}
+	})
 	t.Run("schedules", func(t *testing.T) { testSchedules(t, env) })
 	t.Run("webhooks", func(t *testing.T) { testWebhooks(t, env) })
 	t.Run("vms", func(t *testing.T) { testVMs(t, env) })

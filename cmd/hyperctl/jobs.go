@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"sort"
@@ -20,16 +22,35 @@ func init() {
 		limit         int
 		pollInterval  time.Duration
 		watchInterval = &pollInterval
+		verifyBoot    bool
+		bootTimeout   time.Duration
 	)
 	register("jobs", "submit", &command{
-		usage: "-f FILE|- [--watch]",
+		usage: "-f FILE|- [--watch] [--verify-boot [--boot-timeout D]]",
 		help:  "submit one job, a list of jobs, or several YAML documents (JSON or YAML)",
 		flags: func(_ *app, fs *flag.FlagSet) {
 			fs.StringVar(&file, "f", "", "job definition file, JSON or YAML (- reads stdin)")
 			fs.BoolVar(&watchAfter, "watch", false, "watch the job until it ends (one job only)")
 			fs.DurationVar(watchInterval, "poll", time.Second, "poll interval when /ws is unavailable")
+			fs.BoolVar(&verifyBoot, "verify-boot", false, "set options.verify_boot: start the migrated VM and wait for its login prompt")
+			fs.DurationVar(&bootTimeout, "boot-timeout", 0, "with --verify-boot: options.boot_timeout_seconds (default 5m)")
 		},
-		run: func(a *app, args []string) error { return a.jobsSubmit(args, file, watchAfter, pollInterval) },
+		run: func(a *app, args []string) error {
+			if bootTimeout != 0 && !verifyBoot {
+				return usagef("--boot-timeout goes with --verify-boot")
+			}
+			if bootTimeout < 0 || (bootTimeout > 0 && bootTimeout < time.Second) {
+				return usagef("--boot-timeout must be at least 1s")
+			}
+			var set map[string]any
+			if verifyBoot {
+				set = map[string]any{"verify_boot": true}
+				if bootTimeout > 0 {
+					set["boot_timeout_seconds"] = int(bootTimeout / time.Second)
+				}
+			}
+			return a.jobsSubmit(args, file, watchAfter, pollInterval, set)
+		},
 	})
 	register("jobs", "list", &command{
 		usage: "[--status S[,S]] [--limit N] [--vm PATH] [--agent NAME]",
@@ -71,13 +92,18 @@ func init() {
 	})
 }
 
-func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.Duration) error {
+func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.Duration, setOptions map[string]any) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
 	}
 	docs, err := a.readDocuments(file)
 	if err != nil {
 		return err
+	}
+	for i := range docs {
+		if docs[i], err = withOptions(docs[i], setOptions); err != nil {
+			return usagef("%s: job %d: %v", file, i+1, err)
+		}
 	}
 	if watchAfter && len(docs) != 1 {
 		return usagef("--watch follows one job; %s holds %d", file, len(docs))
@@ -107,6 +133,32 @@ func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.
 		return a.watch(results[0].JobID, poll)
 	}
 	return nil
+}
+
+// withOptions sets fields of a job document's options (the flags of jobs submit), keeping
+// everything else as written; the controller still validates the whole job.
+func withOptions(doc json.RawMessage, set map[string]any) (json.RawMessage, error) {
+	if len(set) == 0 {
+		return doc, nil
+	}
+	var job map[string]any
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	if err := dec.Decode(&job); err != nil || job == nil {
+		return nil, fmt.Errorf("a job is a JSON object")
+	}
+	opts, ok := job["options"].(map[string]any)
+	if !ok {
+		if job["options"] != nil {
+			return nil, fmt.Errorf("options is not an object")
+		}
+		opts = map[string]any{}
+	}
+	for k, v := range set {
+		opts[k] = v
+	}
+	job["options"] = opts
+	return json.Marshal(job)
 }
 
 // reportPartial tells which jobs of a list were submitted before one failed.
@@ -237,6 +289,20 @@ func printJob(a *app, j proto.Job) error {
 		if len(r.Disks) > 0 {
 			result += "; disks " + strings.Join(r.Disks, ", ")
 		}
+		if v := r.Virtualization; v != nil {
+			result += fmt.Sprintf("; runs under %s (cpu %s)", v.Type, v.CPU)
+		}
+		if c := r.Conversion; c != nil && c.Converted {
+			result += fmt.Sprintf("; converted by %s in %.0fs", c.Tool, c.Seconds)
+		} else if c != nil {
+			result += "; not converted: " + c.Reason
+		}
+		if dv := r.Devices; dv != nil {
+			result += fmt.Sprintf("; %s disks, %s NIC", dv.DiskBus, dv.NICModel)
+		}
+		if b := r.Boot; b != nil {
+			result += fmt.Sprintf("; booted in %.0fs: %q", b.Seconds, b.Evidence)
+		}
 	}
 	opts := describeOptions(d.Options)
 	return fields(a.stdout,
@@ -272,10 +338,16 @@ func describeOptions(o proto.Options) string {
 	add("disk_bus", o.DiskBus)
 	add("target_agent", o.TargetAgent)
 	for k, v := range map[string]bool{"shutdown": o.Shutdown, "power_off": o.PowerOff, "remove_cdrom": o.RemoveCDROM,
-		"guest_conversion": o.GuestConversion, "start_after": o.StartAfter} {
+		"start_after": o.StartAfter, "verify_boot": o.VerifyBoot} {
 		if v {
 			parts = append(parts, k)
 		}
+	}
+	if o.GuestConversion != nil {
+		parts = append(parts, "guest_conversion="+strconv.FormatBool(*o.GuestConversion))
+	}
+	if o.BootTimeoutSeconds > 0 {
+		parts = append(parts, "boot_timeout="+strconv.Itoa(o.BootTimeoutSeconds)+"s")
 	}
 	for k, v := range o.NetworkMapping {
 		parts = append(parts, fmt.Sprintf("net %q→%s", k, v))

@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"os/signal"
@@ -53,6 +54,10 @@ func run(args []string) error {
 	o.String("default-network", &cfg.DefaultNetwork, "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
 	o.String("vddk-libdir", &cfg.Transfer.VDDKLibDir, "where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8), for the vddk method (config transfer.vddk_libdir)")
 	o.String("attempt-log", &cfg.AttemptLog, "append one JSON line per job attempt start and end to this file")
+	o.String("guest-conversion", &cfg.GuestConversion, "what jobs that do not set options.guest_conversion get: auto (virt-v2v when installed) or off")
+	o.String("virt-probe-file", &cfg.VirtProbeFile, "cache of the virtualisation decision for this boot of the host (default <storage-dir>/.virt-probe.json)")
+	var probeVirt bool
+	o.True("probe-virtualization", &probeVirt, "decide (or read this boot's decision) how this host runs guests, print it as JSON and exit")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
 	// The environment's join token beats the file's; the flag beats both.
@@ -79,9 +84,21 @@ func run(args []string) error {
 		Transfer: transfer.Config{Retries: cfg.Transfer.Retries, RetryDelay: cfg.Transfer.RetryDelay,
 			RequestTimeout: cfg.Transfer.RequestTimeout, VDDKTransports: cfg.Transfer.VDDKTransports,
 			VDDKConnections: cfg.Transfer.VDDKConnections},
+		GuestConversion: cfg.GuestConversion, VirtProbeFile: cfg.VirtProbeFile,
 	})
 	if err != nil {
 		return err
+	}
+	if probeVirt {
+		// Run once before the tests or a demo (make test does), so agents started later
+		// find this boot's decision in the cache instead of probing.
+		v, err := pipeline.WaitVirtualization(context.Background())
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

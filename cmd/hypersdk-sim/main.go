@@ -2,6 +2,7 @@
 // the demo, the end-to-end tests and the benchmarks.
 //
 //	hypersdk-sim --listen 127.0.0.1:8989 --vms 2 --disk-size 1G --fill random:0.5
+//	hypersdk-sim --guest linux --guest-image "$(scripts/guest-image.sh)"   a bootable Debian guest
 //
 // It prints one key=value line per fact, url first, then serves until SIGINT or SIGTERM and
 // removes its datastores:
@@ -10,7 +11,7 @@
 //	thumbprint=AB:CD:…                   SHA-1 of its self-signed certificate
 //	username=admin                       only with --username
 //	datastore=LocalDS_0 path=/tmp/…      one per datastore
-//	vm=/DC0/vm/vm-1 moref=vm-22          one per VM
+//	vm=/DC0/vm/vm-1 moref=vm-22 uuid=…   one per VM (uuid: its BIOS UUID)
 //	disk=/tmp/…/vm-1-flat.vmdk vm=/DC0/vm/vm-1 capacity=1073741824
 //	ready=true
 //
@@ -45,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var (
 		listen     = fs.String("listen", "127.0.0.1:8989", "`host:port` of the SDK endpoint (port 0 picks one)")
 		vms        = fs.Int("vms", d.VMs, "number of VMs, named vm-1, vm-2, … under /DC0/vm")
+		namePrefix = fs.String("name-prefix", d.NamePrefix, "prefix of the VM names (vm- makes vm-1, vm-2, …)")
 		diskSize   = fs.String("disk-size", "1G", "capacity of each disk (K, M, G, T are powers of 1024; a multiple of 1M)")
 		disks      = fs.Int("disks-per-vm", d.DisksPerVM, "disks per VM")
 		fill       = fs.String("fill", "none", "flat extent content: none | zero[:FRACTION] | random[:FRACTION]; the rest is a hole")
@@ -58,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		leaseTTL   = fs.Duration("lease-timeout", d.LeaseTimeout, "export lease timeout without progress calls")
 		leaseStar  = fs.Bool("lease-host-star", false, "report export URLs with host \"*\", as a standalone ESXi does")
 		prepare    = fs.Bool("prepare-exports", false, "convert every disk to stream-optimized in the background at start, so ExportVm is ready at once")
+		guest      = fs.String("guest", "", "linux: every VM's first disk holds a bootable Debian 12 guest (a VMware-style install: open-vm-tools, /dev/sda1 in fstab, vmxnet3 NIC)")
+		guestImage = fs.String("guest-image", "", "raw image of the guest (default $HYPERSDK_GUEST_IMAGE, else /var/cache/hypersdk/guest/debian12.raw; scripts/guest-image.sh builds it)")
+		scsi       = fs.String("scsi-controller", "pvscsi", "the disks' controller: pvscsi | lsilogic")
 		logLevel   = fs.String("log-level", "info", "debug | info | warn | error")
 		fillParsed vcsim.Fill
 	)
@@ -89,12 +94,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *password == "" {
 		*password = os.Getenv("HYPERSDK_SIM_PASSWORD")
 	}
+	if *guest != "" && *guestImage == "" {
+		*guestImage = os.Getenv("HYPERSDK_GUEST_IMAGE")
+		if *guestImage == "" {
+			*guestImage = "/var/cache/hypersdk/guest/debian12.raw"
+		}
+	}
 	cfg := vcsim.Config{
-		Listen: *listen, VMs: *vms, DisksPerVM: *disks, DiskSize: size, Fill: fillParsed, Seed: *seed,
+		Listen: *listen, VMs: *vms, NamePrefix: *namePrefix, DisksPerVM: *disks, DiskSize: size, Fill: fillParsed, Seed: *seed,
 		PowerOn: *powerOn, CPUs: *cpus, MemoryMB: *memoryMB, Firmware: *firmware,
 		Username: *username, Password: *password, LeaseTimeout: *leaseTTL, LeaseHostStar: *leaseStar,
-		PrepareExports: *prepare,
-		Logger:         log,
+		PrepareExports: *prepare, Guest: *guest, GuestImage: *guestImage, SCSIController: *scsi,
+		Logger: log,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -120,7 +131,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "datastore=%s path=%s\n", ds.Name, ds.Path)
 	}
 	for _, vm := range sim.VMs {
-		fmt.Fprintf(stdout, "vm=%s moref=%s\n", vm.Path, vm.Moref)
+		fmt.Fprintf(stdout, "vm=%s moref=%s uuid=%s\n", vm.Path, vm.Moref, vm.UUID)
 		for _, disk := range vm.Disks {
 			fmt.Fprintf(stdout, "disk=%s vm=%s capacity=%d\n", disk.FlatPath, vm.Path, disk.Capacity)
 		}

@@ -237,6 +237,8 @@ func TestDashboardLive(t *testing.T) {
 	waitJS(t, ctx, 10*time.Second, "vddk on the card of the agent whose VDDK loads, only there",
 		`document.querySelector('.agent-card[data-agent="kvm-ui-2"] .methods').textContent.startsWith('vddk · ') && `+
 			`!document.querySelector('.agent-card[data-agent="kvm-ui-1"] .methods').textContent.includes('vddk')`)
+	waitJS(t, ctx, 10*time.Second, "how the host runs guests, TCG marked",
+		`(e => e?.textContent === 'TCG (slow)' && e.classList.contains('warn') && e.title.includes('no /dev/kvm'))(document.querySelector('.agent-card[data-agent="kvm-ui-1"] .virt'))`)
 	waitJS(t, ctx, 10*time.Second, "three controllers and a leader",
 		`document.querySelectorAll('#cluster-table tbody tr').length === 3 && !!document.querySelector('#cluster-table .role-leader')`)
 	waitJS(t, ctx, 10*time.Second, "live updates over the WebSocket", `document.body.dataset.mode === 'websocket'`)

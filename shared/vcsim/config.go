@@ -123,8 +123,17 @@ type Config struct {
 	MemoryMB int
 	// Firmware is "bios" or "efi".
 	Firmware string
-	// GuestID is the vSphere guest OS identifier of every VM.
+	// GuestID is the vSphere guest OS identifier of every VM (default ubuntu64Guest, or
+	// debian12_64Guest with Guest linux).
 	GuestID string
+	// Guest "linux" puts a bootable guest on every VM's first disk: the raw image at
+	// GuestImage (scripts/guest-image.sh builds it: Debian 12 as a VMware guest). The disk
+	// is as large as the image if DiskSize is smaller; the other disks get Fill. Such VMs
+	// have a vmxnet3 NIC, like VMware's Linux VMs.
+	Guest      string
+	GuestImage string
+	// SCSIController is the disks' controller: pvscsi (default) or lsilogic.
+	SCSIController string
 	// Username and Password, when both set, are the only credentials the SDK accepts.
 	// When empty, any non-empty user name and password log in (the simulator's default).
 	Username string
@@ -144,6 +153,9 @@ type Config struct {
 	// Logger receives the simulator's own log lines; default slog.Default().
 	Logger *slog.Logger
 }
+
+// GuestLinux is the bootable guest Config.Guest can put on the first disk.
+const GuestLinux = "linux"
 
 // DefaultConfig is one powered-off VM with one empty 1 GiB disk on a loopback port picked by
 // the kernel.
@@ -200,6 +212,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.GuestID == "" {
 		c.GuestID = d.GuestID
+		if c.Guest == GuestLinux {
+			c.GuestID = "debian12_64Guest"
+		}
+	}
+	if c.SCSIController == "" {
+		c.SCSIController = "pvscsi"
 	}
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = d.LeaseTimeout
@@ -231,6 +249,12 @@ func (c Config) withDefaults() (Config, error) {
 		return c, configErr("set both username and password, or neither")
 	case c.LeaseTimeout < 0:
 		return c, configErr("lease timeout must not be negative")
+	case c.SCSIController != "pvscsi" && c.SCSIController != "lsilogic":
+		return c, configErr("scsi controller %q is not pvscsi or lsilogic", c.SCSIController)
+	case c.Guest != "" && c.Guest != GuestLinux:
+		return c, configErr("guest %q is not linux", c.Guest)
+	case c.Guest == GuestLinux && c.GuestImage == "":
+		return c, configErr("guest linux needs its image (build it with scripts/guest-image.sh)")
 	}
 	switch c.Fill.Mode {
 	case FillNone, FillZero, FillRandom:

@@ -34,7 +34,13 @@ func (s *Sim) fillDisks(ctx context.Context) error {
 	for range workers {
 		wg.Go(func() {
 			for j := range jobs {
-				if err := fillExtent(ctx, j.d.FlatPath, j.d.Capacity, s.cfg.Fill, diskSeed(s.cfg.Seed, j.vm, j.disk)); err != nil {
+				var err error
+				if j.disk == 0 && s.guestSize > 0 {
+					err = copyGuest(ctx, j.d.FlatPath, s.cfg.GuestImage, j.d.Capacity)
+				} else {
+					err = fillExtent(ctx, j.d.FlatPath, j.d.Capacity, s.cfg.Fill, diskSeed(s.cfg.Seed, j.vm, j.disk))
+				}
+				if err != nil {
 					mu.Lock()
 					errs = append(errs, fmt.Errorf("vcsim: fill %s: %w", j.d.FlatPath, err))
 					mu.Unlock()
@@ -75,17 +81,11 @@ func FillLength(capacity int64, fill Fill) int64 {
 // fillExtent makes the file exactly capacity bytes long (a hole) and writes its first
 // FillLength bytes with real writes, so the file system allocates those blocks only.
 func fillExtent(ctx context.Context, name string, capacity int64, fill Fill, key [32]byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	f, err := emptyExtent(name, capacity)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Truncate(0); err != nil {
-		return err
-	}
-	if err := f.Truncate(capacity); err != nil {
-		return err
-	}
 	n := FillLength(capacity, fill)
 	if n == 0 {
 		return nil
@@ -112,9 +112,86 @@ func fillExtent(ctx context.Context, name string, capacity int64, fill Fill, key
 	return f.Close()
 }
 
+// emptyExtent opens the extent for writing as one hole of capacity bytes.
+func emptyExtent(name string, capacity int64) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Truncate(capacity); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// guestDiskSize is the capacity of a disk holding the guest image: the image's size
+// rounded up to a MiB (descriptors count whole sectors; the simulator wants MiB), or the
+// configured disk size when that is larger.
+func guestDiskSize(image string, diskSize int64) (int64, error) {
+	st, err := os.Stat(image)
+	if err != nil {
+		return 0, configErr("guest image: %v (build it with scripts/guest-image.sh)", err)
+	}
+	if !st.Mode().IsRegular() || st.Size() < 1<<20 {
+		return 0, configErr("guest image %s is not a disk image", image)
+	}
+	size := (st.Size() + 1<<20 - 1) &^ (1<<20 - 1)
+	return max(size, diskSize), nil
+}
+
+// copyGuest writes the guest image into the flat extent, keeping its holes: only the
+// image's non-zero 64 KiB blocks are written, so a 2 GiB image with 700 MiB of data
+// allocates about 700 MiB.
+func copyGuest(ctx context.Context, flat, image string, capacity int64) error {
+	src, err := os.Open(image)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := emptyExtent(flat, capacity)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	buf := make([]byte, 64<<10)
+	for off := int64(0); ; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(src, buf)
+		if n > 0 && !allZero(buf[:n]) {
+			if _, werr := dst.WriteAt(buf[:n], off); werr != nil {
+				return werr
+			}
+		}
+		off += int64(n)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return dst.Close()
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -51,6 +51,8 @@ type VMInfo struct {
 	Name  string
 	Path  string // inventory path, "/DC0/vm/vm-1"
 	Moref string // managed object id, "vm-42"
+	// UUID is the BIOS UUID (config.uuid): what the guest reads as its SMBIOS system UUID.
+	UUID  string
 	Disks []DiskFile
 }
 
@@ -84,6 +86,9 @@ type Sim struct {
 	stop   context.CancelFunc
 	bgWait sync.WaitGroup
 
+	// guestSize is the first disk's capacity with a guest image (0: no guest).
+	guestSize int64
+
 	mu             sync.Mutex
 	ignoreShutdown map[string]bool // VM moref → guest ignores ShutdownGuest
 
@@ -114,6 +119,11 @@ func Start(ctx context.Context, cfg Config) (_ *Sim, err error) {
 			s.Close()
 		}
 	}()
+	if cfg.Guest != "" {
+		if s.guestSize, err = guestDiskSize(cfg.GuestImage, cfg.DiskSize); err != nil {
+			return nil, err
+		}
+	}
 
 	s.tmpDir, err = os.MkdirTemp("", "hypersdk-vcsim-")
 	if err != nil {
@@ -283,7 +293,7 @@ func (s *Sim) createVM(ctx context.Context, i int, folder *object.Folder, pool *
 	// Devices are appended one by one: the list assigns keys and unit numbers from what is
 	// already in it, so a disk created before the previous one is appended gets its unit.
 	var devices object.VirtualDeviceList
-	scsi, err := devices.CreateSCSIController("pvscsi")
+	scsi, err := devices.CreateSCSIController(s.cfg.SCSIController)
 	if err != nil {
 		return VMInfo{}, fmt.Errorf("vcsim: %w", err)
 	}
@@ -308,18 +318,26 @@ func (s *Sim) createVM(ctx context.Context, i int, folder *object.Folder, pool *
 			base = fmt.Sprintf("%s_%d", name, d)
 		}
 		dsPath := fmt.Sprintf("[%s] %s/%s.vmdk", dsName, name, base)
+		size := s.cfg.DiskSize
+		if d == 0 && s.guestSize > 0 {
+			size = s.guestSize
+		}
 		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), ds.Reference(), dsPath)
-		disk.CapacityInKB = s.cfg.DiskSize / 1024
-		disk.CapacityInBytes = s.cfg.DiskSize
+		disk.CapacityInKB = size / 1024
+		disk.CapacityInBytes = size
 		devices = append(devices, disk)
 		info.Disks = append(info.Disks, DiskFile{
 			DatastorePath: dsPath,
 			Descriptor:    filepath.Join(dsDir, name, base+".vmdk"),
 			FlatPath:      filepath.Join(dsDir, name, base+"-flat.vmdk"),
-			Capacity:      s.cfg.DiskSize,
+			Capacity:      size,
 		})
 	}
-	nic, err := devices.CreateEthernetCard("e1000", nicBacking)
+	nicType := "e1000"
+	if s.cfg.Guest == GuestLinux {
+		nicType = "vmxnet3" // what VMware's Linux templates get, and what virt-v2v replaces
+	}
+	nic, err := devices.CreateEthernetCard(nicType, nicBacking)
 	if err != nil {
 		return VMInfo{}, fmt.Errorf("vcsim: %w", err)
 	}
@@ -336,7 +354,15 @@ func (s *Sim) createVM(ctx context.Context, i int, folder *object.Folder, pool *
 	if err != nil {
 		return VMInfo{}, fmt.Errorf("vcsim: create %s: %w", name, err)
 	}
-	info.Moref = res.Result.(types.ManagedObjectReference).Value
+	ref := res.Result.(types.ManagedObjectReference)
+	info.Moref = ref.Value
+	var mvm mo.VirtualMachine
+	if err := object.NewVirtualMachine(folder.Client(), ref).Properties(ctx, ref, []string{"config.uuid"}, &mvm); err != nil {
+		return VMInfo{}, fmt.Errorf("vcsim: read %s: %w", name, err)
+	}
+	if mvm.Config != nil {
+		info.UUID = mvm.Config.Uuid
+	}
 	for _, d := range info.Disks {
 		if _, err := os.Stat(d.FlatPath); err != nil {
 			return VMInfo{}, fmt.Errorf("vcsim: the simulator did not create the extent of %s: %w", d.DatastorePath, err)

@@ -19,6 +19,23 @@ import (
 	"github.com/hypersdk/hypersdk/test/harness"
 )
 
+// startBenchController starts a single-node controller that leads. A long lease TTL: the
+// agent fences a job whose lease it cannot prove renewed within 0.8 TTL of sending its
+// long-poll, and a job submitted late into a 20 s long-poll (as after the curl rounds) would
+// otherwise be fenced at once with the default 15 s (reported as a worker issue).
+func startBenchController(b *testing.B, dir string) *harness.Controller {
+	conf := filepath.Join(dir, "controller.yaml")
+	if err := os.WriteFile(conf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ctl := harness.StartController(b, dir, "c1", nil, "--config", conf, "--fast-raft")
+	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
+		var cl harness.ClusterView
+		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
+	})
+	return ctl
+}
+
 // BenchmarkMigration1GiB: one 1 GiB disk (512 MiB random, 512 MiB hole) served by the
 // simulator, measured side by side in one run, each three times (median reported):
 //   - the migration job's wall time, submit → completed, through a controller and an agent
@@ -45,19 +62,7 @@ func BenchmarkMigration1GiB(b *testing.B) {
 	vm := sim.VMs[0]
 	flatURL := fmt.Sprintf("https://%s/folder/%s/%s?dcPath=DC0&dsName=LocalDS_0", sim.URL.Host, vm.Name, filepath.Base(vm.Disks[0].FlatPath))
 
-	// A long lease TTL: the agent fences a job whose lease it cannot prove renewed within
-	// 0.8 TTL of sending its long-poll, and a job submitted late into a 20 s long-poll
-	// (as here, after the curl rounds) would otherwise be fenced at once with the default
-	// 15 s (reported as a worker issue).
-	conf := filepath.Join(dir, "controller.yaml")
-	if err := os.WriteFile(conf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	ctl := harness.StartController(b, dir, "c1", nil, "--config", conf, "--fast-raft")
-	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
-		var cl harness.ClusterView
-		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
-	})
+	ctl := startBenchController(b, dir)
 	agent := harness.StartAgent(b, dir, "bench-agent", []*harness.Controller{ctl}, "--max-jobs", "1", "--log-level", "warn")
 	harness.CleanupDomain(b, vm.Name)
 

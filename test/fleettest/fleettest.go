@@ -32,6 +32,12 @@ func StartMember(t testing.TB, name string, maxJobs int, join ...string) *member
 func StartMemberProbing(t testing.TB, name string, maxJobs int, probe capacity.Config, join ...string) *membership.Membership {
 	t.Helper()
 	probe.StorageDir, probe.LibvirtURI = t.TempDir(), "test:///default"
+	if probe.Virtualization == nil {
+		// What an agent on a host without KVM advertises once its probe has decided.
+		probe.Virtualization = func() *proto.Virtualization {
+			return &proto.Virtualization{Type: proto.VirtTCG, CPU: "default", Reason: "TCG: no /dev/kvm on this host"}
+		}
+	}
 	m, err := membership.Start(context.Background(), membership.Config{
 		Gossip:  gossiptest.Config(proto.RoleAgent, name),
 		Name:    name,

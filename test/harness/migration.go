@@ -146,8 +146,8 @@ func ArgValue(args []string, flag string) string {
 }
 
 // StartAgent starts bin/hypersdk-agent against the controllers with fresh loopback
-// ports, a storage dir under dir, qemu:///system and fast gossip. It returns when the
-// agent serves /health.
+// ports, a storage dir under dir, qemu:///system, fast gossip and guest conversion off by
+// default. It returns when the agent serves /health.
 func StartAgent(t testing.TB, dir, name string, cs []*Controller, extra ...string) *Agent {
 	t.Helper()
 	return StartAgentEnv(t, nil, dir, name, cs, extra...)
@@ -168,7 +168,7 @@ func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controlle
 	args := []string{"--name", name, "--controllers", strings.Join(urls, ","), "--api-addr", a.APIAddr,
 		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--gossip-join", strings.Join(gossip, ","),
 		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info"}
-	args = append(args, extra...)
+	args = append(append(args, guestArgs()...), extra...)
 	// Agents trust the controllers' CA through the system store (the HA guide); for https
 	// controllers the harness points Go's store at their CA.
 	if len(cs) > 0 && cs[0].CAFile != "" {

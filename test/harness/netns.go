@@ -312,7 +312,7 @@ func StartNetAgent(t testing.TB, dir, name string, m *Member, cs []*NetControlle
 	args := []string{"--name", name, "--controllers", strings.Join(urls, ","), "--api-addr", a.APIAddr,
 		"--gossip-addr", m.IP + ":7947", "--gossip-join", strings.Join(gossip, ","),
 		"--fast-gossip", "--libvirt-uri", LibvirtURI, "--storage-dir", a.StorageDir, "--log-level", "info"}
-	a.Proc = m.Start(t, Bin(t, "hypersdk-agent"), name, dir, append(args, extra...)...)
+	a.Proc = m.Start(t, Bin(t, "hypersdk-agent"), name, dir, append(append(args, guestArgs()...), extra...)...)
 	WaitFor(t, 30*time.Second, "agent "+name+" in the fleet", func() bool {
 		var ag struct {
 			State string `json:"state"`

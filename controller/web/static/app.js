@@ -324,7 +324,8 @@
       el('div', { class: 'facts' },
         el('div', {}, el('span', { class: 'k', text: 'CPUs' }), el('span', { class: 'v cpus' })),
         el('div', {}, el('span', { class: 'k', text: 'Jobs' }), el('span', { class: 'v jobs' })),
-        el('div', {}, el('span', { class: 'k', text: 'Storage free' }), el('span', { class: 'v storage' }))),
+        el('div', {}, el('span', { class: 'k', text: 'Storage free' }), el('span', { class: 'v storage' })),
+        el('div', { class: 'wide' }, el('span', { class: 'k', text: 'Guests run' }), el('span', { class: 'v virt' }))),
       meter('Memory'),
       meter('Slots'),
       el('div', { class: 'rate-row' },
@@ -363,6 +364,13 @@
       total += r;
       setText($('.host-rate', card), r > 0 ? rate(r) : 'idle');
       sparkline($('svg.spark', card), state.history.get(a.name) || []);
+      // How the host runs migrated guests (its probe's decision): TCG is correct but slow,
+      // which an operator placing VMs wants to see at a glance; the reason is the tooltip.
+      const v = a.capabilities && a.capabilities.virtualization;
+      const ve = $('.virt', card);
+      setText(ve, v ? (v.type === 'kvm' ? 'KVM · ' + (v.cpu || 'default') : 'TCG (slow)') : 'probing…');
+      ve.classList.toggle('warn', !!v && v.type !== 'kvm');
+      ve.title = v ? (v.reason || '') : 'the agent is finding out how this host runs guests';
       setText($('.methods', card), ((a.capabilities && a.capabilities.methods) || []).join(' · ') || 'no transfer method');
       setText($('.seen', card), member ? 'seen ' + ago(a.last_seen) : 'last seen ' + ago(a.last_seen));
     }
