@@ -172,6 +172,21 @@ type Job struct {
 	PendingReason   string        `json:"pending_reason,omitempty"`
 	Warnings        []string      `json:"warnings,omitempty"`
 	Result          *JobResult    `json:"result,omitempty"`
+	// Commit is set once the leader has committed the current attempt as the one that
+	// defines the job's domain (the commit point): from then on no other attempt takes
+	// the job while this one is silent. Cleared when the attempt ends and the job waits
+	// for another.
+	Commit *JobCommit `json:"commit,omitempty"`
+}
+
+// JobCommit is an attempt committed as the one that defines the job's domain: which
+// agent, which domain on which libvirt, and when.
+type JobCommit struct {
+	Attempt    int       `json:"attempt"`
+	Agent      string    `json:"agent"`
+	Domain     string    `json:"domain,omitempty"`
+	LibvirtURI string    `json:"libvirt_uri,omitempty"`
+	At         time.Time `json:"at"`
 }
 
 // Redacted returns a copy with the password masked.

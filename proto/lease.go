@@ -84,6 +84,29 @@ type FailRequest struct {
 	Warnings  []string `json:"warnings,omitempty"`
 }
 
+// CommitRequest asks the leader to commit the attempt as the one that defines the job's
+// domain (POST /agent/v1/commit). An agent defines nothing on its host before the answer
+// says committed; 409 means the lease moved on and the attempt must delete its disks and
+// stop. Domain and LibvirtURI say what it is about to define, for the operator.
+type CommitRequest struct {
+	LeaseToken
+	Agent      string `json:"agent"`
+	Domain     string `json:"domain,omitempty"`
+	LibvirtURI string `json:"libvirt_uri,omitempty"`
+}
+
+// CommitResponse answers a commit. Committed is false only when the job was cancelled
+// (Cancel): the agent cleans up and reports cancelled. GraceSeconds is how long the
+// leader keeps a committed attempt's job after its last heartbeat before it gives the
+// job to the operator (it never hands it to another attempt): the agent keeps retrying
+// its final report that long.
+type CommitResponse struct {
+	Message      string  `json:"message"`
+	Committed    bool    `json:"committed"`
+	Cancel       bool    `json:"cancel,omitempty"`
+	GraceSeconds float64 `json:"grace_seconds,omitempty"`
+}
+
 // ReportResponse answers progress, complete and fail.
 type ReportResponse struct {
 	Message   string `json:"message"`
@@ -152,6 +175,21 @@ func (r *CompleteRequest) Validate() error {
 	}
 	if p := r.Progress; p != nil && (p.PercentComplete < 0 || p.PercentComplete > 100 || p.CurrentBytes < 0 || p.TotalBytes < 0) {
 		return invalid("progress: percent_complete must be between 0 and 100 and byte counts not negative")
+	}
+	return r.LeaseToken.validate()
+}
+
+// MaxDomainNameLen bounds the domain name a commit names (libvirt has no hard limit;
+// VMware's VM names end at 80 characters).
+const MaxDomainNameLen = 255
+
+// Validate checks a commit request.
+func (r *CommitRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	if len(r.Domain) > MaxDomainNameLen || len(r.LibvirtURI) > 1024 {
+		return invalid("domain (at most %d bytes) or libvirt_uri (at most 1024 bytes) is too long", MaxDomainNameLen)
 	}
 	return r.LeaseToken.validate()
 }

@@ -48,6 +48,8 @@ func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known b
 		return decoded(body, func(c CompleteReport) any { return s.applyComplete(idx, c) }), true
 	case CmdFail:
 		return decoded(body, func(c FailReport) any { return s.applyFail(idx, c) }), true
+	case CmdLeaseCommit:
+		return decoded(body, func(c LeaseCommit) any { return s.applyLeaseCommit(idx, c) }), true
 	case CmdRegisterNode:
 		return decoded(body, s.applyRegisterNode), true
 	case CmdRemoveNode:
@@ -270,6 +272,9 @@ func endAttempt(nj *proto.Job, reason string, retry bool, at time.Time, warnings
 	case retry && nj.Attempt < max:
 		nj.Status = proto.StatusPending
 		nj.Agent = ""
+		// The attempt's agent said it failed after cleaning up: the next attempt commits
+		// afresh.
+		nj.Commit = nil
 		nj.PendingReason = fmt.Sprintf("attempt %d of %d ended: %s; waiting for an agent", nj.Attempt, max, reason)
 		nj.Progress = proto.Progress{Stage: proto.StageQueued}
 		return EventJobRequeued
@@ -290,8 +295,17 @@ func endAttempt(nj *proto.Job, reason string, retry bool, at time.Time, warnings
 // nothing changes), change a copy (jobs are immutable once stored), swap it in, and publish
 // the event change names after the lock is released.
 func (s *State) updateLease(idx uint64, tok LeaseToken, change func(nj *proto.Job) EventKind) any {
+	return s.updateLeaseIf(idx, tok, nil, change)
+}
+
+// updateLeaseIf is updateLease with a further check of the job (nil: none) whose error is
+// the answer, nothing changed.
+func (s *State) updateLeaseIf(idx uint64, tok LeaseToken, check func(j *proto.Job) error, change func(nj *proto.Job) EventKind) any {
 	s.mu.Lock()
 	e, err := s.lookupLease(tok)
+	if err == nil && check != nil {
+		err = check(e.job)
+	}
 	if err != nil {
 		s.mu.Unlock()
 		return err
@@ -318,10 +332,13 @@ func appendWarnings(old, add []string) []string {
 }
 
 func (s *State) applyLeaseExpire(idx uint64, c LeaseExpire) any {
-	return s.updateLease(idx, c.LeaseToken, func(nj *proto.Job) EventKind {
+	return s.updateLeaseIf(idx, c.LeaseToken, func(j *proto.Job) error { return expiryFits(j, c) }, func(nj *proto.Job) EventKind {
 		reason := c.Reason
 		if reason == "" {
 			reason = "lease expired"
+		}
+		if committed(nj) {
+			return endCommitted(nj, reason, c.At)
 		}
 		return endAttempt(nj, reason, true, c.At, nil)
 	})

@@ -25,6 +25,9 @@ const (
 	CmdRegisterNode CommandType = 8
 	CmdRemoveNode   CommandType = 9
 	CmdSubmitBatch  CommandType = 10
+	// 11-12: warm migration (issue 15).
+	// CmdLeaseCommit is the commit point (commit.go): the attempt that may define the domain.
+	CmdLeaseCommit CommandType = 13
 	// 20-29: schedules (schedule.go) and webhooks (webhook.go).
 	CmdScheduleUpsert   CommandType = 20
 	CmdScheduleDelete   CommandType = 21
@@ -38,7 +41,7 @@ const (
 var commandNames = map[CommandType]string{
 	CmdSubmitJob: "submit_job", CmdCancelJobs: "cancel_jobs", CmdLeaseGrant: "lease_grant", CmdLeaseExpire: "lease_expire",
 	CmdProgress: "progress", CmdComplete: "complete", CmdFail: "fail", CmdRegisterNode: "register_node",
-	CmdRemoveNode: "remove_node", CmdSubmitBatch: "submit_batch",
+	CmdRemoveNode: "remove_node", CmdSubmitBatch: "submit_batch", CmdLeaseCommit: "lease_commit",
 	CmdScheduleUpsert: "schedule_upsert", CmdScheduleDelete: "schedule_delete", CmdScheduleFired: "schedule_fired",
 	CmdWebhookAdd: "webhook_add", CmdWebhookDelete: "webhook_delete", CmdWebhookDelivered: "webhook_delivered",
 	CmdWebhookSeed: "webhook_seed",
@@ -118,11 +121,14 @@ type LeaseGrant struct {
 }
 
 // LeaseExpire ends a lease whose agent stopped renewing: requeue, or fail after the last
-// attempt, or finish a cancel the agent could not acknowledge.
+// attempt, or finish a cancel the agent could not acknowledge. Committed says the leader's
+// timer was a committed attempt's grace (commit.go): only such an expiry ends a committed
+// attempt, and it never requeues.
 type LeaseExpire struct {
 	LeaseToken
-	Reason string    `json:"reason"`
-	At     time.Time `json:"at"`
+	Reason    string    `json:"reason"`
+	Committed bool      `json:"committed,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // ProgressReport updates a running job's progress.

@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// allCommandTypes lists every command type ever defined (1–10, 20–26). A new type is added
+// allCommandTypes lists every command type ever defined (1–10, 13, 20–26). A new type is added
 // here with its command.
 var allCommandTypes = []CommandType{
 	CmdSubmitJob, CmdCancelJobs, CmdLeaseGrant, CmdLeaseExpire, CmdProgress, CmdComplete, CmdFail,
-	CmdRegisterNode, CmdRemoveNode, CmdSubmitBatch,
+	CmdRegisterNode, CmdRemoveNode, CmdSubmitBatch, CmdLeaseCommit,
 	CmdScheduleUpsert, CmdScheduleDelete, CmdScheduleFired, CmdWebhookAdd, CmdWebhookDelete, CmdWebhookDelivered, CmdWebhookSeed,
 }
 

@@ -14,6 +14,8 @@ const (
 	EventJobSubmitted EventKind = "job.submitted"
 	EventJobStarted   EventKind = "job.started"
 	EventJobProgress  EventKind = "job.progress"
+	// EventJobCommitted: the running attempt passed the commit point (commit.go).
+	EventJobCommitted EventKind = "job.committed"
 	EventJobCompleted EventKind = "job.completed"
 	EventJobFailed    EventKind = "job.failed"
 	EventJobCancelled EventKind = "job.cancelled"

@@ -84,13 +84,13 @@ func TestLifecycle(t *testing.T) {
 		}},
 		{"expire requeues then fails after max attempts", []step{
 			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdLeaseExpire, LeaseExpire{tok("a", 1), "agent1 stopped renewing", t0}, nil, proto.StatusPending, 1},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "agent1 stopped renewing", At: t0}, nil, proto.StatusPending, 1},
 			{CmdProgress, ProgressReport{LeaseToken: tok("a", 1)}, ErrStaleLease, proto.StatusPending, 1},
 			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0}, nil, proto.StatusRunning, 2},
-			{CmdLeaseExpire, LeaseExpire{tok("a", 1), "late", t0}, ErrStaleLease, proto.StatusRunning, 2},
-			{CmdLeaseExpire, LeaseExpire{tok("a", 2), "x", t0}, nil, proto.StatusPending, 2},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "late", At: t0}, ErrStaleLease, proto.StatusRunning, 2},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 2), Reason: "x", At: t0}, nil, proto.StatusPending, 2},
 			{CmdLeaseGrant, LeaseGrant{tok("a", 3), "agent1", t0}, nil, proto.StatusRunning, 3},
-			{CmdLeaseExpire, LeaseExpire{tok("a", 3), "x", t0}, nil, proto.StatusFailed, 3},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 3), Reason: "x", At: t0}, nil, proto.StatusFailed, 3},
 		}},
 		{"fail final and retryable", []step{
 			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
@@ -110,7 +110,7 @@ func TestLifecycle(t *testing.T) {
 		{"cancel running then lease expires", []step{
 			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
 			{CmdCancelJobs, CancelJobs{Status: proto.StatusRunning}, nil, proto.StatusRunning, 1},
-			{CmdLeaseExpire, LeaseExpire{tok("a", 1), "x", t0}, nil, proto.StatusCancelled, 1},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "x", At: t0}, nil, proto.StatusCancelled, 1},
 		}},
 		{"unasked cancel ack is a failure", []step{
 			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
