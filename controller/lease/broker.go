@@ -61,7 +61,7 @@ func (m *Manager) Lease(ctx context.Context, req proto.LeaseRequest) (*proto.Lea
 		if ctx.Err() != nil {
 			tok := state.LeaseToken{JobID: l.JobID, Attempt: l.Attempt}
 			if agent, ok := m.timers.Release(tok); ok {
-				m.expire(tok, agent, "agent went away before receiving the lease")
+				m.expire(Expiry{Token: tok, Agent: agent}, "agent went away before receiving the lease")
 			}
 			return nil, ctx.Err()
 		}

@@ -16,6 +16,9 @@
 //     a failover, it never dies early.
 //   - Gossip declaring an agent dead does not shorten its leases: a partitioned agent looks
 //     dead too, and works on until it fences itself (see ExpireAgent).
+//   - commit.go: the commit point. An attempt defines its domain only once the leader has
+//     committed it; a committed lease's timer runs for CommitGrace, and its expiry gives
+//     the job to the operator instead of another attempt.
 package lease
 
 import (
@@ -58,6 +61,9 @@ type Config struct {
 	PerVCenterLimit int
 	// ProgressInterval is the minimum time between two progress writes of one job.
 	ProgressInterval time.Duration
+	// CommitGrace is how long a committed attempt's agent may stay silent before its job
+	// fails for the operator (commit.go); at least TTL.
+	CommitGrace time.Duration
 	// Secrets opens sealed passwords for the agent's lease (nil: stored in clear).
 	Secrets *secrets.Box
 	Logger  *slog.Logger
@@ -65,7 +71,8 @@ type Config struct {
 
 // DefaultConfig returns production timings.
 func DefaultConfig() Config {
-	return Config{TTL: 15 * time.Second, MaxWait: 25 * time.Second, PerVCenterLimit: 8, ProgressInterval: time.Second}
+	return Config{TTL: 15 * time.Second, MaxWait: 25 * time.Second, PerVCenterLimit: 8, ProgressInterval: time.Second,
+		CommitGrace: DefaultCommitGrace}
 }
 
 func (c *Config) fill() {
@@ -82,6 +89,10 @@ func (c *Config) fill() {
 	if c.ProgressInterval <= 0 {
 		c.ProgressInterval = d.ProgressInterval
 	}
+	if c.CommitGrace <= 0 {
+		c.CommitGrace = d.CommitGrace
+	}
+	c.CommitGrace = max(c.CommitGrace, c.TTL)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -144,13 +155,21 @@ func (m *Manager) Run(ctx context.Context) {
 	m.leading = true
 	m.lastProgress = map[string]time.Time{}
 	running := map[state.LeaseToken]string{}
+	var committed []*proto.Job
 	m.st.Jobs(proto.StatusRunning, func(j *proto.Job) bool {
 		running[state.LeaseToken{JobID: j.Definition.ID, Attempt: j.Attempt}] = j.Agent
+		if state.Committed(j) {
+			committed = append(committed, j)
+		}
 		return true
 	})
 	m.timers.Rebuild(running)
+	for _, j := range committed {
+		m.arm(j)
+	}
 	m.mu.Unlock()
-	m.log.Info("lease manager started", "running_leases", len(running), "ttl", m.cfg.TTL)
+	m.log.Info("lease manager started", "running_leases", len(running), "committed", len(committed), "ttl", m.cfg.TTL,
+		"commit_grace", m.cfg.CommitGrace)
 	m.poke()
 
 	defer func() {
@@ -176,7 +195,7 @@ func (m *Manager) Run(ctx context.Context) {
 			m.onEvent(ev)
 		case e := <-m.expireCh:
 			if m.timers.Take(e) {
-				m.expire(e.Token, e.Agent, "")
+				m.expire(e, "")
 			}
 		case <-m.wake:
 			m.dispatch()
@@ -218,25 +237,61 @@ func (m *Manager) onEvent(ev state.Event) {
 			m.timers.Arm(tok, ev.Job.Agent)
 		}
 		m.mu.Unlock()
+	case state.EventJobCommitted:
+		// From now on the lease runs for the grace (also for a commit this leader learns
+		// from the log of a previous one).
+		m.mu.Lock()
+		if m.leading {
+			m.arm(ev.Job)
+		}
+		m.mu.Unlock()
 	}
 }
 
+// arm (re)starts the timer of a running job's lease: the TTL, or the grace once the attempt
+// is committed. Caller holds m.mu.
+func (m *Manager) arm(j *proto.Job) {
+	tok := state.LeaseToken{JobID: j.Definition.ID, Attempt: j.Attempt}
+	if state.Committed(j) {
+		m.timers.ArmCommitted(tok, j.Agent, m.cfg.CommitGrace)
+		return
+	}
+	m.timers.Arm(tok, j.Agent)
+}
+
 // expire commits LeaseExpire for a lease whose timer was taken.
-func (m *Manager) expire(tok state.LeaseToken, agent, reason string) {
-	if reason == "" {
+// reason "" is the default: no heartbeat for the TTL (or, committed, for the grace).
+func (m *Manager) expire(e Expiry, reason string) {
+	tok, agent := e.Token, e.Agent
+	switch {
+	case e.Committed:
+		reason = m.committedSilence(tok, agent)
+	case reason == "":
 		reason = fmt.Sprintf("lease expired: agent %s sent no heartbeat for %s", agent, m.cfg.TTL)
 	}
-	_, err := m.raft.Apply(state.MustEncode(state.CmdLeaseExpire, state.LeaseExpire{LeaseToken: tok, Reason: reason, At: m.now()}))
+	_, err := m.raft.Apply(state.MustEncode(state.CmdLeaseExpire, state.LeaseExpire{LeaseToken: tok, Reason: reason, Committed: e.Committed, At: m.now()}))
 	switch {
+	case err == nil && e.Committed:
+		m.log.Error("committed attempt silent for its whole grace: job handed to the operator", "job", tok.JobID,
+			"attempt", tok.Attempt, "agent", agent, "reason", reason)
 	case err == nil:
 		m.log.Info("lease expired", "job", tok.JobID, "attempt", tok.Attempt, "agent", agent, "reason", reason)
 	case errors.Is(err, state.ErrStaleLease), errors.Is(err, state.ErrNotFound):
-		// The job ended or moved on meanwhile: nothing to expire.
+		// The job ended or moved on meanwhile: nothing to expire. Or the attempt committed
+		// after this TTL timer was armed: its lease runs on, for the grace (without this,
+		// a commit event this loop missed would leave the lease with no timer at all).
+		m.mu.Lock()
+		if j, ok := m.st.Job(tok.JobID); ok && m.leading && j.Status == proto.StatusRunning && j.Attempt == tok.Attempt {
+			if _, held := m.timers.Holds(tok); !held {
+				m.arm(j)
+			}
+		}
+		m.mu.Unlock()
 	default:
 		m.log.Warn("lease expiry not committed; will retry", "job", tok.JobID, "err", err)
 		m.mu.Lock()
 		if m.leading {
-			m.timers.Retry(tok, agent)
+			m.timers.Retry(e)
 		}
 		m.mu.Unlock()
 	}

@@ -24,7 +24,7 @@ func (m *Manager) Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse
 			resp.Lost = append(resp.Lost, t)
 			continue
 		}
-		m.timers.Arm(state.LeaseToken{JobID: t.JobID, Attempt: t.Attempt}, req.Agent)
+		m.arm(j)
 		if j.CancelRequested {
 			resp.Cancel = append(resp.Cancel, t)
 		}
@@ -59,7 +59,9 @@ func (m *Manager) Progress(req proto.ProgressRequest) (proto.ReportResponse, err
 		m.mu.Unlock()
 		return proto.ReportResponse{}, ErrNotLeader
 	}
-	m.timers.Arm(tok, req.Agent)
+	if j, ok := m.st.Job(req.JobID); ok && j.Status == proto.StatusRunning && j.Attempt == req.Attempt {
+		m.arm(j)
+	}
 	last := m.lastProgress[req.JobID]
 	// 80% of the interval: agents pace reports at the interval on their side, and network
 	// jitter must not make every other one arrive "too early".

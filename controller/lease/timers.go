@@ -26,7 +26,9 @@ type Timers struct {
 type timer struct {
 	tok   state.LeaseToken
 	agent string
-	stop  func() bool
+	// committed: the lease passed the commit point and runs for the grace, not the TTL.
+	committed bool
+	stop      func() bool
 }
 
 // Expiry is a timer that ran out. It stays valid only while that very timer is the job's:
@@ -34,7 +36,9 @@ type timer struct {
 type Expiry struct {
 	Token state.LeaseToken
 	Agent string
-	t     *timer
+	// Committed: the timer was a committed lease's grace (ArmCommitted).
+	Committed bool
+	t         *timer
 }
 
 // retryAfter is how soon an expiry that could not be handed over (or committed) fires again.
@@ -55,16 +59,23 @@ func (t *Timers) TTL() time.Duration { return t.ttl }
 // Arm starts the lease's timer with a full TTL, or restarts it (a renewal). A timer of an
 // older attempt of the same job is replaced.
 func (t *Timers) Arm(tok state.LeaseToken, agent string) {
-	t.armFor(tok, agent, t.ttl)
+	t.armFor(tok, agent, t.ttl, false)
 }
 
-func (t *Timers) armFor(tok state.LeaseToken, agent string, d time.Duration) {
+// ArmCommitted starts or restarts the timer of a lease that passed the commit point, for
+// grace instead of the TTL: its expiry ends the job for the operator rather than requeue
+// it (controller/state/commit.go), so it must not come after one missed heartbeat.
+func (t *Timers) ArmCommitted(tok state.LeaseToken, agent string, grace time.Duration) {
+	t.armFor(tok, agent, grace, true)
+}
+
+func (t *Timers) armFor(tok state.LeaseToken, agent string, d time.Duration, committed bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.held[tok.JobID]; ok {
 		old.stop()
 	}
-	tm := &timer{tok: tok, agent: agent}
+	tm := &timer{tok: tok, agent: agent, committed: committed}
 	tm.stop = t.after(d, func() { t.ran(tm) })
 	t.held[tok.JobID] = tm
 }
@@ -77,7 +88,7 @@ func (t *Timers) ran(tm *timer) {
 		return
 	}
 	t.mu.Unlock()
-	if !t.fire(Expiry{Token: tm.tok, Agent: tm.agent, t: tm}) {
+	if !t.fire(Expiry{Token: tm.tok, Agent: tm.agent, Committed: tm.committed, t: tm}) {
 		t.mu.Lock()
 		if t.held[tm.tok.JobID] == tm {
 			tm.stop = t.after(retryAfter, func() { t.ran(tm) })
@@ -88,13 +99,13 @@ func (t *Timers) ran(tm *timer) {
 
 // Retry arms an expiry that could not be committed to fire again soon, unless the lease
 // was renewed or ended meanwhile.
-func (t *Timers) Retry(tok state.LeaseToken, agent string) {
+func (t *Timers) Retry(e Expiry) {
 	t.mu.Lock()
-	_, other := t.held[tok.JobID]
-	_, same := t.current(tok)
+	_, other := t.held[e.Token.JobID]
+	_, same := t.current(e.Token)
 	t.mu.Unlock()
 	if !other || same {
-		t.armFor(tok, agent, retryAfter)
+		t.armFor(e.Token, e.Agent, retryAfter, e.Committed)
 	}
 }
 

@@ -258,3 +258,30 @@ func TestTimersCountAndRelease(t *testing.T) {
 		t.Fatalf("holds: %q %v", a, ok)
 	}
 }
+
+// A committed lease's timer runs for the grace, not the TTL, and its expiry says it was a
+// committed one (the state then ends the job for the operator instead of requeueing it);
+// a retried expiry keeps that.
+func TestCommittedTimerRunsForTheGrace(t *testing.T) {
+	const ttl, grace = 15 * time.Second, 2 * time.Minute
+	tm, c, e := newTestTimers(ttl)
+	tm.Arm(ltok("a", 1), "ag")
+	c.Advance(ttl / 2)
+	tm.ArmCommitted(ltok("a", 1), "ag", grace)
+	c.Advance(grace - time.Nanosecond)
+	if len(e.jobs()) != 0 {
+		t.Fatalf("a committed lease expired before its grace: %v", e.jobs())
+	}
+	c.Advance(time.Nanosecond)
+	if len(e.got) != 1 || !e.got[0].Committed || e.got[0].Token != ltok("a", 1) {
+		t.Fatalf("expiries %+v, want one committed expiry of a/1", e.got)
+	}
+	if !tm.Take(e.got[0]) {
+		t.Fatal("the committed expiry could not be taken")
+	}
+	tm.Retry(e.got[0])
+	c.Advance(retryAfter)
+	if len(e.got) != 2 || !e.got[1].Committed {
+		t.Fatalf("the retried expiry %+v lost its committed mark", e.got)
+	}
+}
