@@ -59,7 +59,7 @@ func TestHostileInput(t *testing.T) {
 		{"POST", "/webhooks"}, {"DELETE", "/webhooks/-1"}, {"DELETE", "/webhooks/99999999999999999999"},
 		{"POST", "/webhooks/test"}, {"POST", "/cluster/join"}, {"DELETE", "/cluster/nodes/%2e%2e"},
 		{"POST", "/agent/v1/heartbeat"}, {"POST", "/agent/v1/progress"}, {"POST", "/agent/v1/complete"},
-		{"POST", "/agent/v1/fail"}, {"PATCH", "/jobs/submit"}, {"GET", "/ws"},
+		{"POST", "/agent/v1/fail"}, {"POST", "/agent/v1/commit"}, {"PATCH", "/jobs/submit"}, {"GET", "/ws"},
 	}
 	acceptedJobs := 0
 	sent := 0

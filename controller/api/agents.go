@@ -20,6 +20,8 @@ type Leases interface {
 	Progress(req proto.ProgressRequest) (proto.ReportResponse, error)
 	Complete(req proto.CompleteRequest) error
 	Fail(req proto.FailRequest) error
+	// Commit is the commit point: the attempt may define its domain once committed.
+	Commit(req proto.CommitRequest) (proto.CommitResponse, error)
 	// PendingReasons explains pending jobs from this node's view as of now (one per
 	// request: it costs O(agents) once, O(1) per job).
 	PendingReasons() func(*proto.Job) string
@@ -56,6 +58,7 @@ func (s *Server) SetAgents(cfg AgentsConfig) {
 	a.HandleFunc("/progress", s.handleProgress).Methods(http.MethodPost)
 	a.HandleFunc("/complete", s.handleComplete).Methods(http.MethodPost)
 	a.HandleFunc("/fail", s.handleFail).Methods(http.MethodPost)
+	a.HandleFunc("/commit", s.handleCommit).Methods(http.MethodPost)
 }
 
 // agentAuth lets through agents with the join token (or an admin token).
@@ -160,6 +163,22 @@ func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, leaseErr(err)
 		}
 		return http.StatusOK, proto.ReportResponse{Message: "failure recorded"}, nil
+	})
+}
+
+// handleCommit is the commit point (DESIGN.md "Leases" 8): 200 with committed (define
+// now) or cancel; 409 when the lease moved on (the agent deletes its disks, defines nothing).
+func (s *Server) handleCommit(w http.ResponseWriter, r *http.Request) {
+	body, req, ok := readRequest[proto.CommitRequest](s, w, r, false)
+	if !ok {
+		return
+	}
+	s.write(w, r, body, func() (int, any, error) {
+		resp, err := s.agents.Leases.Commit(req)
+		if err != nil {
+			return 0, nil, leaseErr(err)
+		}
+		return http.StatusOK, resp, nil
 	})
 }
 
