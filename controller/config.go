@@ -113,6 +113,10 @@ type AgentsConfig struct {
 	JoinToken string `yaml:"join_token"`
 	// LeaseTTL is how long a lease lives without a heartbeat (default 15s).
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// CommitGrace is how long an agent whose attempt passed the commit point may stay
+	// silent before its job fails for the operator instead of running again (default 2m,
+	// at least lease_ttl; controller/lease/commit.go says why).
+	CommitGrace time.Duration `yaml:"commit_grace"`
 	// PerVCenterLimit bounds concurrent migrations from one vCenter (default 8).
 	PerVCenterLimit int `yaml:"per_vcenter_limit"`
 }

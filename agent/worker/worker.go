@@ -30,6 +30,9 @@ var (
 	ErrShuttingDown = errors.New("agent shutting down")
 	// ErrRetryable wraps executor errors worth another attempt (possibly elsewhere).
 	ErrRetryable = errors.New("retryable")
+	// ErrNotCommitted: the leader did not commit the attempt (Reporter.Commit): it must
+	// not define anything; its disks go.
+	ErrNotCommitted = errors.New("attempt not committed")
 )
 
 // Retryable marks err as worth another attempt. The message stays err's own: it becomes
@@ -52,6 +55,15 @@ type Reporter interface {
 	Progress(p proto.Progress)
 	// Warn adds a warning to the job (sent with the next report).
 	Warn(msg string)
+	// Commit is the commit point (DESIGN.md "Leases" 8): it asks the leader to commit this
+	// attempt as the one that defines the job's domain (domain on libvirtURI, named for
+	// the operator) and must have returned nil before the executor defines anything on
+	// the host. It retries while no controller answers, until ctx ends (the fence ends it
+	// when that lasts). An error (wrapping ErrNotCommitted) means: define nothing, delete
+	// this attempt's disks, return; ctx is then cancelled with the cause (lease lost,
+	// cancelled) when there is one. Once committed, the attempt is no longer fenced: no
+	// other attempt can take the job, and the leader waits for its report for a grace.
+	Commit(ctx context.Context, domain, libvirtURI string) error
 }
 
 // Executor runs one leased job. It must stop promptly when ctx is cancelled, clean up
@@ -118,6 +130,10 @@ type running struct {
 	renewedAt time.Time
 	done      chan struct{}
 	rep       *reporter
+	// committed: the leader committed this attempt (Reporter.Commit); grace is how long
+	// it waits for the attempt's report after the last heartbeat.
+	committed bool
+	grace     time.Duration
 }
 
 // Worker is the agent's job loop.
@@ -144,9 +160,11 @@ type AttemptRecord struct {
 	Agent   string    `json:"agent"`
 	JobID   string    `json:"job_id"`
 	Attempt int       `json:"attempt"`
-	// Event is "start" or "end".
+	// Event is "start", "commit" or "end".
 	Event string `json:"event"`
-	// Outcome (end only): completed, failed, cancelled, lease_lost, fenced, shutting_down.
+	// Outcome of an end: completed, failed, cancelled, lease_lost, fenced, shutting_down.
+	// Of a commit: committed, refused (409: the lease moved on), cancelled, or abandoned
+	// (the attempt stopped before any controller answered).
 	Outcome string `json:"outcome,omitempty"`
 	Error   string `json:"error,omitempty"`
 }
@@ -324,10 +342,16 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 	switch how {
 	case "completed":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/complete",
-			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Progress: r.rep.final(), Warnings: warnings}, nil, w.reportDeadline())
+			proto.CompleteRequest{LeaseToken: tok, Agent: w.cfg.Name, Result: res, Progress: r.rep.final(), Warnings: warnings}, nil, w.completeDeadline(r))
 		if rerr == nil {
 			log.Info("job completed")
 			w.count(func(s *Stats) { s.Completed++ })
+		} else if w.isCommitted(r) {
+			// The controllers gave the job to the operator (the commit grace ran out) or
+			// could not be reached for that long: the job's error tells the operator to
+			// look for this domain here, so it stays.
+			log.Error("the completed attempt's report was not accepted: its domain stays on this host for the operator",
+				"domain", res.DomainName, "err", rerr)
 		}
 	case "lease_lost":
 		log.Warn("job stopped: lease lost to the controller")
@@ -335,6 +359,20 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 	case "fenced":
 		log.Warn("job stopped: self-fenced (controllers unreachable for a TTL)")
 		w.count(func(s *Stats) { s.Fenced++ })
+		if r.rep.commitUnsure() || w.isCommitted(r) {
+			// A commit request was sent and never answered (or answered just as the fence
+			// stopped the attempt, which a committed attempt's define checks first): it may
+			// have been committed, and then no other attempt takes the job until the commit
+			// grace runs out. The attempt defined nothing and deleted its disks: say so, so
+			// that the job runs again at once if that commit did land (409 otherwise).
+			rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
+				proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Retryable: true, Warnings: warnings,
+					Error: fmt.Sprintf("agent %s lost the controllers at the commit point: nothing defined, its disks deleted", w.cfg.Name)},
+				nil, w.reportDeadline())
+			if errors.Is(rerr, ErrStale) {
+				rerr = nil // not committed after all: the lease had moved on
+			}
+		}
 	case "cancelled":
 		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
 			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: "cancelled by request", Cancelled: true, Warnings: warnings}, nil, w.reportDeadline())
@@ -400,6 +438,24 @@ func (w *Worker) reportDeadline() time.Duration {
 	return 2 * w.ttl
 }
 
+// completeDeadline bounds retries of a completion: a committed attempt's lease lives for
+// the commit grace after its last heartbeat, so its report is worth retrying that long.
+func (w *Worker) completeDeadline(r *running) time.Duration {
+	d := w.reportDeadline()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r.committed {
+		d = max(d, r.grace+w.ttl)
+	}
+	return d
+}
+
+func (w *Worker) isCommitted(r *running) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return r.committed
+}
+
 // heartbeatLoop renews every lease each TTL/3 and checks the fence ten times per TTL.
 func (w *Worker) heartbeatLoop(ctx context.Context) {
 	var lastBeat time.Time
@@ -446,6 +502,12 @@ func (w *Worker) fence() {
 	defer w.mu.Unlock()
 	limit := time.Duration(float64(w.ttl) * fenceFraction)
 	for _, r := range w.jobs {
+		// A committed attempt is not fenced: no other attempt can take its job (the
+		// leader holds it for the commit grace, then gives it to the operator), and
+		// stopping it half-way through define would only leave less for the operator.
+		if r.committed {
+			continue
+		}
 		if time.Since(r.renewedAt) > limit {
 			r.cancel(ErrFenced)
 		}
@@ -509,7 +571,9 @@ type reporter struct {
 	last    *proto.Progress // the executor's last report, sent or not
 	warns   []string
 	pending []string // warnings not yet sent
-	kick    chan struct{}
+	// unsure: a commit request was sent and no answer came back (Commit).
+	unsure bool
+	kick   chan struct{}
 	quit    chan struct{}
 	done    chan struct{}
 }
@@ -535,6 +599,69 @@ func (r *reporter) Warn(msg string) {
 	r.warns = append(r.warns, msg)
 	r.pending = append(r.pending, msg)
 	r.mu.Unlock()
+}
+
+// Commit asks the leader to commit the attempt (Reporter.Commit).
+func (r *reporter) Commit(ctx context.Context, domain, libvirtURI string) error {
+	req := proto.CommitRequest{LeaseToken: r.tok, Agent: r.w.cfg.Name, Domain: domain, LibvirtURI: libvirtURI}
+	backoff := 100 * time.Millisecond
+	for {
+		var resp proto.CommitResponse
+		r.setUnsure(true)
+		err := r.w.c.post(ctx, "/agent/v1/commit", req, &resp, 10*time.Second)
+		if err == nil || !errors.Is(err, ErrUnavailable) {
+			r.setUnsure(false) // an answer came
+		}
+		switch {
+		case err == nil && resp.Committed:
+			r.w.committed(r.tok, time.Duration(resp.GraceSeconds*float64(time.Second)))
+			return nil
+		case err == nil:
+			r.w.recordAttempt(time.Now(), r.tok, "commit", "cancelled", nil)
+			r.cancel(ErrCancelRequested)
+			return fmt.Errorf("%w: %s", ErrNotCommitted, resp.Message)
+		case errors.Is(err, ErrStale):
+			r.w.recordAttempt(time.Now(), r.tok, "commit", "refused", err)
+			r.cancel(ErrLeaseLost)
+			return fmt.Errorf("%w: %v", ErrNotCommitted, err)
+		case !errors.Is(err, ErrUnavailable):
+			r.w.recordAttempt(time.Now(), r.tok, "commit", "refused", err)
+			return fmt.Errorf("%w: %v", ErrNotCommitted, err)
+		}
+		r.w.log.Warn("commit not answered; retrying", "job", r.tok.JobID, "attempt", r.tok.Attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			r.w.recordAttempt(time.Now(), r.tok, "commit", "abandoned", context.Cause(ctx))
+			return fmt.Errorf("%w: no controller answered before the attempt stopped (%v): %v", ErrNotCommitted, context.Cause(ctx), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+func (r *reporter) setUnsure(v bool) {
+	r.mu.Lock()
+	r.unsure = v
+	r.mu.Unlock()
+}
+
+// commitUnsure: the attempt sent a commit request that was never answered.
+func (r *reporter) commitUnsure() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.unsure
+}
+
+// committed marks the attempt committed: no longer fenced, its completion retried for
+// the grace.
+func (w *Worker) committed(tok proto.LeaseToken, grace time.Duration) {
+	w.mu.Lock()
+	if r, ok := w.jobs[tok.JobID]; ok && r.lease.Attempt == tok.Attempt {
+		r.committed, r.grace = true, grace
+	}
+	w.mu.Unlock()
+	w.recordAttempt(time.Now(), tok, "commit", "committed", nil)
+	w.log.Info("attempt committed: defining its domain", "job", tok.JobID, "attempt", tok.Attempt, "grace", grace)
 }
 
 func (r *reporter) warnings() []string {

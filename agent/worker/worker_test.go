@@ -403,6 +403,9 @@ func TestAgentAPIRejectsBadInput(t *testing.T) {
 		{"/agent/v1/complete", `{"agent":"a","job_id":"nope","attempt":1}`, 404},
 		{"/agent/v1/fail", `{"agent":"a","job_id":"nope","attempt":1,"error":"x"}`, 404},
 		{"/agent/v1/fail", `not json`, 400},
+		{"/agent/v1/commit", `{"agent":"a","job_id":"nope","attempt":1}`, 404},
+		{"/agent/v1/commit", `{"agent":"a","job_id":"x","attempt":0}`, 400},
+		{"/agent/v1/commit", `{"job_id":"x","attempt":1}`, 400},
 	}
 	for _, tc := range cases {
 		var e proto.ErrorResponse
