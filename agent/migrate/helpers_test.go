@@ -49,12 +49,28 @@ func (s *logSink) String() string {
 	return s.b.String()
 }
 
-// recorder is the worker.Reporter of a test: it keeps every progress and warning.
+// recorder is the worker.Reporter of a test: it keeps every progress and warning, and
+// answers the commit point with refuse (nil: committed), noting the stage it came at.
 type recorder struct {
 	mu       sync.Mutex
 	progress []proto.Progress
 	warnings []string
 	onUpdate func(proto.Progress)
+	refuse   error
+	commits  []string // "domain@uri", in order
+}
+
+func (r *recorder) Commit(ctx context.Context, domain, libvirtURI string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.commits = append(r.commits, domain+"@"+libvirtURI)
+	return r.refuse
+}
+
+func (r *recorder) committed() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.commits...)
 }
 
 func (r *recorder) Progress(p proto.Progress) {

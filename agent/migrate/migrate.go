@@ -313,9 +313,11 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 	if err := j.convertGuest(ctx); err != nil {
 		return nil, classify(proto.StageGuestConversion, err)
 	}
-	// The commit point (DESIGN.md, leases 8: define only once the leader has committed this
-	// attempt as the one that defines) belongs here, between the last step that touches
-	// only this attempt's files and the first that changes the host's libvirt.
+	// The commit point: define only once the leader has committed this attempt as the one
+	// that defines (commit.go).
+	if err := j.commit(ctx); err != nil {
+		return nil, classify(proto.StageDefining, err)
+	}
 	res, err := j.define(ctx)
 	if err != nil {
 		return nil, classify(proto.StageDefining, err)
