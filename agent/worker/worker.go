@@ -574,8 +574,8 @@ type reporter struct {
 	// unsure: a commit request was sent and no answer came back (Commit).
 	unsure bool
 	kick   chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
+	quit   chan struct{}
+	done   chan struct{}
 }
 
 func newReporter(w *Worker, tok proto.LeaseToken, cancel context.CancelCauseFunc) *reporter {
