@@ -395,6 +395,9 @@ type attempt struct {
 	attempt    int
 	start, end time.Time // end zero: no end recorded
 	outcome    string
+	// commit is the outcome of the attempt's commit point ("" when it never got there):
+	// committed, refused, cancelled or abandoned.
+	commit string
 }
 
 // readAttempts parses the agents' attempt logs.
@@ -433,6 +436,8 @@ func readAttempts(t *testing.T, logs map[string]string) []attempt {
 				a.start = r.Time
 			case "end":
 				a.end, a.outcome = r.Time, r.Outcome
+			case "commit":
+				a.commit = r.Outcome
 			}
 		}
 		f.Close()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -195,10 +196,13 @@ func mustJSON(v any) []byte {
 }
 
 // TestPartitionAgent: the agent copying a disk is cut off from the controllers and the
-// other agent (it still reaches the source). It stops the job by itself before its lease
-// can expire; the job is leased again and completes on the other agent, byte-identical;
-// the two attempts never overlap; after healing, reports with the old lease are refused
-// (409) and the cut-off agent serves new jobs.
+// other agent late in its copy (it still reaches the source, which then speeds up), so its
+// copy finishes while it is cut off. Its attempt reaches the commit point and cannot
+// commit (no controller answers); its fence stops it before its lease can expire; it
+// deletes its disks and never defines the domain. The job is leased again and completes on
+// the other agent, byte-identical, committed once, by that attempt; the two attempts never
+// overlap; after healing, a commit and reports with the old lease are refused (409) and
+// the cut-off agent serves new jobs.
 func TestPartitionAgent(t *testing.T) {
 	harness.RequireLibvirt(t)
 	n := harness.NewNet(t)
@@ -214,27 +218,31 @@ func TestPartitionAgent(t *testing.T) {
 	cs := plain(ncs)
 	logs := map[string]string{}
 	agents := map[string]*harness.Member{}
+	procs := map[string]*harness.Agent{}
 	for i, m := range am {
 		name := fmt.Sprintf("agent-%d", i+1)
 		logs[name] = filepath.Join(dir, name+".attempts.jsonl")
 		agents[name] = m
-		harness.StartNetAgent(t, dir, name, m, ncs, "--max-jobs", "1", "--attempt-log", logs[name])
+		procs[name] = harness.StartNetAgent(t, dir, name, m, ncs, "--max-jobs", "1", "--attempt-log", logs[name])
 	}
+	cleanupSimDomains(t, sim)
 
 	id := fmt.Sprintf("cutoff-%x", time.Now().UnixNano()&0xffffff)
 	harness.Submit(t, cs[0], simJob(sim, id, 0, src.Addr, 3))
-	first := harness.WaitJob(t, cs[0], id, time.Minute, "copying", func(j proto.Job) bool {
-		return j.Status == proto.StatusRunning && j.Progress.Stage == proto.StageConversion && j.Progress.CurrentBytes > 0
+	// Late in the copy: what is left takes well under a second once the source speeds up,
+	// far less than the 80% of the TTL the agent has before its fence.
+	first := harness.WaitJob(t, cs[0], id, time.Minute, "copying, half done", func(j proto.Job) bool {
+		return j.Status == proto.StatusRunning && j.Progress.Stage == proto.StageConversion && j.Progress.PercentComplete >= 50
 	})
 	victim := first.Agent
 	n.Isolate(agents[victim])
 	cut := time.Now()
+	src.SetRate(0)
 
 	second := harness.WaitJob(t, cs[0], id, 2*ttl+30*time.Second, "leased again", func(j proto.Job) bool {
 		return j.Attempt >= 2 && j.Status == proto.StatusRunning
 	})
 	releasedAfter := time.Since(cut)
-	src.SetRate(0)
 	final := harness.WaitTerminal(t, cs[0], id, 2*time.Minute)
 
 	// The cut-off agent records the end of its attempt (it stopped by itself).
@@ -249,6 +257,7 @@ func TestPartitionAgent(t *testing.T) {
 		return false
 	})
 	ov := overlaps(readAttempts(t, logs), func(string, time.Time) time.Time { return time.Time{} })
+	victimDefined, victimCommitted := logLines(t, procs[victim].LogPath, id, "domain defined"), logLines(t, procs[victim].LogPath, id, "attempt committed")
 
 	n.HealAll()
 	// Reports with the old lease, as the cut-off agent would send them late.
@@ -257,6 +266,8 @@ func TestPartitionAgent(t *testing.T) {
 		Progress: proto.Progress{Stage: proto.StageConversion, PercentComplete: 99}}, nil)
 	completeCode, _ := harness.PostJSON(cs[1].URL()+"/agent/v1/complete", proto.CompleteRequest{LeaseToken: oldTok, Agent: victim,
 		Result: &proto.JobResult{DomainName: "forged"}}, nil)
+	commitCode, _ := harness.PostJSON(cs[2].URL()+"/agent/v1/commit", proto.CommitRequest{LeaseToken: oldTok, Agent: victim,
+		Domain: sim.VMs[0].Name}, nil)
 	after, _ := harness.Job(cs[0], id)
 
 	// The cut-off agent takes new work once healed.
@@ -268,10 +279,13 @@ func TestPartitionAgent(t *testing.T) {
 	t.Log(table(fmt.Sprintf("agent cut off mid-copy (lease TTL %s, 2 agents and 3 controllers in network namespaces)", ttl), [][2]string{
 		{"cut off", fmt.Sprintf("%s during attempt %d", victim, first.Attempt)},
 		{"its attempt ended", fmt.Sprintf("%s after the cut (%s)", fenced.end.Sub(cut).Round(10*time.Millisecond), fenced.outcome)},
+		{"its commit point", orNone(fenced.commit)},
+		{"its log: domain defined / attempt committed", fmt.Sprintf("%d / %d", victimDefined, victimCommitted)},
+		{"the job's commit", commitText(final.Commit)},
 		{"job leased again after", fmt.Sprintf("%s (attempt %d on %s)", releasedAfter.Round(10*time.Millisecond), second.Attempt, second.Agent)},
 		{"overlapping attempts", fmt.Sprint(len(ov))},
 		{"final", fmt.Sprintf("%s at attempt %d on %s", final.Status, final.Attempt, final.Agent)},
-		{"late progress / complete with the old lease", fmt.Sprintf("%d / %d", progressCode, completeCode)},
+		{"late progress / complete / commit with the old lease", fmt.Sprintf("%d / %d / %d", progressCode, completeCode, commitCode)},
 		{"next job on the healed agent", fmt.Sprintf("%s on %s", nextJob.Status, nextJob.Agent)},
 	}))
 	if second.Agent == victim {
@@ -288,8 +302,19 @@ func TestPartitionAgent(t *testing.T) {
 	} else if err := sameDisk(sim.VMs[0].Disks[0].FlatPath, final.Result.Disks[0], "qcow2"); err != nil {
 		t.Error(err)
 	}
-	if progressCode != http.StatusConflict || completeCode != http.StatusConflict {
-		t.Errorf("late reports with the old lease answered %d and %d, want 409", progressCode, completeCode)
+	if progressCode != http.StatusConflict || completeCode != http.StatusConflict || commitCode != http.StatusConflict {
+		t.Errorf("late reports with the old lease answered %d, %d and %d (commit), want 409", progressCode, completeCode, commitCode)
+	}
+	// The commit point: the cut-off attempt got there (its copy finished), could not
+	// commit, and defined nothing; the job was committed once, by the attempt that finished.
+	if fenced.commit != "abandoned" {
+		t.Errorf("the cut-off attempt's commit point: %q, want abandoned (reached after its copy, no controller answered)", orNone(fenced.commit))
+	}
+	if victimDefined+victimCommitted > 0 {
+		t.Errorf("the cut-off agent's log shows %d domain definitions and %d commits for job %s", victimDefined, victimCommitted, id)
+	}
+	if c := final.Commit; c == nil || c.Attempt != final.Attempt || c.Agent != final.Agent || c.Agent == victim {
+		t.Errorf("the job's commit is %s, want attempt %d on %s", commitText(c), final.Attempt, final.Agent)
 	}
 	if after.Status != final.Status || after.Agent != final.Agent || (after.Result != nil && after.Result.DomainName == "forged") {
 		t.Errorf("a late report changed the job: %+v", after)
@@ -300,4 +325,34 @@ func TestPartitionAgent(t *testing.T) {
 	if left := entries(t, filepath.Join(dir, victim+"-storage", id)); len(left) > 0 {
 		t.Errorf("the cut-off agent left the files of its stopped attempt: %v", left)
 	}
+}
+
+// logLines counts the lines of a process log that mention job and msg.
+func logLines(t *testing.T, path, job, msg string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, msg) && strings.Contains(l, "job="+job+" ") {
+			n++
+		}
+	}
+	return n
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func commitText(c *proto.JobCommit) string {
+	if c == nil {
+		return "(none)"
+	}
+	return fmt.Sprintf("attempt %d on %s (domain %s)", c.Attempt, c.Agent, c.Domain)
 }
