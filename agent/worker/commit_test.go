@@ -191,15 +191,7 @@ func TestCommittedAttemptIsNotFenced(t *testing.T) {
 	cs := startCluster(t, 1, ttl)
 	front := newFrontProxy(t, cs[0].URL())
 	exec := newCommitExec(2 * ttl)
-	w, err := worker.New(worker.Config{Name: "committed", Controllers: []string{front.URL}, MaxJobs: 1, WaitSeconds: 1,
-		Logger: controller.TestLogger(t)}, exec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	w, _, _ := startWorker(t, "committed", []string{front.URL}, 1, exec)
 
 	id := submit(t, cs[0].URL(), "DC0/vm/committed")
 	waitAttempt(t, exec, 1)
@@ -227,15 +219,7 @@ func TestUnansweredCommitIsHandedBack(t *testing.T) {
 	cs := startCluster(t, 1, ttl)
 	front := newFrontProxy(t, cs[0].URL())
 	exec := newCommitExec(0)
-	w, err := worker.New(worker.Config{Name: "unsure", Controllers: []string{front.URL}, MaxJobs: 1, WaitSeconds: 1,
-		Logger: controller.TestLogger(t)}, exec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startWorker(t, "unsure", []string{front.URL}, 1, exec)
 
 	id := submit(t, cs[0].URL(), "DC0/vm/unsure")
 	waitAttempt(t, exec, 1)
