@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -153,6 +154,8 @@ func TestCommitOfACancelledJob(t *testing.T) {
 type frontProxy struct {
 	*httptest.Server
 	hangBeats, loseCommitAnswer atomic.Bool
+	// silent: every request hangs (the agent is cut off).
+	silent atomic.Bool
 }
 
 func newFrontProxy(t *testing.T, target string) *frontProxy {
@@ -168,7 +171,7 @@ func newFrontProxy(t *testing.T, target string) *frontProxy {
 	}
 	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
-		case p.hangBeats.Load() && r.URL.Path == "/agent/v1/heartbeat":
+		case p.silent.Load(), p.hangBeats.Load() && r.URL.Path == "/agent/v1/heartbeat":
 			_, _ = io.Copy(io.Discard, r.Body)
 			wait(r)
 		case p.loseCommitAnswer.Load() && r.URL.Path == "/agent/v1/commit":
@@ -240,5 +243,47 @@ func TestUnansweredCommitIsHandedBack(t *testing.T) {
 	controller.WaitFor(t, 30*time.Second, "the job completes at attempt 2", func() bool { return job(cs[0], id).Status == proto.StatusCompleted })
 	if j := job(cs[0], id); j.Attempt != 2 || exec.defined.Load() != 1 {
 		t.Fatalf("job completed at attempt %d with %d domains defined; want attempt 2, one", j.Attempt, exec.defined.Load())
+	}
+}
+
+// A committed attempt whose agent is cut off for longer than the commit grace: the job is
+// not run again (that could define the VM twice) but fails for the operator, naming the
+// agent and the domain; the cut-off agent is not fenced, defines its domain, and keeps it
+// when its report is refused.
+func TestCommittedAttemptSilentPastTheGrace(t *testing.T) {
+	const ttl, grace = time.Second, 4 * time.Second
+	cs := startClusterGrace(t, 1, ttl, grace)
+	front := newFrontProxy(t, cs[0].URL())
+	exec := newCommitExec(grace + 2*ttl)
+	w, _, _ := startWorker(t, "gone", []string{front.URL}, 1, exec)
+	id := submit(t, cs[0].URL(), "DC0/vm/gone")
+	waitAttempt(t, exec, 1)
+	close(exec.gate)
+	controller.WaitFor(t, 10*time.Second, "committed", func() bool { return exec.defined.Load() == 1 })
+	front.silent.Store(true)
+	cut := time.Now()
+	controller.WaitFor(t, 30*time.Second, "the job ends", func() bool { return job(cs[0], id).Status != proto.StatusRunning })
+	ended := time.Since(cut)
+	j := job(cs[0], id)
+	if j.Status != proto.StatusFailed || j.Attempt != 1 || j.Error == nil {
+		t.Fatalf("job %s at attempt %d, want failed at attempt 1 (never run again)", j.Status, j.Attempt)
+	}
+	for _, want := range []string{"committed on agent gone", `"dom-` + id + `" on test:///default`, "resubmit"} {
+		if !strings.Contains(*j.Error, want) {
+			t.Errorf("job error %q does not say %q", *j.Error, want)
+		}
+	}
+	// The grace counts from the last heartbeat, up to TTL/3 before the cut.
+	if ended < grace-ttl {
+		t.Errorf("the job ended %s after its committed agent went silent, before the %s grace", ended, grace)
+	}
+	// The agent finishes (it is not fenced) and its completion is refused: nothing more
+	// happens to the job, and it was defined once.
+	controller.WaitFor(t, 3*grace, "the agent gives up its report", func() bool { return w.Running() == 0 })
+	if _, cause := exec.result(1); cause != nil || exec.defined.Load() != 1 || w.Snapshot().Completed != 0 {
+		t.Fatalf("attempt stopped by %v, %d defined, %d completed; want never stopped, one, none", cause, exec.defined.Load(), w.Snapshot().Completed)
+	}
+	if j := job(cs[0], id); j.Status != proto.StatusFailed || j.Attempt != 1 {
+		t.Fatalf("after the late report: %s at attempt %d", j.Status, j.Attempt)
 	}
 }

@@ -102,6 +102,12 @@ func (e *testExec) completions(id string) int {
 
 func startCluster(t *testing.T, n int, ttl time.Duration) []*controller.Controller {
 	t.Helper()
+	return startClusterGrace(t, n, ttl, 0)
+}
+
+// startClusterGrace is startCluster with agents.commit_grace (0: the default).
+func startClusterGrace(t *testing.T, n int, ttl, grace time.Duration) []*controller.Controller {
+	t.Helper()
 	var nodes []*controller.Controller
 	for i := 0; i < n; i++ {
 		var join []string
@@ -110,6 +116,7 @@ func startCluster(t *testing.T, n int, ttl time.Duration) []*controller.Controll
 		}
 		cfg := controller.TestConfig(t, fmt.Sprintf("n%d", i+1), t.TempDir(), join...)
 		cfg.Agents.LeaseTTL = ttl
+		cfg.Agents.CommitGrace = grace
 		c, err := controller.New(cfg, controller.TestLogger(t))
 		if err != nil {
 			t.Fatal(err)
