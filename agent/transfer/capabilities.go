@@ -85,20 +85,9 @@ func (c Capabilities) Supports(method string) (bool, string) {
 			return false, "qemu-nbd is not installed (package qemu-utils)"
 		}
 		return true, ""
-	case MethodHTTPS:
-		switch {
-		case !c.QemuImg.Found:
-			return false, "qemu-img is not installed (package qemu-utils)"
-		case !c.Nbdkit.Found:
-			return false, "nbdkit is not installed (package nbdkit)"
-		case !c.NbdkitCurl:
-			return false, "nbdkit's curl plugin does not load"
-		case !c.NbdkitRetry:
-			return false, "nbdkit's retry filter does not load"
-		}
-		return true, ""
-	case MethodNFC:
-		// raw output needs nothing; qcow2 (the default) needs qemu-img create and qemu-nbd.
+	case MethodHTTPS, MethodNFC:
+		// The agent reads both itself; raw output needs nothing more, qcow2 (the default)
+		// needs qemu-img create and qemu-nbd.
 		switch {
 		case !c.QemuImg.Found:
 			return false, "qemu-img is not installed (package qemu-utils)"

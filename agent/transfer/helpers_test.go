@@ -113,8 +113,10 @@ type diskServer struct {
 	dropped       bool
 	// truncateAlways: every GET body stops after half its length and the connection drops.
 	truncateAlways bool
-	// bytesPerSec throttles GET bodies (0: no limit).
+	// bytesPerSec throttles the bodies of all GETs together, like a link of that speed
+	// (0: no limit).
 	bytesPerSec int64
+	link        linkThrottle
 	// nfcDropAfter: /nfc/ streams drop the connection after this many bytes (-1: never).
 	nfcDropAfter int64
 }
@@ -172,7 +174,7 @@ func (s *diskServer) serveFolder(w http.ResponseWriter, r *http.Request) {
 		}
 		bps := s.bytesPerSec
 		s.mu.Unlock()
-		body = &faultReader{rs: f, cutAt: cut, bps: bps, started: time.Now(), counter: &s.served}
+		body = &faultReader{rs: f, cutAt: cut, bps: bps, link: &s.link, counter: &s.served}
 	}
 	http.ServeContent(w, r, name, st.ModTime(), body)
 }
@@ -191,7 +193,7 @@ func (s *diskServer) serveNFC(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "application/x-vnd.vmware-streamVmdk")
 	w.WriteHeader(http.StatusOK)
-	fr := &faultReader{rs: f, cutAt: cut, bps: bps, started: time.Now(), counter: &s.served}
+	fr := &faultReader{rs: f, cutAt: cut, bps: bps, link: &s.link, counter: &s.served}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := fr.Read(buf)
@@ -228,9 +230,30 @@ type faultReader struct {
 	pos     int64
 	cutAt   int64
 	bps     int64
+	link    *linkThrottle
+	counter *atomic.Int64
+}
+
+// linkThrottle paces every body of a server together: a byte may leave once the link has
+// had time to carry every byte before it.
+type linkThrottle struct {
+	mu      sync.Mutex
 	started time.Time
 	sent    int64
-	counter *atomic.Int64
+}
+
+// due reserves n bytes and returns when they may be sent.
+func (l *linkThrottle) due(n, bps int64) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.started.IsZero() || now.Sub(l.started) > time.Duration(float64(l.sent)/float64(bps)*float64(time.Second))+time.Second {
+		// Idle for a while: the link does not bank unused capacity for more than a second.
+		l.started, l.sent = now, 0
+	}
+	at := l.started.Add(time.Duration(float64(l.sent) / float64(bps) * float64(time.Second)))
+	l.sent += n
+	return at
 }
 
 func (f *faultReader) Seek(off int64, whence int) (int64, error) {
@@ -252,12 +275,10 @@ func (f *faultReader) Read(p []byte) (int, error) {
 		}
 		// Throttle: do not get ahead of bps. This runs in the server, not the code under
 		// test; sleeping is the simplest rate limiter.
-		due := f.started.Add(time.Duration(float64(f.sent) / float64(f.bps) * float64(time.Second)))
-		time.Sleep(time.Until(due))
+		time.Sleep(time.Until(f.link.due(int64(len(p)), f.bps)))
 	}
 	n, err := f.rs.Read(p)
 	f.pos += int64(n)
-	f.sent += int64(n)
 	f.counter.Add(int64(n))
 	return n, err
 }

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"strconv"
+	"sort"
 	"strings"
 	"time"
 )
@@ -22,8 +19,8 @@ type HTTPSSource struct {
 	// resolved next to it.
 	DescriptorURL string
 	// Header is sent with every request: normally the session cookie of the govmomi login
-	// (Cookie: vmware_soap_session=...). It is a secret: it is handed to nbdkit in a 0600
-	// file, never on its command line, and never logged.
+	// (Cookie: vmware_soap_session=...). It is a secret: it stays in this process and is
+	// never logged.
 	Header http.Header
 	Trust  Trust
 }
@@ -36,18 +33,18 @@ type sourceExtent struct {
 	fileSize int64
 }
 
-// HTTPS copies a flat disk: it reads the descriptor, checks each extent with a HEAD, serves
-// each extent as NBD with `nbdkit curl` (retry filter, read-only, on a private Unix socket)
-// and converts with `qemu-img convert -W` into the output. Bytes stream from the source to
-// the image; nothing is staged on disk. Zero blocks are detected by qemu-img (-S default
-// 4 KiB) and left as holes, so the image is sparse.
+// HTTPS copies a flat disk: it reads the descriptor, checks each extent with a HEAD, and
+// copies the extents with the parallel copier (Copy): Config.Connections keep-alive
+// connections read pieces of Config.ReadSize as HTTP range requests, each piece retried on
+// its own, zero blocks left out, the rest written straight into the image. Nothing is staged
+// on disk and no tool runs for raw output (qemu-nbd writes qcow2). The trust, including a
+// pinned thumbprint, is Go's own TLS configuration.
 //
 // Use it for powered-off VMs (or a disk frozen by a snapshot): the flat file of a running
 // disk changes while it is read.
 func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*Result, error) {
 	start := time.Now()
-	format, err := out.validate()
-	if err != nil {
+	if _, err := out.validate(); err != nil {
 		return nil, err
 	}
 	u, err := url.Parse(src.DescriptorURL)
@@ -55,13 +52,12 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 		return nil, fmt.Errorf("descriptor URL %q: want an http(s) URL", redactURL(src.DescriptorURL))
 	}
 	if u.User != nil {
-		// A URL is put on nbdkit's command line: credentials must come in Header.
+		// Credentials in a URL end up in logs and errors: they must come in Header.
 		return nil, errors.New("descriptor URL carries credentials; pass the session cookie in Header instead")
 	}
-	log := t.log.With("method", MethodHTTPS, "disk", labelOr(out.Label, u.Path), "output", out.Path)
-	secrets := headerSecrets(src.Header)
+	log := t.log.With("method", MethodHTTPS, "disk", labelOr(out.Label, u.Path))
 
-	client, err := src.Trust.httpClient()
+	client, err := src.Trust.httpClientConns(t.cfg.Connections)
 	if err != nil {
 		return nil, err
 	}
@@ -78,181 +74,106 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 	if err != nil {
 		return nil, err
 	}
-	log.Info("https transfer starting", "capacity", desc.Capacity(), "extents", len(extents), "format", format,
-		"adapter", desc.AdapterType, "proxy", src.Trust.viaProxy())
-
-	dir, err := t.privateDir()
+	log.Info("https transfer starting", "capacity", desc.Capacity(), "extents", len(extents), "adapter", desc.AdapterType)
+	disk := newHTTPSDisk(client, src.Header, extents, redactURL(src.DescriptorURL))
+	if disk.Capacity() != desc.Capacity() {
+		return nil, fmt.Errorf("%w: %s: extents add up to %d bytes, the descriptor says %d", ErrBadDescriptor,
+			redactURL(src.DescriptorURL), disk.Capacity(), desc.Capacity())
+	}
+	res, err := t.Copy(ctx, disk, out)
 	if err != nil {
 		return nil, err
 	}
-	defer removeAll(dir)
-
-	// nbdkit's curl plugin cannot pin a certificate or use a Go tls.Config: in that case
-	// it talks plain HTTP over a private Unix socket to an in-process proxy that applies
-	// the trust (and adds the session header, so no secret file is needed at all).
-	var px *rangeProxy
-	if src.Trust.viaProxy() {
-		urls := make([]string, len(extents))
-		for i, e := range extents {
-			urls[i] = e.url
-		}
-		px, err = startRangeProxy(client, src.Header, urls, filepath.Join(dir, "proxy.sock"), log)
-		if err != nil {
-			return nil, err
-		}
-		defer px.Close()
-	}
-
-	var servers []*child
-	defer func() {
-		for _, s := range servers {
-			s.stop()
-		}
-	}()
-	var sockets []string
-	for i, e := range extents {
-		argv, err := t.nbdkitCurlArgs(dir, i, e, src, px)
-		if err != nil {
-			return nil, err
-		}
-		sock := filepath.Join(dir, fmt.Sprintf("nbd%d.sock", i))
-		pid := filepath.Join(dir, fmt.Sprintf("nbd%d.pid", i))
-		argv = append([]string{t.cfg.Nbdkit, "-r", "-f", "--exit-with-parent", "-U", sock, "-P", pid}, argv...)
-		c, err := startChild(ctx, log, "nbdkit", argv, nil)
-		if err != nil {
-			return nil, err
-		}
-		servers = append(servers, c)
-		if err := waitForFile(ctx, c, pid, t.cfg.ReadyTimeout); err != nil {
-			if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-				return nil, cerr
-			}
-			return nil, fmt.Errorf("%w: %s", ErrTool, redact(err.Error(), secrets))
-		}
-		// nbdkit read the cookie while parsing its parameters (the retry filter reopens
-		// the plugin, not the configuration): the file can go now rather than outlive a
-		// crashed agent.
-		_ = os.Remove(filepath.Join(dir, fmt.Sprintf("cookie%d", i)))
-		sockets = append(sockets, "nbd+unix:///?socket="+sock)
-	}
-
-	names := make([]string, len(extents))
-	for i, e := range extents {
-		names[i] = redactURL(e.url)
-	}
-	tracker := newProgressTracker(out.Progress, desc.Capacity(), t.cfg.ProgressInterval, out.Label)
-	if err := t.convert(ctx, log, sockets, servers, names, desc.Capacity(), format, out.Path, secrets, tracker); err != nil {
-		return nil, err
-	}
-	if px != nil && px.failed() != nil {
-		// qemu-img succeeded, so every byte arrived; a proxy error here was a retried one.
-		log.Debug("proxy saw retried errors", "err", px.failed())
-	}
-	res := &Result{
-		Method:         MethodHTTPS,
-		Path:           out.Path,
-		Format:         format,
-		VirtualSize:    desc.Capacity(),
-		AllocatedBytes: allocated(out.Path),
-		SourceBytes:    desc.Capacity(),
-		Duration:       time.Since(start),
-		Descriptor:     desc,
-	}
-	log.Info("https transfer done", "bytes", res.VirtualSize, "allocated", res.AllocatedBytes,
-		"seconds", res.Duration.Seconds(), "MBps", float64(res.VirtualSize)/1e6/res.Duration.Seconds())
+	res.Method, res.Descriptor, res.Duration = MethodHTTPS, desc, time.Since(start)
 	return res, nil
 }
 
-// nbdkitCurlArgs builds the filter, plugin and parameters for one extent (everything after
-// nbdkit's own flags).
-func (t *Transferer) nbdkitCurlArgs(dir string, i int, e sourceExtent, src HTTPSSource, px *rangeProxy) ([]string, error) {
-	var argv []string
-	needOffset := e.offset != 0 || e.fileSize != e.length
-	if needOffset {
-		// The extent is a window of its file (descriptor offset, or a file longer than
-		// the extent): expose exactly that window.
-		argv = append(argv, "--filter=offset")
-	}
-	// retry wraps the plugin directly: a dropped connection reopens curl and the read
-	// is repeated, invisible to qemu-img.
-	argv = append(argv, "--filter=retry", "curl")
-	if px != nil {
-		argv = append(argv, "url=http://localhost/"+strconv.Itoa(i), "unix-socket-path="+px.socket)
-	} else {
-		argv = append(argv, "url="+e.url)
-		argv = append(argv, src.Trust.nbdkitArgs()...)
-		cookie, other := splitHeader(src.Header)
-		if cookie != "" {
-			f, err := writeSecret(dir, fmt.Sprintf("cookie%d", i), cookie)
-			if err != nil {
-				return nil, err
-			}
-			argv = append(argv, "cookie=+"+f)
-		}
-		if len(other) > 0 {
-			// header= would put the values on the command line; header-script reads
-			// them from a private file instead.
-			f, err := writeSecret(dir, fmt.Sprintf("headers%d", i), strings.Join(other, "\n")+"\n")
-			if err != nil {
-				return nil, err
-			}
-			if strings.ContainsAny(f, "'\\") {
-				return nil, fmt.Errorf("temp dir %q must not contain quotes", dir)
-			}
-			argv = append(argv, "header-script=cat '"+f+"'")
-		}
-	}
-	argv = append(argv,
-		"protocols=http,https", // a redirect must not lead curl to file:// or other schemes
-		"timeout="+strconv.Itoa(max(1, int(t.cfg.RequestTimeout.Seconds()))),
-		"retries="+strconv.Itoa(t.cfg.Retries),
-		"retry-delay="+strconv.Itoa(max(1, int(t.cfg.RetryDelay.Round(time.Second).Seconds()))),
-	)
-	if needOffset {
-		argv = append(argv, "offset="+strconv.FormatInt(e.offset, 10), "range="+strconv.FormatInt(e.length, 10))
-	}
-	return argv, nil
+// httpsDisk reads a flat disk, the concatenation of its extents, with HTTP range requests.
+// The client's transport keeps one connection per copier worker alive between pieces.
+type httpsDisk struct {
+	client  *http.Client
+	header  http.Header
+	extents []sourceExtent
+	starts  []int64 // disk offset of each extent
+	size    int64
+	name    string
 }
 
-// convert runs qemu-img convert from the NBD sources (concatenated, in order) into the
-// output, reporting progress, then stops the servers. On failure the output is removed and
-// the error names the cause: cancel, full disk, the source (server stderr), or qemu-img.
-func (t *Transferer) convert(ctx context.Context, log *slog.Logger, sources []string, servers []*child, names []string,
-	total int64, format, outPath string, secrets []string, tracker *progressTracker) error {
-	tracker.Update(0)
-	// -W: writes may complete out of order, so slow source reads do not stall the writer.
-	// -m: parallel coroutines. No -n/--target-is-zero: qemu-img creates the target itself,
-	// knows it reads as zeros, and with the default -S 4k skips zero blocks, leaving holes.
-	argv := []string{t.cfg.QemuImg, "convert", "-p", "-W", "-m", strconv.Itoa(t.cfg.Coroutines), "-f", "raw", "-O", format}
-	argv = append(argv, sources...)
-	argv = append(argv, outPath)
-	qi, err := startChild(ctx, log, "qemu-img", argv, &progressWriter{total: total, p: tracker})
-	if err != nil {
-		return err
+func newHTTPSDisk(client *http.Client, header http.Header, extents []sourceExtent, name string) *httpsDisk {
+	d := &httpsDisk{client: client, header: header, extents: extents, name: name}
+	for _, e := range extents {
+		d.starts = append(d.starts, d.size)
+		d.size += e.length
 	}
-	werr := qi.wait()
-	for _, s := range servers {
-		s.stop()
-	}
-	if werr == nil {
-		tracker.Finish()
-		return nil
-	}
-	t.removeOutput(outPath)
-	if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-		return cerr
-	}
-	qmsg := redact(qi.stderr.String(), secrets)
-	if isNoSpace(qmsg) {
-		return noSpaceError(outPath, total, lastLines(qmsg, 2))
-	}
-	for i, s := range servers {
-		if msg := redact(s.stderr.String(), secrets); strings.Contains(msg, "error") {
-			return fmt.Errorf("%w: reading %s failed (retried %d times): %s (qemu-img: %s)",
-				ErrSource, names[i], t.cfg.Retries, lastLines(msg, 3), lastLines(qmsg, 1))
+	return d
+}
+
+func (d *httpsDisk) Capacity() int64 { return d.size }
+func (d *httpsDisk) Name() string    { return d.name }
+
+// Extents: a datastore's /folder URL says nothing about allocation.
+func (d *httpsDisk) Extents(context.Context) ([]DiskRange, bool, error) { return nil, false, nil }
+
+func (d *httpsDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
+	for len(p) > 0 {
+		// The extent holding off: the last one starting at or before it.
+		i := sort.Search(len(d.starts), func(i int) bool { return d.starts[i] > off }) - 1
+		if i < 0 || off >= d.size {
+			return Permanent(fmt.Errorf("read at %d beyond the disk's %d bytes", off, d.size))
 		}
+		e := d.extents[i]
+		rel := off - d.starts[i]
+		n := min(int64(len(p)), e.length-rel)
+		if err := d.readRange(ctx, e.url, e.offset+rel, p[:n]); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
 	}
-	return fmt.Errorf("%w: qemu-img convert exit %d: %s", ErrTool, exitStatus(werr), lastLines(qmsg, 3))
+	return nil
+}
+
+// readRange reads exactly len(p) bytes of the file at u from byte from. A response that is
+// not exactly the range asked for is never taken for data.
+func (d *httpsDisk) readRange(ctx context.Context, u string, from int64, p []byte) error {
+	to := from + int64(len(p)) - 1
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return Permanent(err)
+	}
+	addHeader(req, d.header)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to))
+	resp, err := d.client.Do(req)
+	if err != nil {
+		if isCertError(err) {
+			return Permanent(tlsHint(err))
+		}
+		return fmt.Errorf("GET %s bytes %d-%d: %w", redactURL(u), from, to, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout:
+		return statusError(resp, u)
+	default:
+		// 200 (the range was ignored), 401/403 (session gone), 404, 416: another attempt
+		// gets the same answer.
+		return Permanent(statusError(resp, u, http.StatusPartialContent))
+	}
+	if got := resp.Header.Get("Content-Range"); !strings.HasPrefix(got, fmt.Sprintf("bytes %d-%d/", from, to)) {
+		return Permanent(fmt.Errorf("%w: %s: asked for bytes %d-%d, the server answered Content-Range %q", ErrSource, redactURL(u), from, to, got))
+	}
+	if _, err := io.ReadFull(resp.Body, p); err != nil {
+		return fmt.Errorf("GET %s bytes %d-%d: body: %w", redactURL(u), from, to, err)
+	}
+	// Reading to the end of the body is what lets the transport reuse the connection.
+	var extra [1]byte
+	if n, err := resp.Body.Read(extra[:]); n > 0 || (err != nil && err != io.EOF) {
+		if n > 0 {
+			return Permanent(fmt.Errorf("%w: %s: more than the %d bytes asked for", ErrSource, redactURL(u), len(p)))
+		}
+		return fmt.Errorf("GET %s bytes %d-%d: end of body: %w", redactURL(u), from, to, err)
+	}
+	return nil
 }
 
 func fetchDescriptor(ctx context.Context, client *http.Client, src HTTPSSource) (*Descriptor, error) {
@@ -347,22 +268,6 @@ func addHeader(req *http.Request, h http.Header) {
 			req.Header.Add(k, v)
 		}
 	}
-}
-
-// splitHeader separates the cookie (nbdkit's cookie= parameter) from other headers
-// ("Name: value" lines for header-script).
-func splitHeader(h http.Header) (cookie string, other []string) {
-	var cookies []string
-	for k, vs := range h {
-		if http.CanonicalHeaderKey(k) == "Cookie" {
-			cookies = append(cookies, vs...)
-			continue
-		}
-		for _, v := range vs {
-			other = append(other, http.CanonicalHeaderKey(k)+": "+v)
-		}
-	}
-	return strings.Join(cookies, "; "), other
 }
 
 // headerSecrets lists header values (and cookie values) to scrub from messages.

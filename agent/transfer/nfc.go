@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,15 +22,6 @@ type NFCSource struct {
 	// Header carries the session cookie; never logged.
 	Header http.Header
 	Trust  Trust
-}
-
-// imageWriter is where decoded grains go; WriteAt must be safe for concurrent use.
-type imageWriter interface {
-	WriteAt(p []byte, off int64) error
-	// Finish makes the image durable and releases it.
-	Finish() error
-	// Abort releases it after a failure (the caller removes the file).
-	Abort()
 }
 
 // NFC copies a disk from an NFC device URL: it decodes the stream-optimized VMDK as it
@@ -247,136 +234,4 @@ func (e *errRecorder) failed() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.err
-}
-
-// newImageWriter creates the output image of a transfer that writes it itself (nfc, vddk):
-// a sparse raw file, or qcow2 through qemu-nbd. On error the file is gone and the error
-// says why (ErrNoSpace with the numbers when the disk is full).
-func (t *Transferer) newImageWriter(ctx context.Context, path, format string, capacity int64, log *slog.Logger) (imageWriter, error) {
-	var w imageWriter
-	var err error
-	switch format {
-	case FormatRaw:
-		w, err = newRawWriter(path, capacity)
-	default:
-		w, err = t.newQcow2Writer(ctx, path, capacity, log)
-	}
-	if err != nil {
-		return nil, t.writeFailed(ctx, path, capacity, err)
-	}
-	return w, nil
-}
-
-// writeFailed removes the partial image of a failed transfer and returns the error to
-// report: the cancel if ctx ended, ErrNoSpace if the disk filled up, else err.
-func (t *Transferer) writeFailed(ctx context.Context, path string, capacity int64, err error) error {
-	t.removeOutput(path)
-	if cerr := ctxErr(ctx, "transfer"); cerr != nil {
-		return cerr
-	}
-	if errors.Is(err, syscall.ENOSPC) || isNoSpace(err.Error()) {
-		return noSpaceError(path, capacity, err.Error())
-	}
-	return err
-}
-
-// rawWriter writes a sparse raw file with pwrite.
-type rawWriter struct{ f *os.File }
-
-func newRawWriter(path string, size int64) (*rawWriter, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("%w: creating %s: %v", ErrTool, path, err)
-	}
-	// Truncate makes a file of the full size that is all hole: nothing is allocated.
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("sizing %s: %w", path, err)
-	}
-	return &rawWriter{f: f}, nil
-}
-
-func (r *rawWriter) WriteAt(p []byte, off int64) error {
-	_, err := r.f.WriteAt(p, off)
-	return err
-}
-
-func (r *rawWriter) Finish() error {
-	// The image must be on stable storage before a domain is defined on it.
-	if err := r.f.Sync(); err != nil {
-		r.f.Close()
-		return err
-	}
-	return r.f.Close()
-}
-
-func (r *rawWriter) Abort() { r.f.Close() }
-
-// qcow2Writer writes through qemu-nbd into a fresh qcow2 image.
-type qcow2Writer struct {
-	srv *child
-	nbd *nbdWriter
-	dir string
-}
-
-func (t *Transferer) newQcow2Writer(ctx context.Context, path string, size int64, log *slog.Logger) (*qcow2Writer, error) {
-	mk, err := startChild(ctx, t.log, "qemu-img", []string{t.cfg.QemuImg, "create", "-q", "-f", "qcow2", path, strconv.FormatInt(size, 10)}, nil)
-	if err != nil {
-		return nil, err
-	}
-	if err := mk.wait(); err != nil {
-		return nil, fmt.Errorf("%w: qemu-img create: %v: %s", ErrTool, err, lastLines(mk.stderr.String(), 2))
-	}
-	dir, err := t.privateDir()
-	if err != nil {
-		return nil, err
-	}
-	sock := filepath.Join(dir, "qemu-nbd.sock")
-	// No --persistent: qemu-nbd exits once we disconnect, after closing the image cleanly.
-	srv, err := startChild(ctx, t.log, "qemu-nbd", []string{t.cfg.QemuNBD, "-f", "qcow2", "--cache=writeback", "--socket=" + sock, path}, nil)
-	if err != nil {
-		removeAll(dir)
-		return nil, err
-	}
-	nbd, err := dialNBD(ctx, srv, sock, t.cfg.ReadyTimeout)
-	if err != nil {
-		srv.stop()
-		removeAll(dir)
-		return nil, fmt.Errorf("%w: qemu-nbd: %v", ErrTool, err)
-	}
-	log.Debug("qemu-nbd ready", "export_size", nbd.size)
-	return &qcow2Writer{srv: srv, nbd: nbd, dir: dir}, nil
-}
-
-func (q *qcow2Writer) WriteAt(p []byte, off int64) error { return q.nbd.WriteAt(p, off) }
-
-func (q *qcow2Writer) Finish() error {
-	defer removeAll(q.dir)
-	err := q.nbd.Flush()
-	cerr := q.nbd.Close()
-	if err == nil {
-		err = cerr
-	}
-	if err != nil {
-		q.srv.stop()
-		return fmt.Errorf("%w (qemu-nbd: %s)", err, lastLines(q.srv.stderr.String(), 2))
-	}
-	// qemu-nbd exits by itself after the disconnect; its exit status tells whether the
-	// image was closed cleanly.
-	select {
-	case <-q.srv.done:
-	case <-time.After(time.Minute):
-		q.srv.stop()
-		return fmt.Errorf("%w: qemu-nbd did not exit after disconnect", ErrTool)
-	}
-	if q.srv.err != nil {
-		return fmt.Errorf("%w: qemu-nbd: %v: %s", ErrTool, q.srv.err, lastLines(q.srv.stderr.String(), 2))
-	}
-	return nil
-}
-
-func (q *qcow2Writer) Abort() {
-	_ = q.nbd.conn.Close()
-	q.srv.stop()
-	removeAll(q.dir)
 }

@@ -32,16 +32,27 @@ type Config struct {
 	Logger *slog.Logger
 	// Tool paths; default: looked up in PATH.
 	QemuImg, Nbdkit, QemuNBD string
-	// Coroutines is qemu-img convert -m: parallel requests qemu-img keeps in flight (with -W
-	// they may complete out of order). 8 is qemu-img's default and its max is 16.
+	// Coroutines is qemu-img convert -m for the nbdkit-based vddk path: parallel requests
+	// qemu-img keeps in flight. 8 is qemu-img's default and its max is 16.
 	Coroutines int
-	// Retries and RetryDelay configure nbdkit's retry filter: how often a failed read
-	// reopens the HTTP connection, and the first back-off (doubled each time; whole seconds).
+	// Connections is how many pieces of one disk are read at once (for https, keep-alive
+	// connections to the source), ReadSize the largest piece.
+	Connections int
+	ReadSize    int
+	// Buffers bounds the pieces in memory across every transfer of this Transferer: the
+	// agent's copy memory is at most Buffers × ReadSize, however many disks run.
+	Buffers int
+	// Retries and RetryDelay: how often a failed piece is read again, and the first
+	// back-off (doubled each time). For the vddk path, nbdkit's retry filter (whole seconds).
 	Retries    int
 	RetryDelay time.Duration
-	// RequestTimeout bounds one HTTP range request of nbdkit's curl plugin, so a stalled
-	// server becomes an error the retry filter retries instead of a hang.
+	// RequestTimeout bounds one attempt at a piece (one HTTP range request), so a stalled
+	// server becomes a retry instead of a hang. Time the bandwidth caps hold a read back
+	// does not count.
 	RequestTimeout time.Duration
+	// MaxBytesPerSecond caps the agent's transfers together (0: no cap): one token bucket
+	// shared by every connection of every job (agent config transfer.max_mbps).
+	MaxBytesPerSecond float64
 	// ProgressInterval is the minimum time between progress callbacks (default 1 s).
 	ProgressInterval time.Duration
 	// ReadyTimeout bounds how long nbdkit and qemu-nbd may take to start listening.
@@ -70,6 +81,9 @@ func DefaultConfig() Config {
 		Nbdkit:           "nbdkit",
 		QemuNBD:          "qemu-nbd",
 		Coroutines:       8,
+		Connections:      4,
+		ReadSize:         4 << 20,
+		Buffers:          16,
 		Retries:          5,
 		RetryDelay:       2 * time.Second,
 		RequestTimeout:   2 * time.Minute,
@@ -100,6 +114,17 @@ func (c Config) withDefaults() Config {
 		c.Coroutines = d.Coroutines
 	}
 	c.Coroutines = min(c.Coroutines, 16)
+	if c.Connections <= 0 {
+		c.Connections = d.Connections
+	}
+	if c.ReadSize <= 0 {
+		c.ReadSize = d.ReadSize
+	}
+	// Pieces are powers of two between 64 KiB and 32 MiB (qemu-nbd's largest request).
+	c.ReadSize = min(max(c.ReadSize, minLimitChunk), 32<<20)
+	if c.Buffers <= 0 {
+		c.Buffers = d.Buffers
+	}
 	if c.Retries <= 0 {
 		c.Retries = d.Retries
 	}
@@ -133,14 +158,24 @@ func (c Config) withDefaults() Config {
 // Transferer copies disks from vSphere into local images. It is safe for concurrent use:
 // every transfer has its own processes and temporary directory.
 type Transferer struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	limiter *Limiter // the agent's cap, nil for none
+	meter   *rateMeter
+	buffers *bufferPool
 }
 
 // New returns a Transferer.
 func New(cfg Config) *Transferer {
 	cfg = cfg.withDefaults()
-	return &Transferer{cfg: cfg, log: cfg.Logger}
+	return &Transferer{cfg: cfg, log: cfg.Logger, limiter: NewLimiter(cfg.MaxBytesPerSecond), meter: newRateMeter(),
+		buffers: newBufferPool(cfg.ReadSize, cfg.Buffers)}
+}
+
+// Rate is what this Transferer reads from its sources now (bytes per second, averaged over
+// the last seconds) and its cap (0: none): what an agent advertises.
+func (t *Transferer) Rate() (bytesPerSecond, capBytesPerSecond float64) {
+	return t.meter.rate(), t.limiter.BytesPerSecond()
 }
 
 // Output is where one disk goes.
@@ -154,6 +189,9 @@ type Output struct {
 	Progress ProgressFunc
 	// Label names the disk in progress messages and logs (e.g. "[ds1] vm/vm.vmdk").
 	Label string
+	// Limiter, if set, caps this transfer together with every other one given the same
+	// limiter (a job's disks share their job's cap, options.max_mbps).
+	Limiter *Limiter
 }
 
 func (o Output) format() (string, error) {

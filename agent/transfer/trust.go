@@ -29,13 +29,6 @@ type Trust struct {
 	TLSConfig *tls.Config
 }
 
-// viaProxy reports whether nbdkit's curl plugin cannot express this trust (it has no
-// certificate pinning and no Go callbacks); the https method then reads the source through
-// an in-process proxy that applies the Go tls.Config.
-func (t Trust) viaProxy() bool {
-	return t.TLSConfig != nil || t.Thumbprint != ""
-}
-
 // clientConfig builds the Go TLS configuration.
 func (t Trust) clientConfig() (*tls.Config, error) {
 	switch {
@@ -78,22 +71,13 @@ func (t Trust) clientConfig() (*tls.Config, error) {
 	}
 }
 
-// nbdkitArgs are the curl plugin's TLS parameters for the direct (non-proxy) path.
-func (t Trust) nbdkitArgs() []string {
-	switch {
-	case t.Insecure:
-		return []string{"sslverify=false"}
-	case t.CAFile != "":
-		return []string{"cainfo=" + t.CAFile}
-	default:
-		return nil
-	}
-}
+// httpClient is the client for one stream (descriptor, HEAD, the NFC stream): no overall
+// timeout (the NFC stream is long) but bounded connection setup so a dead host fails fast.
+func (t Trust) httpClient() (*http.Client, error) { return t.httpClientConns(1) }
 
-// httpClient is the client for the small requests made from Go (descriptor, HEAD, NFC
-// stream): the same trust as the bulk transfer, no overall timeout (the NFC stream is long)
-// but bounded connection setup so a dead host fails fast.
-func (t Trust) httpClient() (*http.Client, error) {
+// httpClientConns is a client that keeps up to conns connections to a host alive, one per
+// copier worker, so range requests never wait for a TCP and TLS handshake after the first.
+func (t Trust) httpClientConns(conns int) (*http.Client, error) {
 	cfg, err := t.clientConfig()
 	if err != nil {
 		return nil, err
@@ -103,7 +87,8 @@ func (t Trust) httpClient() (*http.Client, error) {
 		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   30 * time.Second,
 		ResponseHeaderTimeout: 2 * time.Minute,
-		MaxIdleConnsPerHost:   4,
+		MaxIdleConnsPerHost:   max(conns, 2),
+		MaxConnsPerHost:       max(conns, 2),
 		IdleConnTimeout:       90 * time.Second,
 		// Disk bytes are incompressible or already deflated; gzip would only cost CPU.
 		DisableCompression: true,
@@ -144,13 +129,19 @@ func colonHex(h string) string {
 	return b.String()
 }
 
-// tlsHint turns a certificate failure into the fix an operator needs.
-func tlsHint(err error) error {
+// isCertError reports a certificate the trust rejects: no retry will change that.
+func isCertError(err error) bool {
 	var uae x509.UnknownAuthorityError
 	var hne x509.HostnameError
 	var cie x509.CertificateInvalidError
 	var tve *tls.CertificateVerificationError
-	if errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) || errors.As(err, &tve) {
+	return errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) || errors.As(err, &tve) ||
+		strings.Contains(err.Error(), "does not match the pinned")
+}
+
+// tlsHint turns a certificate failure into the fix an operator needs.
+func tlsHint(err error) error {
+	if isCertError(err) {
 		return fmt.Errorf("%w: untrusted source certificate (set source.insecure or pin source.thumbprint): %v", ErrSource, err)
 	}
 	return fmt.Errorf("%w: %v", ErrSource, err)

@@ -1,0 +1,250 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The parallel copier: how the agent reads a disk it can address by offset (https today,
+// the native VDDK reader next) into a local image.
+//
+// A source implements DiskSource: its capacity, optionally the allocated extents, and
+// ReadAt of a range. Transferer.Copy then
+//   - splits the allocated extents (the whole disk when the source cannot tell) into
+//     pieces of at most Config.ReadSize bytes, aligned to that size;
+//   - reads them with Config.Connections workers at once (each piece is one ReadAt; an
+//     HTTP source maps it to one range request on a keep-alive connection);
+//   - retries a failed piece on its own (Config.Retries times, back-off from
+//     Config.RetryDelay doubling; each attempt bounded by Config.RequestTimeout), so one
+//     broken stream costs one piece, not the disk; an error marked Permanent fails at once;
+//   - leaves zero blocks out, so holes are never written;
+//   - writes the rest at its offset into a new sparse raw file (pwrite) or a new qcow2
+//     image (through qemu-nbd);
+//   - reports progress (≤ 1 per Config.ProgressInterval, bytes, rate, ETA) through
+//     Output.Progress, counting pieces as they are written and holes as done at once;
+//   - paces reads with Output.Limiter (the job's cap) and the agent's cap
+//     (Config.MaxBytesPerSecond): one token bucket per cap shared by every worker;
+//   - on failure or cancel stops every worker and child and removes the partial image.
+//
+// Memory is bounded by the Transferer's buffer pool (Config.Buffers × Config.ReadSize)
+// whatever the number of disks and jobs.
+
+// DiskRange is a byte range of a disk.
+type DiskRange struct {
+	Offset, Length int64
+}
+
+// DiskSource is a disk the copier can read at any offset.
+type DiskSource interface {
+	// Capacity is the disk's size in bytes.
+	Capacity() int64
+	// Extents lists the allocated ranges, sorted and disjoint; bytes outside them read as
+	// zeros and are not read at all. ok is false when the source cannot tell (the whole
+	// disk is then read and zeros are found by looking).
+	Extents(ctx context.Context) (ext []DiskRange, ok bool, err error)
+	// ReadAt fills p with the bytes at off (off+len(p) ≤ Capacity). It is called by several
+	// workers at once, each with its own piece. An error is retried unless it wraps
+	// ErrPermanent or ctx ended; ctx carries the per-attempt deadline.
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// Name identifies the source in errors (no secrets).
+	Name() string
+}
+
+// ErrPermanent marks a read error that another attempt would repeat (no such file, access
+// refused, a server that ignores ranges): Copy fails at once instead of retrying.
+var ErrPermanent = errors.New("not retried")
+
+// Permanent marks err as not worth retrying.
+func Permanent(err error) error { return fmt.Errorf("%w (%w)", err, ErrPermanent) }
+
+// copyStats is what a copy read and wrote.
+type copyStats struct {
+	read, written atomic.Int64
+	retries       atomic.Int64
+}
+
+// Copy reads src into out as described at the top of this file and returns the result
+// (Method is left empty for the caller to fill).
+func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Result, error) {
+	start := time.Now()
+	format, err := out.validate()
+	if err != nil {
+		return nil, err
+	}
+	log := t.log.With("disk", labelOr(out.Label, src.Name()), "output", out.Path)
+	capacity := src.Capacity()
+	if capacity < 0 {
+		return nil, fmt.Errorf("%w: %s: negative capacity %d", ErrSource, src.Name(), capacity)
+	}
+	ext, known, err := src.Extents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !known {
+		ext = []DiskRange{{0, capacity}}
+	}
+	var toRead int64
+	for _, e := range ext {
+		if e.Offset < 0 || e.Length < 0 || e.Offset+e.Length > capacity {
+			return nil, fmt.Errorf("%w: %s: extent %d+%d outside the disk's %d bytes", ErrSource, src.Name(), e.Offset, e.Length, capacity)
+		}
+		toRead += e.Length
+	}
+	lims := limits{out.Limiter, t.limiter}.active()
+	piece := pieceSize(t.cfg.ReadSize, lims.chunk())
+	workers := t.cfg.Connections
+	log.Info("copy starting", "capacity", capacity, "read", toRead, "extents", len(ext), "extents_known", known,
+		"format", format, "connections", workers, "piece", piece, "cap_Bps", lims.min())
+
+	w, err := t.newImageWriter(ctx, out.Path, format, capacity, log)
+	if err != nil {
+		return nil, err
+	}
+	tracker := newProgressTracker(out.Progress, capacity, t.cfg.ProgressInterval, out.Label)
+	var done atomic.Int64
+	done.Store(capacity - toRead) // holes are done as soon as they are known
+	tracker.Update(done.Load())
+
+	var st copyStats
+	err = t.copyPieces(ctx, log, src, w, ext, piece, workers, lims, &st, func(n int64) { tracker.Update(done.Add(n)) })
+	if err == nil {
+		err = w.Finish()
+	} else {
+		w.Abort()
+	}
+	if err != nil {
+		return nil, t.writeFailed(ctx, out.Path, capacity, err)
+	}
+	tracker.Finish()
+	res := &Result{
+		Path: out.Path, Format: format, VirtualSize: capacity, AllocatedBytes: allocated(out.Path),
+		SourceBytes: st.read.Load(), Duration: time.Since(start),
+	}
+	log.Info("copy done", "bytes", capacity, "read", res.SourceBytes, "written", st.written.Load(), "retries", st.retries.Load(),
+		"allocated", res.AllocatedBytes, "seconds", res.Duration.Seconds(), "MBps", float64(capacity)/1e6/res.Duration.Seconds())
+	return res, nil
+}
+
+// pieceSize is the largest power of two ≤ both the configured read size and what one wait
+// of the caps may ask for (at least 64 KiB): pieces aligned to it never straddle a multiple
+// of it, which keeps reads aligned for sources that care (VDDK sectors, qcow2 clusters).
+func pieceSize(readSize, capChunk int) int {
+	n := min(readSize, capChunk)
+	p := minLimitChunk
+	for p*2 <= n {
+		p *= 2
+	}
+	return p
+}
+
+// copyPieces runs the workers over ext until everything is written or the first error.
+func (t *Transferer) copyPieces(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, ext []DiskRange, piece, workers int,
+	lims limits, st *copyStats, progress func(int64)) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	pieces := make(chan DiskRange, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range pieces {
+				if ctx.Err() != nil {
+					continue // drain
+				}
+				if err := t.copyPiece(ctx, log, src, w, p, lims, st); err != nil {
+					cancel(err)
+					continue
+				}
+				progress(p.Length)
+			}
+		}()
+	}
+	p := int64(piece)
+feed:
+	for _, e := range ext {
+		for off := e.Offset; off < e.Offset+e.Length; {
+			end := min(e.Offset+e.Length, (off/p+1)*p)
+			select {
+			case pieces <- DiskRange{off, end - off}:
+			case <-ctx.Done():
+				break feed
+			}
+			off = end
+		}
+	}
+	close(pieces)
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		return cause
+	}
+	return nil
+}
+
+// copyPiece reads one piece (with retries) into a pooled buffer and writes its non-zero
+// blocks.
+func (t *Transferer) copyPiece(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, p DiskRange, lims limits, st *copyStats) error {
+	buf, err := t.buffers.get(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.buffers.put(buf)
+	b := (*buf)[:p.Length]
+	if err := t.readPiece(ctx, log, src, b, p.Offset, lims, st); err != nil {
+		return err
+	}
+	n, err := writeNonZero(w, b, p.Offset)
+	st.written.Add(n)
+	if err != nil {
+		return fmt.Errorf("writing %d bytes at %d: %w", len(b), p.Offset, err)
+	}
+	return nil
+}
+
+// readPiece reads p at off, retrying transient failures with a doubling back-off. Every
+// attempt first waits for the caps (a repeated read uses the link again) and then has
+// Config.RequestTimeout to complete, so a stalled source becomes a retry, however slowly
+// the caps let the job go.
+func (t *Transferer) readPiece(ctx context.Context, log *slog.Logger, src DiskSource, p []byte, off int64, lims limits, st *copyStats) error {
+	delay := t.cfg.RetryDelay
+	for attempt := 0; ; attempt++ {
+		if err := lims.wait(ctx, len(p)); err != nil {
+			return err
+		}
+		actx, cancel := context.WithTimeout(ctx, t.cfg.RequestTimeout)
+		err := src.ReadAt(actx, p, off)
+		timedOut := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			st.read.Add(int64(len(p)))
+			t.meter.add(int64(len(p)))
+			return nil
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if timedOut {
+			err = fmt.Errorf("no complete answer within %s: %w", t.cfg.RequestTimeout, err)
+		}
+		if errors.Is(err, ErrPermanent) {
+			return err
+		}
+		if attempt >= t.cfg.Retries {
+			return fmt.Errorf("%w: %s: reading bytes %d-%d failed %d times, giving up: %v",
+				ErrSource, src.Name(), off, off+int64(len(p))-1, attempt+1, err)
+		}
+		st.retries.Add(1)
+		log.Warn("source read failed: retrying the piece", "offset", off, "bytes", len(p), "retry", attempt+1, "in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
