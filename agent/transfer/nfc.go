@@ -25,17 +25,18 @@ type NFCSource struct {
 }
 
 // NFC copies a disk from an NFC device URL: it decodes the stream-optimized VMDK as it
-// arrives (one goroutine reads and frames grains, DecodeWorkers goroutines inflate them) and
-// writes every non-zero grain at its offset:
+// arrives (one goroutine reads and frames grains, DecodeWorkers goroutines inflate runs of
+// consecutive grains into one buffer) and writes the non-zero parts at their offsets, a run
+// at a time (one request of up to nfcBatchBytes rather than one per 64 KiB grain):
 //   - raw: straight into a sparse file with pwrite. Nothing else is needed, holes and zero
 //     grains are never written.
 //   - qcow2: into `qemu-nbd -f qcow2` over NBD, with up to 16 writes in flight, since only
 //     qemu can write qcow2. The image is created empty first (reads as zeros), so holes
 //     again cost nothing.
 //
-// There is no temporary copy and memory stays at a few grains per worker. There is no
+// There is no temporary copy and memory stays at a couple of runs per worker. There is no
 // resume: the URL has no Range, so a broken stream fails the transfer (the job's retry
-// starts a new lease).
+// starts a new lease). The stream is paced by Output.Limiter and the agent's cap.
 func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Result, error) {
 	start := time.Now()
 	format, err := out.validate()
@@ -72,7 +73,7 @@ func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Resul
 	if err := statusError(resp, src.URL, http.StatusOK); err != nil {
 		return nil, err
 	}
-	body := &errRecorder{r: resp.Body}
+	body := &errRecorder{r: &limitedReader{ctx: ctx, r: resp.Body, ls: limits{out.Limiter, t.limiter}.active(), m: t.meter}}
 	sr, err := NewStreamOptimizedReader(body)
 	if err != nil {
 		return nil, t.nfcReadError(ctx, body, err, src.URL)
@@ -134,10 +135,16 @@ func (t *Transferer) nfcReadError(ctx context.Context, body *errRecorder, err er
 	return fmt.Errorf("nfc stream %s: %w", redactURL(u), err)
 }
 
-type grainJob struct {
-	off  int64
-	want int
-	z    *[]byte // pooled compressed bytes
+// nfcBatchBytes bounds a run of consecutive grains inflated and written together: large
+// writes cost the writer (and qemu-nbd) one request instead of 32.
+const nfcBatchBytes = 2 << 20
+
+// grainRun is consecutive grains, still compressed, back to back in z.
+type grainRun struct {
+	off   int64 // disk offset of the first grain
+	zlens []int // compressed size of each grain
+	size  int   // bytes the run covers on the disk
+	z     *[]byte
 }
 
 // decodeInto runs the reader → inflaters → writer pipeline until the stream ends.
@@ -145,40 +152,60 @@ func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	workers := t.cfg.DecodeWorkers
-	jobs := make(chan grainJob, 2*workers)
-	zpool := sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
-	grainBytes := sr.GrainLen(0)
+	runs := make(chan grainRun, workers)
+	zpool := sync.Pool{New: func() any { b := make([]byte, 0, nfcBatchBytes+nfcBatchBytes/8); return &b }}
+	batchBytes := max(nfcBatchBytes, sr.GrainLen(0))
 
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out := make([]byte, grainBytes)
+			out := make([]byte, batchBytes)
 			var zr io.ReadCloser
 			var cbuf bytes.Reader
-			for j := range jobs {
+			for r := range runs {
 				if ctx.Err() != nil {
-					zpool.Put(j.z)
+					zpool.Put(r.z)
 					continue // drain
 				}
-				data, nzr, err := InflateGrain(zr, &cbuf, *j.z, out, j.want)
-				zr = nzr
-				zpool.Put(j.z)
+				err := func() error {
+					z, pos := *r.z, 0
+					for i, n := range r.zlens {
+						goff := r.off + int64(pos)
+						want := sr.GrainLen(goff)
+						var err error
+						_, zr, err = InflateGrain(zr, &cbuf, z[:n], out[pos:pos+want], want)
+						if err != nil {
+							return fmt.Errorf("grain %d of the run at byte %d: %w", i, r.off, err)
+						}
+						z, pos = z[n:], pos+want
+					}
+					if _, err := writeNonZero(w, out[:r.size], r.off); err != nil {
+						return fmt.Errorf("writing at byte %d: %w", r.off, err)
+					}
+					return nil
+				}()
+				zpool.Put(r.z)
 				if err != nil {
-					cancel(fmt.Errorf("grain at byte %d: %w", j.off, err))
-					continue
-				}
-				if isZero(data) {
-					continue // the target reads as zeros already
-				}
-				if err := w.WriteAt(data, j.off); err != nil {
-					cancel(fmt.Errorf("writing at byte %d: %w", j.off, err))
+					cancel(err)
 				}
 			}
 		}()
 	}
 
+	var cur grainRun
+	send := func() {
+		if cur.z == nil {
+			return
+		}
+		select {
+		case runs <- cur:
+		case <-ctx.Done():
+			zpool.Put(cur.z)
+		}
+		cur = grainRun{}
+	}
 	var rerr error
 	for ctx.Err() == nil {
 		off, z, err := sr.NextCompressed()
@@ -189,16 +216,26 @@ func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, 
 			rerr = err
 			break
 		}
-		zb := zpool.Get().(*[]byte)
-		*zb = append((*zb)[:0], z...)
-		select {
-		case jobs <- grainJob{off: off, want: sr.GrainLen(off), z: zb}:
-		case <-ctx.Done():
+		glen := sr.GrainLen(off)
+		if cur.z != nil && (off != cur.off+int64(cur.size) || cur.size+glen > batchBytes) {
+			send()
 		}
+		if cur.z == nil {
+			cur = grainRun{off: off, z: zpool.Get().(*[]byte)}
+			*cur.z = (*cur.z)[:0]
+		}
+		*cur.z = append(*cur.z, z...)
+		cur.zlens = append(cur.zlens, len(z))
+		cur.size += glen
 		// The stream position is the honest measure: holes count as done once passed.
-		tracker.Update(off + int64(sr.GrainLen(off)))
+		tracker.Update(off + int64(glen))
 	}
-	close(jobs)
+	if rerr == nil {
+		send()
+	} else if cur.z != nil {
+		zpool.Put(cur.z)
+	}
+	close(runs)
 	wg.Wait()
 	if rerr != nil {
 		return rerr
