@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -54,11 +55,12 @@ type Config struct {
 	Log           LogConfig      `yaml:"log"`
 }
 
-// TransferConfig tunes the disk copies against a flaky source (zero: the defaults of
-// agent/transfer: 5 retries from 2 s doubling, 2 min per HTTP range request).
+// TransferConfig tunes the disk copies (zero: the defaults of agent/transfer: 4
+// connections per disk, 5 retries per piece from 2 s doubling, 2 min per range request, no
+// cap).
 type TransferConfig struct {
-	// Retries and RetryDelay: how often nbdkit's retry filter reopens a broken source
-	// connection and repeats the read, and its first back-off (doubled each time).
+	// Retries and RetryDelay: how often a broken piece of a disk is read again, and the
+	// first back-off (doubled each time).
 	Retries    int           `yaml:"retries"`
 	RetryDelay time.Duration `yaml:"retry_delay"`
 	// RequestTimeout bounds one range request, so a stalled source becomes a retry.
@@ -71,6 +73,10 @@ type TransferConfig struct {
 	VDDKTransports string `yaml:"vddk_transports"`
 	// VDDKConnections is how many VDDK connections read each disk at once (default 4).
 	VDDKConnections int `yaml:"vddk_connections"`
+	// Connections is how many range requests read one disk at once (https; vddk has its own).
+	Connections int `yaml:"connections"`
+	// MaxMbps caps all of this agent's transfers together, in megabits per second (0: none).
+	MaxMbps int `yaml:"max_mbps"`
 }
 
 // VDDKDir is the VDDK directory in effect: transfer.vddk_libdir, else vddk_libdir.
@@ -129,6 +135,10 @@ func (c *Config) Validate() error {
 		return errors.New("max_jobs must be between 1 and 64")
 	case c.GuestConversion != "" && c.GuestConversion != "auto" && c.GuestConversion != "off":
 		return fmt.Errorf("guest_conversion %q is not auto or off", c.GuestConversion)
+	case c.Transfer.MaxMbps < 0 || c.Transfer.MaxMbps > proto.MaxMbps:
+		return fmt.Errorf("transfer.max_mbps must be between 0 (no cap) and %d", proto.MaxMbps)
+	case c.Transfer.Connections < 0 || c.Transfer.Connections > 64:
+		return errors.New("transfer.connections must be between 0 (default) and 64")
 	}
 	return nil
 }
@@ -176,6 +186,10 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		pc.Virtualization = v.Virtualization
 	}
 	a.Prober = capacity.New(pc)
+	var prober membership.Prober = a.Prober
+	if tr, ok := exec.(TransferRater); ok {
+		prober = rateProber{Prober: prober, rater: tr}
+	}
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
@@ -199,7 +213,7 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	gc.Logger = log
 	a.Member, err = membership.Start(ctx, membership.Config{
 		Gossip: gc, Name: cfg.Name, APIAddr: a.apiAddr, Version: version.Version, MaxJobs: cfg.MaxJobs,
-		Join: cfg.Gossip.Join, Prober: a.Prober, Logger: log,
+		Join: cfg.Gossip.Join, Prober: prober, Logger: log,
 	})
 	if err != nil {
 		ln.Close()
@@ -220,7 +234,7 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
 		ShutdownGrace: cfg.ShutdownGrace, Logger: log,
 		Probe: func() (proto.AgentCapacity, proto.AgentCapabilities) {
-			c, caps, _ := a.Prober.Probe(context.Background())
+			c, caps, _ := prober.Probe(context.Background())
 			return c, caps
 		},
 		OnChange:   a.Member.SetRunningJobs,
@@ -247,6 +261,35 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	}()
 	log.Info("agent started", "api_addr", a.apiAddr, "gossip", a.Member.Node().Addr(), "controllers", cfg.Controllers, "max_jobs", cfg.MaxJobs)
 	return a, nil
+}
+
+// TransferRater is an executor that can tell its disk copies' current rate and cap (bytes
+// per second): the agent advertises them with its capacity.
+type TransferRater interface {
+	TransferRate() (bytesPerSecond, capBytesPerSecond float64)
+}
+
+// rateProber adds the transfer rate to the host's capacity. The rate is rounded to two
+// significant digits: the metadata is re-broadcast only when its bytes change, and a rate
+// that wobbles by a per cent is no news.
+type rateProber struct {
+	membership.Prober
+	rater TransferRater
+}
+
+func (p rateProber) Probe(ctx context.Context) (proto.AgentCapacity, proto.AgentCapabilities, error) {
+	c, caps, err := p.Prober.Probe(ctx)
+	r, limit := p.rater.TransferRate()
+	c.TransferRateBytesPerSecond, c.TransferCapBytesPerSecond = twoDigits(r), uint64(limit)
+	return c, caps, err
+}
+
+func twoDigits(v float64) uint64 {
+	if v < 1 {
+		return 0
+	}
+	q := math.Pow(10, math.Floor(math.Log10(v))-1)
+	return uint64(math.Round(v/q) * q)
 }
 
 // APIAddr is where /health and /metrics are served.

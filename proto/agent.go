@@ -33,6 +33,11 @@ type AgentCapacity struct {
 	MemoryFreeBytes   uint64 `json:"memory_free_bytes"`
 	StorageFreeBytes  uint64 `json:"storage_free_bytes"`
 	StorageTotalBytes uint64 `json:"storage_total_bytes"`
+	// TransferRateBytesPerSecond is what the agent's disk copies read from their sources
+	// now (averaged over the last seconds); TransferCapBytesPerSecond is its cap
+	// (transfer.max_mbps), 0 for none.
+	TransferRateBytesPerSecond uint64 `json:"transfer_rate_bytes_per_second"`
+	TransferCapBytesPerSecond  uint64 `json:"transfer_cap_bytes_per_second,omitempty"`
 }
 
 // AgentCapabilities is what an agent's host can do: the tools found and the transfer
@@ -148,13 +153,13 @@ func (m NodeMeta) Validate() error {
 //	format byte (1) | role byte | flags uvarint | name | api | version | cpus | mem total |
 //	mem free | storage free | storage total | running | max | qemu-img version | libvirt uri |
 //	methods (count, items) | nbdkit plugins (count, items) |
-//	guest flags uvarint | virtualization type | cpu | reason
+//	guest flags uvarint | virtualization type | cpu | reason | transfer rate | transfer cap
 //
 // Strings are uvarint length + bytes, numbers uvarint. The lists get what remains of the 512
-// bytes once the guest trailer (at most guestTrailerMax bytes, appended later than the lists
-// and so after them) is reserved, in a deterministic order, so truncation drops the least
-// useful items and the same input always encodes to the same bytes (the sender compares
-// bytes to decide whether to re-broadcast).
+// bytes once the trailers (guest: at most guestTrailerMax bytes; transfer: at most
+// transferTrailerMax, appended later than the lists and so after them) are reserved, in a
+// deterministic order, so truncation drops the least useful items and the same input always
+// encodes to the same bytes (the sender compares bytes to decide whether to re-broadcast).
 const nodeMetaFormat = 1
 
 const (
@@ -242,17 +247,21 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	slices.SortStableFunc(methods, func(a, b string) int { return methodRank(a) - methodRank(b) })
 	plugins := slices.Clone(c.NbdkitPlugins)
 	SortPlugins(plugins)
+	// The transfer trailer comes last (it was added after the guest trailer) and is
+	// reserved whole: two numbers.
+	trailer := encodeTransferTrailer(m.Capacity)
+	end := NodeMetaMaxSize - len(trailer)
 	// Room for the guest trailer is reserved before the lists: its essentials (type, CPU)
 	// and the start of the reason, but never so much that the methods and the transfer
 	// plugins (the first list items, which placement uses) lose their room. The reason
 	// then grows into whatever the lists leave.
-	free := NodeMetaMaxSize - len(b) - 2 // after both list counts
+	free := end - len(b) - 2 // after both list counts
 	essential := len(encodeGuestTrailer(c, 0))
 	reserve := essential + min(guestReasonReserve, reasonLen(c))
 	if free-reserve < listsMinRoom {
 		reserve = max(essential, free-listsMinRoom)
 	}
-	limit := NodeMetaMaxSize - reserve
+	limit := end - reserve
 	var cut bool
 	// Reserve the plugins' count byte while filling methods, so both counts always fit.
 	b, cut = appendList(b, methods, limit-1)
@@ -263,7 +272,8 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	if cut {
 		flags |= flagTruncated
 	}
-	b = append(b, encodeGuestTrailer(c, NodeMetaMaxSize-len(b))...)
+	b = append(b, encodeGuestTrailer(c, end-len(b))...)
+	b = append(b, trailer...)
 	b[flagsAt] = flags
 	return b, nil
 }
@@ -303,6 +313,16 @@ func encodeGuestTrailer(c AgentCapabilities, room int) []byte {
 	b = appendString(b, typ, maxMetaVirtTypeLen)
 	b = appendString(b, cpu, maxMetaCPULen)
 	return appendString(b, reason, min(maxMetaReasonLen, max(0, room-len(b)-1)))
+}
+
+// transferTrailerMax bounds the transfer trailer: two uvarints.
+const transferTrailerMax = 2 * binary.MaxVarintLen64
+
+// encodeTransferTrailer writes the agent's current transfer rate and its cap, after the
+// guest trailer: an older decoder ignores them, and metadata from an older agent decodes them as 0.
+func encodeTransferTrailer(c AgentCapacity) []byte {
+	b := binary.AppendUvarint(make([]byte, 0, transferTrailerMax), c.TransferRateBytesPerSecond)
+	return binary.AppendUvarint(b, c.TransferCapBytesPerSecond)
 }
 
 func methodRank(m string) int {
@@ -457,6 +477,8 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 			c.Virtualization = &Virtualization{Type: typ, CPU: cpu, Reason: reason, LibguestfsKVM: gf&guestFlagLibguestfsKVM != 0}
 		}
 	}
+	m.Capacity.TransferRateBytesPerSecond = r.uvarint()
+	m.Capacity.TransferCapBytesPerSecond = r.uvarint()
 	if r.err != nil {
 		return NodeMeta{}, r.err
 	}

@@ -31,7 +31,8 @@ func fullMeta() NodeMeta {
 		APIAddr: "https://kvm-host-0017.rack12.datacenter-east.example.com:9443",
 		Version: "v1.12.3-rc.1+g0123456789ab-dirty",
 		Capacity: AgentCapacity{CPUs: 1024, MemoryTotalBytes: 24 << 40, MemoryFreeBytes: 23 << 40,
-			StorageFreeBytes: 900 << 40, StorageTotalBytes: 1 << 50},
+			StorageFreeBytes: 900 << 40, StorageTotalBytes: 1 << 50,
+			TransferRateBytesPerSecond: 12_500_000_000, TransferCapBytesPerSecond: 12_500_000_000},
 		RunningJobs: 1000, MaxJobs: 1000,
 		Capabilities: AgentCapabilities{
 			QemuImg: true, QemuImgVersion: "10.1.2 (Debian 1:10.1.2+ds-1)",
@@ -59,7 +60,8 @@ func TestNodeMetaSize(t *testing.T) {
 	adversarial.Capabilities.QemuImgVersion = strings.Repeat("q", 1000)
 	adversarial.Capabilities.NbdkitPlugins = append(manyPlugins, "vddk", "curl")
 	adversarial.Capacity = AgentCapacity{CPUs: math.MaxInt, MemoryTotalBytes: math.MaxUint64,
-		MemoryFreeBytes: math.MaxUint64, StorageFreeBytes: math.MaxUint64, StorageTotalBytes: math.MaxUint64}
+		MemoryFreeBytes: math.MaxUint64, StorageFreeBytes: math.MaxUint64, StorageTotalBytes: math.MaxUint64,
+		TransferRateBytesPerSecond: math.MaxUint64, TransferCapBytesPerSecond: math.MaxUint64}
 	adversarial.RunningJobs, adversarial.MaxJobs = math.MaxInt, math.MaxInt
 
 	typical := NodeMeta{Role: RoleAgent, Name: "kvm01", APIAddr: "10.0.0.5:9090", Version: "v1.0.0",
@@ -126,7 +128,8 @@ func TestNodeMetaSize(t *testing.T) {
 func TestNodeMetaRoundTrip(t *testing.T) {
 	m := NodeMeta{
 		Role: RoleAgent, Name: "kvm-01", APIAddr: "10.1.2.3:9090", Version: "v0.3.0",
-		Capacity:    AgentCapacity{CPUs: 16, MemoryTotalBytes: 64 << 30, MemoryFreeBytes: 40 << 30, StorageFreeBytes: 2 << 40, StorageTotalBytes: 4 << 40},
+		Capacity: AgentCapacity{CPUs: 16, MemoryTotalBytes: 64 << 30, MemoryFreeBytes: 40 << 30, StorageFreeBytes: 2 << 40, StorageTotalBytes: 4 << 40,
+			TransferRateBytesPerSecond: 230 << 20, TransferCapBytesPerSecond: 125_000_000},
 		RunningJobs: 2, MaxJobs: 4,
 		Capabilities: AgentCapabilities{QemuImg: true, QemuImgVersion: "7.2.22", Nbdkit: true,
 			NbdkitPlugins: []string{"curl", "file", "ssh"}, Nbdcopy: true, LibvirtURI: "qemu:///system",

@@ -98,6 +98,9 @@ type Options struct {
 	StartAfter         bool   `json:"start_after,omitempty"`
 	TargetAgent        string `json:"target_agent,omitempty"`
 	MaxAttempts        int    `json:"max_attempts,omitempty"`
+	// MaxMbps caps the job's disk copy, all its disks together, in megabits per second
+	// (1 Mbit/s = 125,000 bytes/s; 0: no cap beyond the agent's transfer.max_mbps).
+	MaxMbps int `json:"max_mbps,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.

@@ -21,6 +21,10 @@ var (
 	DiskBuses         = []string{"virtio", "sata", "scsi"}
 )
 
+// MaxMbps bounds options.max_mbps and the agent's transfer.max_mbps (1 Tbit/s): a larger
+// number is a typo, not a cap.
+const MaxMbps = 1_000_000
+
 func oneOf(v string, allowed []string) bool {
 	for _, a := range allowed {
 		if v == a {
@@ -140,6 +144,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxAttempts < 0 || o.MaxAttempts > 100 {
 		return invalid("options.max_attempts must be between 0 and 100")
+	}
+	if o.MaxMbps < 0 || o.MaxMbps > MaxMbps {
+		return invalid("options.max_mbps must be between 0 (no cap) and %d megabits per second", MaxMbps)
 	}
 	for k, v := range o.NetworkMapping {
 		if k == "" || v == "" {

@@ -40,7 +40,12 @@ func (j *job) convert(ctx context.Context) error {
 		j.disks[i] = filepath.Join(j.dir, fmt.Sprintf("%s-disk%d.%s", safeName(j.info.Name), i, j.format))
 	}
 	msg := fmt.Sprintf("copying %d disk(s) with %s", len(disks), j.method)
-	j.log.Info(msg, "bytes", total, "format", j.format, "dir", j.dir)
+	// One cap for the whole job: its disks, copied in parallel, share it.
+	j.limiter = transfer.NewLimiter(transfer.BytesPerSecondFromMbps(j.def.Options.MaxMbps))
+	if j.limiter != nil {
+		msg += fmt.Sprintf(", capped at %d Mbit/s", j.def.Options.MaxMbps)
+	}
+	j.log.Info(msg, "bytes", total, "format", j.format, "dir", j.dir, "parallel_disks", min(len(disks), j.p.cfg.MaxParallelDisks))
 	j.report(proto.Progress{Stage: proto.StageConversion, TotalBytes: total, Message: msg})
 
 	bytesC := j.p.metrics.bytes.WithLabelValues(j.method)
@@ -84,7 +89,7 @@ func (j *job) convert(ctx context.Context) error {
 }
 
 func (j *job) output(i int, agg *transfer.Aggregator) transfer.Output {
-	return transfer.Output{Path: j.disks[i], Format: j.format, Progress: agg.Disk(i), Label: j.info.Disks[i].File}
+	return transfer.Output{Path: j.disks[i], Format: j.format, Progress: agg.Disk(i), Label: j.info.Disks[i].File, Limiter: j.limiter}
 }
 
 // trust is the transfer's TLS decision for a host of the source, matching the session's:

@@ -41,8 +41,8 @@ type Config struct {
 	// VDDKLibDir is where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.N), for the
 	// vddk method.
 	VDDKLibDir string
-	// MaxParallelDisks bounds how many disks of one VM are copied at once: each costs a
-	// qemu-img and an nbdkit (or a decoder) and a stream from the source host.
+	// MaxParallelDisks bounds how many disks of one VM are copied at once: each costs its
+	// own connections to the source (Transfer.Connections) and, for qcow2, a qemu-nbd.
 	MaxParallelDisks int
 	// ShutdownTimeout is the guest shutdown wait when the job does not set
 	// shutdown_timeout_seconds.
@@ -213,6 +213,10 @@ func (p *Pipeline) capabilities(ctx context.Context) transfer.Capabilities {
 	return p.caps
 }
 
+// TransferRate is what the pipeline's disk copies read from their sources now (bytes per
+// second over the last seconds) and the agent's cap (0: none): the agent advertises both.
+func (p *Pipeline) TransferRate() (bytesPerSecond, capBytesPerSecond float64) { return p.xfer.Rate() }
+
 // JobDir is where a job's disks are written.
 func (p *Pipeline) JobDir(jobID string) string {
 	return filepath.Join(p.cfg.StorageDir, safeName(jobID))
@@ -258,7 +262,8 @@ type job struct {
 	conversion *proto.ConversionResult
 	// keep: the job failed but its domain and disks stay for the operator (a guest that
 	// did not boot: the error says so).
-	keep bool
+	keep    bool
+	limiter *transfer.Limiter // options.max_mbps, shared by the job's disks (nil: no cap)
 }
 
 // Run migrates the leased job's VM. On error and on cancel everything this attempt made

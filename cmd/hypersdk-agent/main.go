@@ -30,6 +30,9 @@ import (
 	"github.com/hypersdk/hypersdk/shared/version"
 )
 
+// The agent advertises the pipeline's transfer rate with its capacity.
+var _ agent.TransferRater = (*migrate.Pipeline)(nil)
+
 func main() {
 	// The agent re-executes itself as the reader process of VMware's VDDK (one per disk
 	// copied with the vddk method): see agent/transfer/vddk.
@@ -83,7 +86,8 @@ func run(args []string) error {
 		VDDKLibDir: cfg.VDDKDir(), Registry: reg, Logger: log,
 		Transfer: transfer.Config{Retries: cfg.Transfer.Retries, RetryDelay: cfg.Transfer.RetryDelay,
 			RequestTimeout: cfg.Transfer.RequestTimeout, VDDKTransports: cfg.Transfer.VDDKTransports,
-			VDDKConnections: cfg.Transfer.VDDKConnections},
+			VDDKConnections: cfg.Transfer.VDDKConnections, Connections: cfg.Transfer.Connections,
+			MaxBytesPerSecond: transfer.BytesPerSecondFromMbps(cfg.Transfer.MaxMbps)},
 		GuestConversion: cfg.GuestConversion, VirtProbeFile: cfg.VirtProbeFile,
 	})
 	if err != nil {

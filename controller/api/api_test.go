@@ -78,6 +78,7 @@ func TestContract(t *testing.T) {
 		{"submit bad method", "POST", "/jobs/submit", strings.Replace(validJob, `"https"`, `"ftp"`, 1), 400, "conversion_method"},
 		{"submit bad format", "POST", "/jobs/submit", strings.Replace(validJob, `"options":{`, `"options":{"output_format":"vhd",`, 1), 400, "output_format"},
 		{"submit bad bus", "POST", "/jobs/submit", strings.Replace(validJob, `"options":{`, `"options":{"disk_bus":"floppy",`, 1), 400, "disk_bus"},
+		{"submit negative cap", "POST", "/jobs/submit", strings.Replace(validJob, `"options":{`, `"options":{"max_mbps":-5,`, 1), 400, "max_mbps"},
 		{"submit bad id", "POST", "/jobs/submit", strings.Replace(validJob, `{"vm_path"`, `{"id":"../../etc","vm_path"`, 1), 400, "id must"},
 		{"submit duplicate id", "POST", "/jobs/submit", strings.Replace(validJob, `{"vm_path"`, `{"id":"`+sub.JobID+`","vm_path"`, 1), 409, "exists"},
 		{"submit huge", "POST", "/jobs/submit", huge, 413, "larger than"},
