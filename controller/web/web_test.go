@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/hypersdk/hypersdk/agent/capacity"
+	"github.com/hypersdk/hypersdk/agent/membership"
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/controller/web"
@@ -179,6 +180,18 @@ func submitOnce(t *testing.T, cl *client.Client, def proto.JobDefinition) proto.
 	}
 }
 
+// transferring is a host whose agent reports its copies' rate and cap (agent.rateProber).
+type transferring struct {
+	membership.Prober
+	rate, cap uint64
+}
+
+func (p transferring) Probe(ctx context.Context) (proto.AgentCapacity, proto.AgentCapabilities, error) {
+	c, caps, err := p.Prober.Probe(ctx)
+	c.TransferRateBytesPerSecond, c.TransferCapBytesPerSecond = p.rate, p.cap
+	return c, caps, err
+}
+
 // TestDashboardLive loads the dashboard of a follower of a 3-controller cluster with two
 // agents in the gossip pool, and checks that every agent has a card, and that a job's
 // progress bar follows the agent's progress reports without a reload.
@@ -194,7 +207,12 @@ func TestDashboardLive(t *testing.T) {
 	for i, name := range agents {
 		// kvm-ui-2 has a VDDK that loads: its card lists the vddk method, kvm-ui-1's not.
 		probe := capacity.Config{VDDKProbe: func(context.Context, string) (bool, string) { return i == 1, "VMware VDDK not found" }}
-		m := fleettest.StartMemberProbing(t, name, 4, probe, gossip...)
+		var prober membership.Prober = fleettest.Prober(t, probe)
+		if i == 1 {
+			// It also copies at 40 MiB/s under its transfer.max_mbps of 800 (100 MB/s).
+			prober = transferring{Prober: prober, rate: 40 << 20, cap: 100_000_000}
+		}
+		m := fleettest.StartMemberWith(t, name, 4, prober, gossip...)
 		if busy == nil {
 			busy = m
 		}
@@ -239,6 +257,12 @@ func TestDashboardLive(t *testing.T) {
 			`!document.querySelector('.agent-card[data-agent="kvm-ui-1"] .methods').textContent.includes('vddk')`)
 	waitJS(t, ctx, 10*time.Second, "how the host runs guests, TCG marked",
 		`(e => e?.textContent === 'TCG (slow)' && e.classList.contains('warn') && e.title.includes('no /dev/kvm'))(document.querySelector('.agent-card[data-agent="kvm-ui-1"] .virt'))`)
+	card2 := `document.querySelector('.agent-card[data-agent="kvm-ui-2"]')`
+	waitJS(t, ctx, 10*time.Second, "the advertised rate against the agent's cap",
+		card2+`.querySelector('.host-rate').textContent === '40.0 MiB/s' && `+
+			card2+`.querySelector('.cap-row .meter-value').textContent === '40.0 MiB/s of 95.4 MiB/s' && `+
+			`Math.abs(parseFloat(`+card2+`.querySelector('.cap-row .meter-fill').style.width) - 41.9) < 0.1 && `+
+			`document.querySelector('.agent-card[data-agent="kvm-ui-1"] .cap-row .meter-value').textContent === 'no cap'`)
 	waitJS(t, ctx, 10*time.Second, "three controllers and a leader",
 		`document.querySelectorAll('#cluster-table tbody tr').length === 3 && !!document.querySelector('#cluster-table .role-leader')`)
 	waitJS(t, ctx, 10*time.Second, "live updates over the WebSocket", `document.body.dataset.mode === 'websocket'`)

@@ -31,6 +31,12 @@ func StartMember(t testing.TB, name string, maxJobs int, join ...string) *member
 // libvirt URI are the test's own): e.g. a VDDKProbe that finds VDDK.
 func StartMemberProbing(t testing.TB, name string, maxJobs int, probe capacity.Config, join ...string) *membership.Membership {
 	t.Helper()
+	return StartMemberWith(t, name, maxJobs, Prober(t, probe), join...)
+}
+
+// Prober is the capacity prober a test agent runs: probe with the test's own storage dir
+// and libvirt URI, advertising TCG unless probe says how guests run.
+func Prober(t testing.TB, probe capacity.Config) *capacity.Prober {
 	probe.StorageDir, probe.LibvirtURI = t.TempDir(), "test:///default"
 	if probe.Virtualization == nil {
 		// What an agent on a host without KVM advertises once its probe has decided.
@@ -38,6 +44,13 @@ func StartMemberProbing(t testing.TB, name string, maxJobs int, probe capacity.C
 			return &proto.Virtualization{Type: proto.VirtTCG, CPU: "default", Reason: "TCG: no /dev/kvm on this host"}
 		}
 	}
+	return capacity.New(probe)
+}
+
+// StartMemberWith is StartMember advertising what prober measures (say, a host whose
+// transfers run at a given rate under a cap).
+func StartMemberWith(t testing.TB, name string, maxJobs int, prober membership.Prober, join ...string) *membership.Membership {
+	t.Helper()
 	m, err := membership.Start(context.Background(), membership.Config{
 		Gossip:  gossiptest.Config(proto.RoleAgent, name),
 		Name:    name,
@@ -47,7 +60,7 @@ func StartMemberProbing(t testing.TB, name string, maxJobs int, probe capacity.C
 		Join:    join,
 		// The test moves the job count itself; re-measuring adds nothing.
 		RefreshInterval: time.Hour,
-		Prober:          capacity.New(probe),
+		Prober:          prober,
 		Logger:          gossiptest.Logger(),
 	})
 	if err != nil {

@@ -249,11 +249,15 @@
 
   // ---------- hosts ----------
 
-  // hostRate sums the rates of the jobs running on an agent: what it transfers now.
-  function hostRate(name) {
+  // hostRate is what an agent transfers now: the rate it advertises (what its copies read,
+  // all jobs together, the figure its cap applies to), else the sum of its running jobs'
+  // rates (an agent that advertises none, or before its next advertisement).
+  function hostRate(a) {
+    const adv = Number(a.capacity && a.capacity.transfer_rate_bytes_per_second) || 0;
+    if (adv > 0) return adv;
     let sum = 0;
     for (const j of state.jobs.values()) {
-      if (j.agent === name && j.status === 'running') sum += Number(j.progress && j.progress.bytes_per_second) || 0;
+      if (j.agent === a.name && j.status === 'running') sum += Number(j.progress && j.progress.bytes_per_second) || 0;
     }
     return sum;
   }
@@ -261,7 +265,7 @@
   function sampleRates() {
     for (const a of state.agents) {
       const h = state.history.get(a.name) || [];
-      h.push(hostRate(a.name));
+      h.push(hostRate(a));
       while (h.length > HISTORY) h.shift();
       state.history.set(a.name, h);
     }
@@ -328,6 +332,7 @@
         el('div', { class: 'wide' }, el('span', { class: 'k', text: 'Guests run' }), el('span', { class: 'v virt' }))),
       meter('Memory'),
       meter('Slots'),
+      meter('Cap'),
       el('div', { class: 'rate-row' },
         el('div', {}, el('span', { class: 'k', text: 'Transfer rate' }), el('span', { class: 'v host-rate' })),
         svg),
@@ -360,9 +365,13 @@
       setMeter(rows[0], c.memory_total_bytes ? used / c.memory_total_bytes : 0,
         `${bytes(used)} / ${bytes(c.memory_total_bytes)}`);
       setMeter(rows[1], a.max_jobs ? (a.running_jobs || 0) / a.max_jobs : 0, `${a.running_jobs || 0} of ${a.max_jobs || 0} busy`);
-      const r = hostRate(a.name);
+      const r = hostRate(a);
       total += r;
       setText($('.host-rate', card), r > 0 ? rate(r) : 'idle');
+      // The agent's transfer.max_mbps: how much of it the copies use now.
+      const cap = Number(c.transfer_cap_bytes_per_second) || 0;
+      rows[2].classList.add('cap-row');
+      setMeter(rows[2], cap ? r / cap : 0, cap ? `${rate(r) || '0 B/s'} of ${rate(cap)}` : 'no cap');
       sparkline($('svg.spark', card), state.history.get(a.name) || []);
       // How the host runs migrated guests (its probe's decision): TCG is correct but slow,
       // which an operator placing VMs wants to see at a glance; the reason is the tooltip.
