@@ -27,13 +27,16 @@ func agentTransferConfig(t *testing.T) string {
 	return path
 }
 
-// TestBrokenTransfers: disks are copied through a proxy that breaks the source connection
-// halfway (reset, clean truncation), stalls it (shorter and longer than the per-request
-// timeout), cuts the source off for good, or (long run) slows it to a trickle for good.
-// Every job ends byte-identical to its source, or failed with an error that names the
-// stage and the source; none completes with a wrong disk.
+// TestBrokenTransfers: disks are copied through a proxy that breaks a source connection in
+// the middle of a range (reset, clean truncation), stalls it (shorter and longer than the
+// per-request timeout), cuts the source off for good, or (long run) slows it to a trickle
+// for good. The agent reads each disk over several connections, so a fault's offset counts
+// the bytes of one connection (a 32 MiB disk gives each of 4 connections about 8 MiB): the
+// broken range is read again on its own. Every job ends byte-identical to its source, or
+// failed with an error that names the stage and the source; none completes with a wrong disk.
 func TestBrokenTransfers(t *testing.T) {
 	const diskSize = 32 << 20
+	const midRange = 3 << 20 // into a connection's bytes: inside one of its 4 MiB ranges
 	type breakMode int
 	const (
 		none    breakMode = iota
@@ -46,12 +49,12 @@ func TestBrokenTransfers(t *testing.T) {
 		then   breakMode
 		want   proto.JobStatus
 	}{
-		{name: "reset halfway", faults: []harness.Fault{{Kind: harness.FaultReset, After: diskSize / 2}}, want: proto.StatusCompleted},
-		{name: "truncated halfway", faults: []harness.Fault{{Kind: harness.FaultTruncate, After: diskSize / 2}}, want: proto.StatusCompleted},
+		{name: "reset mid-range", faults: []harness.Fault{{Kind: harness.FaultReset, After: midRange}}, want: proto.StatusCompleted},
+		{name: "truncated mid-range", faults: []harness.Fault{{Kind: harness.FaultTruncate, After: midRange}}, want: proto.StatusCompleted},
 		{name: "reset three times", faults: []harness.Fault{{Kind: harness.FaultReset, After: 4 << 20},
 			{Kind: harness.FaultReset, After: 4 << 20}, {Kind: harness.FaultReset, After: 4 << 20}}, want: proto.StatusCompleted},
-		{name: "stall 2s", faults: []harness.Fault{{Kind: harness.FaultStall, After: diskSize / 2, Stall: 2 * time.Second}}, want: proto.StatusCompleted},
-		{name: "stall past the request timeout", faults: []harness.Fault{{Kind: harness.FaultStallThenReset, After: diskSize / 2, Stall: 10 * time.Second}}, want: proto.StatusCompleted},
+		{name: "stall 2s", faults: []harness.Fault{{Kind: harness.FaultStall, After: midRange, Stall: 2 * time.Second}}, want: proto.StatusCompleted},
+		{name: "stall past the request timeout", faults: []harness.Fault{{Kind: harness.FaultStallThenReset, After: midRange, Stall: 10 * time.Second}}, want: proto.StatusCompleted},
 		{name: "source gone for good", then: sever, want: proto.StatusFailed},
 	}
 	if longRun() {
@@ -74,8 +77,9 @@ func TestBrokenTransfers(t *testing.T) {
 		proxies[i].Inject(tc.faults...)
 		maxAttempts := 2
 		if tc.then != none {
-			// Slow enough that the copy is still running when the source breaks for good.
-			proxies[i].SetRate(4 << 20)
+			// Slow enough that the copy is still running when the source breaks for good
+			// (per connection: the disk is read over 4).
+			proxies[i].SetRate(1 << 20)
 			maxAttempts = 1
 		}
 		ids[i] = harness.Submit(t, ctl, f.jobDef(fmt.Sprintf("broken-%d-%x", i, time.Now().UnixNano()&0xffffff), i, proxies[i].Addr, maxAttempts))

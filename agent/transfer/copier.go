@@ -123,7 +123,7 @@ func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Res
 	tracker.Finish()
 	res := &Result{
 		Path: out.Path, Format: format, VirtualSize: capacity, AllocatedBytes: allocated(out.Path),
-		SourceBytes: st.read.Load(), Duration: time.Since(start),
+		SourceBytes: st.read.Load(), Retries: st.retries.Load(), Duration: time.Since(start),
 	}
 	log.Info("copy done", "bytes", capacity, "read", res.SourceBytes, "written", st.written.Load(), "retries", st.retries.Load(),
 		"allocated", res.AllocatedBytes, "seconds", res.Duration.Seconds(), "MBps", float64(capacity)/1e6/res.Duration.Seconds())

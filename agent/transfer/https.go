@@ -147,7 +147,7 @@ func (d *httpsDisk) readRange(ctx context.Context, u string, from int64, p []byt
 		if isCertError(err) {
 			return Permanent(tlsHint(err))
 		}
-		return fmt.Errorf("GET %s bytes %d-%d: %w", redactURL(u), from, to, err)
+		return fmt.Errorf("bytes %d-%d: %w", from, to, err) // err names the method and URL
 	}
 	defer resp.Body.Close()
 	switch {

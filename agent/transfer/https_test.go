@@ -16,7 +16,7 @@ import (
 )
 
 func TestHTTPSTransfer(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size = 32 << 20
 	srv, flat := setupFlat(t, size)
@@ -69,7 +69,7 @@ func TestHTTPSTransfer(t *testing.T) {
 }
 
 func TestHTTPSTransferRetriesDroppedConnection(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size = 16 << 20
 	srv, flat := setupFlat(t, size)
@@ -88,7 +88,7 @@ func TestHTTPSTransferRetriesDroppedConnection(t *testing.T) {
 }
 
 func TestHTTPSTransferFailures(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size = 8 << 20
 
@@ -193,7 +193,7 @@ func TestHTTPSTransferFailures(t *testing.T) {
 }
 
 func TestHTTPSTransferCancel(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size = 32 << 20
 	srv, _ := setupFlat(t, size)
@@ -240,7 +240,7 @@ func TestHTTPSTransferCancel(t *testing.T) {
 }
 
 func TestHTTPSTransferProgressPacing(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	// qemu-img reports progress as its 8 coroutines start 2 MiB chunks: the disk must be
 	// much larger than 16 MiB for the reports to track the copy.
@@ -270,7 +270,7 @@ func TestHTTPSTransferProgressPacing(t *testing.T) {
 // A split flat disk (twoGbMaxExtentFlat style): two extent files, the second starting 16
 // sectors into its file and followed by junk, concatenated by qemu-img in order.
 func TestHTTPSTransferMultiExtent(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size, half = 8 << 20, 4 << 20
 	dir := t.TempDir()

@@ -27,7 +27,7 @@ func smallFS(t *testing.T, size string) string {
 }
 
 func TestTransferDiskFull(t *testing.T) {
-	requireTools(t, "qemu-img", "nbdkit", "qemu-nbd")
+	requireTools(t, "qemu-img", "qemu-nbd")
 	t.Parallel()
 	const size = 16 << 20 // 8 MiB of data into a 3 MiB filesystem
 	httpsSrv, _ := setupFlat(t, size)

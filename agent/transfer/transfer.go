@@ -220,6 +220,7 @@ type Result struct {
 	VirtualSize    int64 // bytes
 	AllocatedBytes int64 // bytes the image occupies on disk
 	SourceBytes    int64 // bytes read from the source (nfc: the compressed stream)
+	Retries        int64 // pieces read again after a failed attempt (Copy)
 	Duration       time.Duration
 	// Descriptor is the source disk's descriptor (https: fetched; nfc: embedded), or nil.
 	Descriptor *Descriptor
