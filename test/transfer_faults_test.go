@@ -36,7 +36,7 @@ func agentTransferConfig(t *testing.T) string {
 // failed with an error that names the stage and the source; none completes with a wrong disk.
 func TestBrokenTransfers(t *testing.T) {
 	const diskSize = 32 << 20
-	const midRange = 3 << 20 // into a connection's bytes: inside one of its 4 MiB ranges
+	const midRange = 3 << 20 // into a connection's bytes: inside one of its 8 MiB ranges
 	type breakMode int
 	const (
 		none    breakMode = iota

@@ -114,6 +114,7 @@ func dialNBDExport(ctx context.Context, srv *child, socket string, timeout time.
 		case <-time.After(10 * time.Millisecond): // poll interval, bounded by the deadline
 		}
 	}
+	growSendBuffer(conn, nbdSendBuffer)
 	w := &nbdWriter{conn: conn, slots: make(chan struct{}, nbdMaxInFlight), readerDone: make(chan struct{})}
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	if err := w.handshake(); err != nil {
@@ -122,6 +123,29 @@ func dialNBDExport(ctx context.Context, srv *child, socket string, timeout time.
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return w, nil
+}
+
+// nbdSendBuffer lets one write request of the copier (a piece, 8 MiB by default) sit in the
+// socket at once: with the default buffer (~200 KiB) every request costs dozens of
+// partial writes and as many wake-ups of qemu-nbd.
+const nbdSendBuffer = 8 << 20
+
+// growSendBuffer raises the socket's send buffer: past net.core.wmem_max when the agent
+// may (root, SO_SNDBUFFORCE), else as far as the limit allows.
+func growSendBuffer(conn net.Conn, size int) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return
+	}
+	if rc, err := uc.SyscallConn(); err == nil {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, size)
+		}); err == nil && serr == nil {
+			return
+		}
+	}
+	_ = uc.SetWriteBuffer(size)
 }
 
 func (w *nbdWriter) handshake() error {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -119,7 +121,8 @@ func (t *Transferer) newQcow2Writer(ctx context.Context, path string, size int64
 	}
 	sock := filepath.Join(dir, "nbd.sock") // short: socket paths end at 107 bytes
 	// No --persistent: qemu-nbd exits once we disconnect, after closing the image cleanly.
-	srv, err := startChild(ctx, t.log, "qemu-nbd", []string{t.cfg.QemuNBD, "-f", "qcow2", "--cache=writeback", "--socket=" + sock, path}, nil)
+	srv, err := startChild(ctx, t.log, "qemu-nbd", []string{t.cfg.QemuNBD, "-f", "qcow2", "--cache=writeback", "--socket=" + sock, path}, nil,
+		withMallocReuse)
 	if err != nil {
 		removeAll(dir)
 		return nil, err
@@ -132,6 +135,23 @@ func (t *Transferer) newQcow2Writer(ctx context.Context, path string, size int64
 	}
 	log.Debug("qemu-nbd ready", "export_size", nbd.size)
 	return &qcow2Writer{srv: srv, nbd: nbd, dir: dir}, nil
+}
+
+// withMallocReuse makes glibc serve qemu-nbd's request buffers from its heap and keep them.
+// qemu-nbd allocates a buffer per write request; by default glibc maps every buffer of
+// more than its (adaptive) threshold afresh and unmaps it on free, so each byte written
+// costs a page fault, which on a paravirtualised host is most of qemu-nbd's time
+// (measured: 3.4 → 2.0 CPU s per 512 MiB written, wall time halved). The memory kept is
+// bounded by the requests in flight (nbdMaxInFlight × the copier's piece size).
+func withMallocReuse(cmd *exec.Cmd) {
+	const tunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
+	for i, kv := range cmd.Env {
+		if v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES="); ok {
+			cmd.Env[i] = "GLIBC_TUNABLES=" + v + ":" + tunables
+			return
+		}
+	}
+	cmd.Env = append(cmd.Env, "GLIBC_TUNABLES="+tunables)
 }
 
 func (q *qcow2Writer) WriteAt(p []byte, off int64) error { return q.nbd.WriteAt(p, off) }
