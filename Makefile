@@ -59,7 +59,8 @@ demo: setup build guest-image ## Migrate a simulated vSphere VM (a bootable Debi
 .PHONY: bench
 bench: setup build guest-image ## Run the benchmarks (cluster throughput, queries, failover, transfers, guest build/conversion/boot)
 	$(probe_virt)
-	HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... | tee bench.out
+	set -o pipefail; (HYPERSDK_GUEST_IMAGE=$$(scripts/guest-image.sh 2>/dev/null) HYPERSDK_BIN=$(CURDIR)/bin HYPERSDK_BENCH=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/... && \
+		HYPERSDK_BENCH_SIZE_MB=1024 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./agent/transfer/) | tee bench.out
 
 .PHONY: chaos
 chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, restarts, 20k-job load (~10 min, root)

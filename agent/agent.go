@@ -234,7 +234,9 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
 		ShutdownGrace: cfg.ShutdownGrace, Logger: log,
 		Probe: func() (proto.AgentCapacity, proto.AgentCapabilities) {
-			c, caps, _ := prober.Probe(context.Background())
+			// Without the transfer rate: a controller older than that field refuses
+			// lease requests that carry it, and placement does not use it.
+			c, caps, _ := a.Prober.Probe(context.Background())
 			return c, caps
 		},
 		OnChange:   a.Member.SetRunningJobs,

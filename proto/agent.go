@@ -35,8 +35,9 @@ type AgentCapacity struct {
 	StorageTotalBytes uint64 `json:"storage_total_bytes"`
 	// TransferRateBytesPerSecond is what the agent's disk copies read from their sources
 	// now (averaged over the last seconds); TransferCapBytesPerSecond is its cap
-	// (transfer.max_mbps), 0 for none.
-	TransferRateBytesPerSecond uint64 `json:"transfer_rate_bytes_per_second"`
+	// (transfer.max_mbps), 0 for none. Both are left out when zero, so an agent that is not
+	// copying speaks to controllers older than these fields exactly as before.
+	TransferRateBytesPerSecond uint64 `json:"transfer_rate_bytes_per_second,omitempty"`
 	TransferCapBytesPerSecond  uint64 `json:"transfer_cap_bytes_per_second,omitempty"`
 }
 

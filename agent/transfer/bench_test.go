@@ -18,9 +18,10 @@ import (
 // compare like with like on a noisy machine. The disk is 256 MiB (HYPERSDK_BENCH_SIZE_MB
 // overrides), half random, half hole, served over TLS by a server in this process (so it
 // shares the CPU with the code under test, as a simulator does). The whole pipeline, with a
-// separate agent process, is measured by test/bench (make bench). Run:
+// separate agent process, is measured by test/bench (make bench runs both). Every step runs
+// three times per benchmark iteration and the medians are reported. Run:
 //
-//	go test ./agent/transfer -run '^$' -bench . -benchtime 3x
+//	go test ./agent/transfer -run '^$' -bench . -benchtime 1x
 var benchSize = func() int64 {
 	if mb, err := strconv.Atoi(os.Getenv("HYPERSDK_BENCH_SIZE_MB")); err == nil && mb > 0 {
 		return int64(mb) << 20
@@ -88,22 +89,9 @@ func BenchmarkHTTPSRatio(b *testing.B) {
 	}
 	b.SetBytes(benchSize)
 	for b.Loop() {
-		r.time("curl", func() error { return exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", "/dev/null", extent).Run() })
-		r.time("nbdkit-qemu-img", func() error {
-			defer os.Remove(out)
-			return exec.Command("nbdkit", "-r", "-U", "-", "curl", "url="+extent, "sslverify=false", "cookie="+testCookie,
-				"--run", "qemu-img convert -W -m 8 -f raw -O qcow2 $nbd "+out).Run()
-		})
-		r.time("download+convert", func() error {
-			defer os.Remove(out + ".raw")
-			defer os.Remove(out)
-			if err := exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", out+".raw", extent).Run(); err != nil {
-				return err
-			}
-			return exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", out+".raw", out).Run()
-		})
-		r.time("https-qcow2", copyTo(FormatQcow2, Trust{Thumbprint: hex.EncodeToString(thumb[:])}))
-		r.time("https-raw", copyTo(FormatRaw, Trust{Insecure: true}))
+		for range 3 {
+			httpsRound(r, hdr, extent, out, copyTo, thumb[:])
+		}
 	}
 	r.report("rounds", "curl", "nbdkit-qemu-img", "download+convert", "https-qcow2", "https-raw")
 	q := r.median("https-qcow2")
@@ -111,6 +99,25 @@ func BenchmarkHTTPSRatio(b *testing.B) {
 	b.ReportMetric(r.median("https-raw")/r.median("curl"), "raw/curl")
 	b.ReportMetric(q/r.median("download+convert"), "qcow2/download+convert")
 	b.ReportMetric(q/r.median("nbdkit-qemu-img"), "qcow2/nbdkit")
+}
+
+func httpsRound(r *rounds, hdr, extent, out string, copyTo func(string, Trust) func() error, thumb []byte) {
+	r.time("curl", func() error { return exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", "/dev/null", extent).Run() })
+	r.time("nbdkit-qemu-img", func() error {
+		defer os.Remove(out)
+		return exec.Command("nbdkit", "-r", "-U", "-", "curl", "url="+extent, "sslverify=false", "cookie="+testCookie,
+			"--run", "qemu-img convert -W -m 8 -f raw -O qcow2 $nbd "+out).Run()
+	})
+	r.time("download+convert", func() error {
+		defer os.Remove(out + ".raw")
+		defer os.Remove(out)
+		if err := exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", out+".raw", extent).Run(); err != nil {
+			return err
+		}
+		return exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", out+".raw", out).Run()
+	})
+	r.time("https-qcow2", copyTo(FormatQcow2, Trust{Thumbprint: hex.EncodeToString(thumb)}))
+	r.time("https-raw", copyTo(FormatRaw, Trust{Insecure: true}))
 }
 
 // BenchmarkNFCRatio: curl of the stream-optimized VMDK to /dev/null (the floor: the stream
@@ -127,14 +134,16 @@ func BenchmarkNFCRatio(b *testing.B) {
 	r := &rounds{b: b, times: map[string][]time.Duration{}}
 	b.SetBytes(benchSize)
 	for b.Loop() {
-		r.time("curl", func() error { return exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", "/dev/null", u).Run() })
-		for _, format := range []string{FormatQcow2, FormatRaw} {
-			r.time("nfc-"+format, func() error {
-				defer os.Remove(out)
-				_, err := tr.NFC(context.Background(), NFCSource{URL: u, Header: cookieHeader(), Trust: Trust{Insecure: true}},
-					Output{Path: out, Format: format})
-				return err
-			})
+		for range 3 {
+			r.time("curl", func() error { return exec.Command("curl", "-sfk", "-H", "@"+hdr, "-o", "/dev/null", u).Run() })
+			for _, format := range []string{FormatQcow2, FormatRaw} {
+				r.time("nfc-"+format, func() error {
+					defer os.Remove(out)
+					_, err := tr.NFC(context.Background(), NFCSource{URL: u, Header: cookieHeader(), Trust: Trust{Insecure: true}},
+						Output{Path: out, Format: format})
+					return err
+				})
+			}
 		}
 	}
 	r.report("rounds", "curl", "nfc-qcow2", "nfc-raw")

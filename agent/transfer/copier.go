@@ -15,10 +15,11 @@ import (
 //
 // A source implements DiskSource: its capacity, optionally the allocated extents, and
 // ReadAt of a range. Transferer.Copy then
-//   - splits the allocated extents (the whole disk when the source cannot tell) into
-//     pieces of at most Config.ReadSize bytes, aligned to that size;
-//   - reads them with Config.Connections workers at once (each piece is one ReadAt; an
-//     HTTP source maps it to one range request on a keep-alive connection);
+//   - splits the allocated extents (the whole disk when the source cannot tell) into spans
+//     of 32 MiB and those into pieces of at most Config.ReadSize bytes, aligned to that size;
+//   - reads them with Config.Connections workers at once, each worker a span at a time,
+//     its pieces in order (each piece is one ReadAt; the HTTP source answers a span's
+//     pieces from one range request on a keep-alive connection);
 //   - retries a failed piece on its own (Config.Retries times, back-off from
 //     Config.RetryDelay doubling; each attempt bounded by Config.RequestTimeout), so one
 //     broken stream costs one piece, not the disk; an error marked Permanent fails at once;
@@ -111,6 +112,8 @@ func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Res
 	tracker.Update(done.Load())
 
 	var st copyStats
+	t.buffers.begin()
+	defer t.buffers.end()
 	err = t.copyPieces(ctx, log, src, w, ext, piece, workers, lims, &st, func(n int64) { tracker.Update(done.Add(n)) })
 	if err == nil {
 		err = w.Finish()
@@ -142,43 +145,75 @@ func pieceSize(readSize, capChunk int) int {
 	return p
 }
 
+// copySpan is the stretch of a disk one worker copies in order, piece after piece: a
+// source that streams (an HTTP range of the whole span, see httpsDisk) keeps its connection
+// busy while the worker writes the previous piece, and answers a quarter of the requests.
+const copySpan = 32 << 20
+
+// spanned is a source that wants to know the spans (their boundaries are multiples of
+// the size given) before the copy starts.
+type spanned interface{ setSpan(size int64) }
+
 // copyPieces runs the workers over ext until everything is written or the first error.
+// Each worker takes a span (a power of two multiple of the piece, up to copySpan, small
+// enough for every worker to get one) and copies its pieces in order.
 func (t *Transferer) copyPieces(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, ext []DiskRange, piece, workers int,
 	lims limits, st *copyStats, progress func(int64)) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	pieces := make(chan DiskRange, workers)
+	// Spans small enough that every worker gets some of a small disk.
+	var total int64
+	for _, e := range ext {
+		total += e.Length
+	}
+	span := int64(piece)
+	for span*2 <= copySpan && span*2*int64(workers) <= total {
+		span *= 2
+	}
+	if len(lims) > 0 {
+		// Under a cap, spans of one piece (one request each): what the link carries then
+		// follows the bucket, never more than a piece per connection ahead of it (a span's
+		// request lets the server fill the socket buffers past the cap), and every worker
+		// of the disk waits at the bucket, so none of its tokens go unused while one
+		// worker is busy writing.
+		span = int64(piece)
+	}
+	if s, ok := src.(spanned); ok {
+		s.setSpan(span)
+	}
+	spans := make(chan DiskRange, workers)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for p := range pieces {
-				if ctx.Err() != nil {
-					continue // drain
+			p := int64(piece)
+			for sp := range spans {
+				for off := sp.Offset; off < sp.Offset+sp.Length && ctx.Err() == nil; {
+					end := min(sp.Offset+sp.Length, (off/p+1)*p)
+					if err := t.copyPiece(ctx, log, src, w, DiskRange{off, end - off}, lims, st); err != nil {
+						cancel(err)
+						break
+					}
+					progress(end - off)
+					off = end
 				}
-				if err := t.copyPiece(ctx, log, src, w, p, lims, st); err != nil {
-					cancel(err)
-					continue
-				}
-				progress(p.Length)
 			}
 		}()
 	}
-	p := int64(piece)
 feed:
 	for _, e := range ext {
 		for off := e.Offset; off < e.Offset+e.Length; {
-			end := min(e.Offset+e.Length, (off/p+1)*p)
+			end := min(e.Offset+e.Length, (off/span+1)*span)
 			select {
-			case pieces <- DiskRange{off, end - off}:
+			case spans <- DiskRange{off, end - off}:
 			case <-ctx.Done():
 				break feed
 			}
 			off = end
 		}
 	}
-	close(pieces)
+	close(spans)
 	wg.Wait()
 	if cause := context.Cause(ctx); cause != nil {
 		return cause

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -80,6 +81,7 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 		return nil, fmt.Errorf("%w: %s: extents add up to %d bytes, the descriptor says %d", ErrBadDescriptor,
 			redactURL(src.DescriptorURL), disk.Capacity(), desc.Capacity())
 	}
+	defer disk.close()
 	res, err := t.Copy(ctx, disk, out)
 	if err != nil {
 		return nil, err
@@ -89,7 +91,10 @@ func (t *Transferer) HTTPS(ctx context.Context, src HTTPSSource, out Output) (*R
 }
 
 // httpsDisk reads a flat disk, the concatenation of its extents, with HTTP range requests.
-// The client's transport keeps one connection per copier worker alive between pieces.
+// A request covers the rest of the copier's span (or of the extent), and the pieces of the
+// span are read from its body one after the other: while the copier writes one piece, the
+// next is already on its way, and the server sees one request per span, not per piece. The
+// client's transport keeps one connection per worker alive between requests.
 type httpsDisk struct {
 	client  *http.Client
 	header  http.Header
@@ -97,10 +102,28 @@ type httpsDisk struct {
 	starts  []int64 // disk offset of each extent
 	size    int64
 	name    string
+
+	mu   sync.Mutex
+	span int64                // the copier's span (0: one piece per request)
+	open map[int64]*openRange // bodies of requests not read to the end, by the disk offset they continue at
+}
+
+// openRange is a range request whose body has been read up to a piece boundary.
+type openRange struct {
+	body   io.ReadCloser
+	cancel context.CancelFunc
+	left   int64 // bytes of the body not yet read
+	url    string
+	at     int64 // file offset of the next byte of the body
+}
+
+func (r *openRange) close() {
+	r.cancel()
+	r.body.Close()
 }
 
 func newHTTPSDisk(client *http.Client, header http.Header, extents []sourceExtent, name string) *httpsDisk {
-	d := &httpsDisk{client: client, header: header, extents: extents, name: name}
+	d := &httpsDisk{client: client, header: header, extents: extents, name: name, open: map[int64]*openRange{}}
 	for _, e := range extents {
 		d.starts = append(d.starts, d.size)
 		d.size += e.length
@@ -111,8 +134,24 @@ func newHTTPSDisk(client *http.Client, header http.Header, extents []sourceExten
 func (d *httpsDisk) Capacity() int64 { return d.size }
 func (d *httpsDisk) Name() string    { return d.name }
 
+func (d *httpsDisk) setSpan(size int64) {
+	d.mu.Lock()
+	d.span = size
+	d.mu.Unlock()
+}
+
 // Extents: a datastore's /folder URL says nothing about allocation.
 func (d *httpsDisk) Extents(context.Context) ([]DiskRange, bool, error) { return nil, false, nil }
+
+// close ends the requests still open (a copy that failed or was cancelled midway).
+func (d *httpsDisk) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, r := range d.open {
+		r.close()
+		delete(d.open, k)
+	}
+}
 
 func (d *httpsDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
@@ -121,10 +160,9 @@ func (d *httpsDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
 		if i < 0 || off >= d.size {
 			return Permanent(fmt.Errorf("read at %d beyond the disk's %d bytes", off, d.size))
 		}
-		e := d.extents[i]
 		rel := off - d.starts[i]
-		n := min(int64(len(p)), e.length-rel)
-		if err := d.readRange(ctx, e.url, e.offset+rel, p[:n]); err != nil {
+		n := min(int64(len(p)), d.extents[i].length-rel)
+		if err := d.read(ctx, i, off, p[:n]); err != nil {
 			return err
 		}
 		p, off = p[n:], off+n
@@ -132,48 +170,95 @@ func (d *httpsDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// readRange reads exactly len(p) bytes of the file at u from byte from. A response that is
-// not exactly the range asked for is never taken for data.
-func (d *httpsDisk) readRange(ctx context.Context, u string, from int64, p []byte) error {
-	to := from + int64(len(p)) - 1
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+// read fills p (within extent i) at disk offset off: from the open request that has got
+// exactly there, else from a new request up to the end of the span (or the extent).
+func (d *httpsDisk) read(ctx context.Context, i int, off int64, p []byte) error {
+	e := d.extents[i]
+	d.mu.Lock()
+	r := d.open[off]
+	delete(d.open, off)
+	span := d.span
+	d.mu.Unlock()
+	if r == nil {
+		end := d.starts[i] + e.length // disk offset where the extent ends
+		if span > 0 {
+			end = min(end, (off/span+1)*span)
+		}
+		end = max(end, off+int64(len(p)))
+		var err error
+		if r, err = d.request(ctx, e.url, e.offset+off-d.starts[i], end-off); err != nil {
+			return err
+		}
+	}
+	// The body belongs to the request's own context (it outlives this call); this call's
+	// deadline or cancel ends it too.
+	stop := context.AfterFunc(ctx, r.cancel)
+	_, err := io.ReadFull(r.body, p)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
-		return Permanent(err)
+		r.close()
+		return fmt.Errorf("GET %s bytes %d-%d: body: %w", redactURL(r.url), r.at, r.at+int64(len(p))-1, err)
+	}
+	r.left -= int64(len(p))
+	r.at += int64(len(p))
+	if r.left > 0 {
+		d.mu.Lock()
+		d.open[off+int64(len(p))] = r
+		d.mu.Unlock()
+		return nil
+	}
+	// Reading to the end of the body is what lets the transport reuse the connection.
+	defer r.close()
+	var extra [1]byte
+	if n, err := r.body.Read(extra[:]); n > 0 {
+		return Permanent(fmt.Errorf("%w: %s: more bytes than the range asked for", ErrSource, redactURL(r.url)))
+	} else if err != nil && err != io.EOF {
+		return fmt.Errorf("GET %s: end of body: %w", redactURL(r.url), err)
+	}
+	return nil
+}
+
+// request asks for n bytes of the file at u from byte from. A response that is not exactly
+// the range asked for is never taken for data.
+func (d *httpsDisk) request(ctx context.Context, u string, from, n int64) (*openRange, error) {
+	to := from + n - 1
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel) // until the headers are in, ctx governs
+	defer stop()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
+	if err != nil {
+		cancel()
+		return nil, Permanent(err)
 	}
 	addHeader(req, d.header)
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to))
 	resp, err := d.client.Do(req)
 	if err != nil {
+		cancel()
 		if isCertError(err) {
-			return Permanent(tlsHint(err))
+			return nil, Permanent(tlsHint(err))
 		}
-		return fmt.Errorf("bytes %d-%d: %w", from, to, err) // err names the method and URL
+		return nil, fmt.Errorf("bytes %d-%d: %w", from, to, err) // err names the method and URL
 	}
-	defer resp.Body.Close()
+	r := &openRange{body: resp.Body, cancel: cancel, left: n, url: u, at: from}
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout:
-		return statusError(resp, u)
+		r.close()
+		return nil, statusError(resp, u)
 	default:
 		// 200 (the range was ignored), 401/403 (session gone), 404, 416: another attempt
 		// gets the same answer.
-		return Permanent(statusError(resp, u, http.StatusPartialContent))
+		r.close()
+		return nil, Permanent(statusError(resp, u, http.StatusPartialContent))
 	}
 	if got := resp.Header.Get("Content-Range"); !strings.HasPrefix(got, fmt.Sprintf("bytes %d-%d/", from, to)) {
-		return Permanent(fmt.Errorf("%w: %s: asked for bytes %d-%d, the server answered Content-Range %q", ErrSource, redactURL(u), from, to, got))
+		r.close()
+		return nil, Permanent(fmt.Errorf("%w: %s: asked for bytes %d-%d, the server answered Content-Range %q", ErrSource, redactURL(u), from, to, got))
 	}
-	if _, err := io.ReadFull(resp.Body, p); err != nil {
-		return fmt.Errorf("GET %s bytes %d-%d: body: %w", redactURL(u), from, to, err)
-	}
-	// Reading to the end of the body is what lets the transport reuse the connection.
-	var extra [1]byte
-	if n, err := resp.Body.Read(extra[:]); n > 0 || (err != nil && err != io.EOF) {
-		if n > 0 {
-			return Permanent(fmt.Errorf("%w: %s: more than the %d bytes asked for", ErrSource, redactURL(u), len(p)))
-		}
-		return fmt.Errorf("GET %s bytes %d-%d: end of body: %w", redactURL(u), from, to, err)
-	}
-	return nil
+	return r, nil
 }
 
 func fetchDescriptor(ctx context.Context, client *http.Client, src HTTPSSource) (*Descriptor, error) {

@@ -182,29 +182,58 @@ func (m *rateMeter) rate() float64 {
 // bufferPool hands out the copy buffers of every transfer of a Transferer. Its bound is
 // what keeps the agent's memory flat however many disks and jobs run at once: a worker
 // that finds no free buffer waits, which also caps the reads in flight agent-wide (on a
-// host with a few cores more would only queue for the CPU).
+// host with a few cores more would only queue for the CPU). Buffers are kept for reuse
+// while any transfer runs (allocating 8 MiB per piece would have the garbage collector
+// let the heap grow to twice the buffers in use) and dropped when the last one ends.
 type bufferPool struct {
 	size int
 	sem  chan struct{}
-	pool sync.Pool
+
+	mu     sync.Mutex
+	free   []*[]byte
+	active int // transfers between begin and end
 }
 
 func newBufferPool(size, count int) *bufferPool {
-	b := &bufferPool{size: size, sem: make(chan struct{}, count)}
-	b.pool.New = func() any { s := make([]byte, size); return &s }
-	return b
+	return &bufferPool{size: size, sem: make(chan struct{}, count)}
+}
+
+func (b *bufferPool) begin() {
+	b.mu.Lock()
+	b.active++
+	b.mu.Unlock()
+}
+
+func (b *bufferPool) end() {
+	b.mu.Lock()
+	if b.active--; b.active == 0 {
+		b.free = nil
+	}
+	b.mu.Unlock()
 }
 
 func (b *bufferPool) get(ctx context.Context) (*[]byte, error) {
 	select {
 	case b.sem <- struct{}{}:
-		return b.pool.Get().(*[]byte), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n := len(b.free); n > 0 {
+		p := b.free[n-1]
+		b.free = b.free[:n-1]
+		return p, nil
+	}
+	p := make([]byte, b.size)
+	return &p, nil
 }
 
 func (b *bufferPool) put(p *[]byte) {
-	b.pool.Put(p)
+	b.mu.Lock()
+	if b.active > 0 {
+		b.free = append(b.free, p)
+	}
+	b.mu.Unlock()
 	<-b.sem
 }

@@ -39,6 +39,10 @@ const (
 	nbdMaxOptReplyLen = 64 << 10
 )
 
+// nbdMaxWrite bounds one request: the server holds a buffer per request in flight, so this
+// bounds its memory (nbdMaxInFlight × 2 MiB), whatever size the caller writes.
+const nbdMaxWrite = 2 << 20
+
 // nbdErrnos maps NBD protocol error values to errno (the protocol uses Linux values for
 // the ones it defines).
 var nbdErrnos = map[uint32]syscall.Errno{
@@ -306,13 +310,20 @@ func (w *nbdWriter) waitIdle() error {
 	return w.firstErr()
 }
 
-// WriteAt queues a write of p at off; p may be reused when it returns. Errors of earlier
-// writes are returned by later calls and by Flush.
+// WriteAt queues a write of p at off, as requests of at most nbdMaxWrite bytes; p may be
+// reused when it returns. Errors of earlier writes are returned by later calls and by Flush.
 func (w *nbdWriter) WriteAt(p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > w.size {
 		return fmt.Errorf("nbd write of %d bytes at %d beyond export size %d", len(p), off, w.size)
 	}
-	return w.send(nbdCmdWrite, off, p)
+	for len(p) > 0 {
+		n := min(len(p), nbdMaxWrite)
+		if err := w.send(nbdCmdWrite, off, p[:n]); err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
 }
 
 // Flush waits for every write, then asks the server to persist them (NBD_CMD_FLUSH covers

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // imageWriter is where a transfer's bytes go: a new, empty image that reads as zeros, so
@@ -59,8 +60,12 @@ func (t *Transferer) writeFailed(ctx context.Context, path string, capacity int6
 	return err
 }
 
-// rawWriter writes a sparse raw file with pwrite.
-type rawWriter struct{ f *os.File }
+// rawWriter writes a sparse raw file with pwrite: aligned blocks with direct I/O where the
+// filesystem allows it, the rest (a disk's last partial block) through the page cache.
+type rawWriter struct {
+	f      *os.File // buffered
+	direct *os.File // O_DIRECT, or nil
+}
 
 func newRawWriter(path string, size int64) (*rawWriter, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
@@ -72,11 +77,37 @@ func newRawWriter(path string, size int64) (*rawWriter, error) {
 		f.Close()
 		return nil, fmt.Errorf("sizing %s: %w", path, err)
 	}
-	return &rawWriter{f: f}, nil
+	return &rawWriter{f: f, direct: openDirect(path)}, nil
+}
+
+// directAlign is what direct I/O asks of offsets, lengths and buffer addresses: the
+// largest logical block size in use, so it holds on any device.
+const directAlign = 4 << 10
+
+// openDirect opens path for direct I/O, or returns nil where the filesystem does not
+// support it (tmpfs, some network filesystems). Direct I/O skips the copy into the page
+// cache: on a host where that copy is the largest cost of writing an image (measured here:
+// 0.6–1.5 CPU s per 512 MiB buffered, 0.2 direct, and a shorter final fsync), the writes
+// cost almost nothing.
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+func aligned(p []byte, off int64) bool {
+	return off%directAlign == 0 && len(p)%directAlign == 0 && len(p) > 0 &&
+		uintptr(unsafe.Pointer(&p[0]))%directAlign == 0
 }
 
 func (r *rawWriter) WriteAt(p []byte, off int64) error {
-	_, err := r.f.WriteAt(p, off)
+	f := r.f
+	if r.direct != nil && aligned(p, off) {
+		f = r.direct
+	}
+	_, err := f.WriteAt(p, off)
 	return err
 }
 
@@ -85,15 +116,19 @@ func (r *rawWriter) WriteAt(p []byte, off int64) error {
 func (r *rawWriter) granularity() int { return 4 << 10 }
 
 func (r *rawWriter) Finish() error {
-	// The image must be on stable storage before a domain is defined on it.
-	if err := r.f.Sync(); err != nil {
-		r.f.Close()
-		return err
-	}
-	return r.f.Close()
+	// The image must be on stable storage before a domain is defined on it. Direct writes
+	// are on the device already; fsync flushes its cache, and the buffered rest.
+	err := r.f.Sync()
+	r.Abort()
+	return err
 }
 
-func (r *rawWriter) Abort() { r.f.Close() }
+func (r *rawWriter) Abort() {
+	r.f.Close()
+	if r.direct != nil {
+		r.direct.Close()
+	}
+}
 
 // qcow2Writer writes through qemu-nbd into a fresh qcow2 image.
 type qcow2Writer struct {
@@ -120,31 +155,49 @@ func (t *Transferer) newQcow2Writer(ctx context.Context, path string, size int64
 		return nil, err
 	}
 	sock := filepath.Join(dir, "nbd.sock") // short: socket paths end at 107 bytes
-	// No --persistent: qemu-nbd exits once we disconnect, after closing the image cleanly.
-	srv, err := startChild(ctx, t.log, "qemu-nbd", []string{t.cfg.QemuNBD, "-f", "qcow2", "--cache=writeback", "--socket=" + sock, path}, nil,
-		withMallocReuse)
-	if err != nil {
-		removeAll(dir)
-		return nil, err
+	// Direct I/O with Linux AIO where the filesystem has it (see openDirect: for qemu-nbd it
+	// also means one copy less and a quarter of the CPU), else the page cache.
+	modes := [][]string{{"--cache=writeback"}}
+	if d := openDirect(path); d != nil {
+		d.Close()
+		modes = [][]string{{"--cache=none", "--aio=native"}, {"--cache=writeback"}}
 	}
-	nbd, err := dialNBD(ctx, srv, sock, t.cfg.ReadyTimeout)
-	if err != nil {
+	var lastErr error
+	for _, mode := range modes {
+		// No --persistent: qemu-nbd exits once we disconnect, after closing the image cleanly.
+		argv := append(append([]string{t.cfg.QemuNBD, "-f", "qcow2"}, mode...), "--socket="+sock, path)
+		srv, err := startChild(ctx, t.log, "qemu-nbd", argv, nil, withMallocReuse)
+		if err != nil {
+			removeAll(dir)
+			return nil, err
+		}
+		nbd, err := dialNBD(ctx, srv, sock, t.cfg.ReadyTimeout)
+		if err == nil {
+			log.Debug("qemu-nbd ready", "export_size", nbd.size, "mode", strings.Join(mode, " "))
+			return &qcow2Writer{srv: srv, nbd: nbd, dir: dir}, nil
+		}
 		srv.stop()
-		removeAll(dir)
-		return nil, fmt.Errorf("%w: qemu-nbd: %v", ErrTool, err)
+		_ = os.Remove(sock)
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+		// Linux AIO can be unavailable (aio-max-nr reached, a sandbox): fall back.
+		log.Debug("qemu-nbd did not start", "mode", strings.Join(mode, " "), "err", err)
 	}
-	log.Debug("qemu-nbd ready", "export_size", nbd.size)
-	return &qcow2Writer{srv: srv, nbd: nbd, dir: dir}, nil
+	removeAll(dir)
+	return nil, fmt.Errorf("%w: qemu-nbd: %v", ErrTool, lastErr)
 }
 
 // withMallocReuse makes glibc serve qemu-nbd's request buffers from its heap and keep them.
 // qemu-nbd allocates a buffer per write request; by default glibc maps every buffer of
 // more than its (adaptive) threshold afresh and unmaps it on free, so each byte written
 // costs a page fault, which on a paravirtualised host is most of qemu-nbd's time
-// (measured: 3.4 → 2.0 CPU s per 512 MiB written, wall time halved). The memory kept is
-// bounded by the requests in flight (nbdMaxInFlight × the copier's piece size).
+// (measured: 3.4 → 2.0 CPU s per 512 MiB written, wall time halved). What it keeps is
+// bounded by the requests in flight (nbdMaxInFlight × nbdMaxWrite = 32 MiB) and by the
+// trim threshold beyond which freed heap goes back to the system.
 func withMallocReuse(cmd *exec.Cmd) {
-	const tunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
+	const tunables = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864"
 	for i, kv := range cmd.Env {
 		if v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES="); ok {
 			cmd.Env[i] = "GLIBC_TUNABLES=" + v + ":" + tunables
