@@ -111,6 +111,28 @@ func TestCopyByteIdentical(t *testing.T) {
 	}
 }
 
+// TestCopySpans: each worker reads a span of the disk from one range request, piece after
+// piece, instead of one request per piece.
+func TestCopySpans(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd")
+	t.Parallel()
+	const size, piece = 64 << 20, 1 << 20
+	srv, flat := setupFlat(t, size)
+	tmp := t.TempDir()
+	out := filepath.Join(tmp, "out.qcow2")
+	tr := New(Config{Logger: testLogger(t), TempDir: tmp, ReadSize: piece, Connections: 2})
+	if _, err := tr.HTTPS(withTimeout(t, time.Minute), HTTPSSource{DescriptorURL: srv.url("disk1.vmdk"), Header: cookieHeader(), Trust: Trust{Insecure: true}},
+		Output{Path: out}); err != nil {
+		t.Fatal(err)
+	}
+	imagesIdentical(t, flat, out, FormatQcow2)
+	// 64 pieces in 4 spans of 16 MiB (2 workers × 2): the descriptor GET, the HEAD of the
+	// extent and 4 range requests.
+	if n := srv.requests.Load(); n > 6 {
+		t.Errorf("%d requests for %d pieces: spans are not streamed", n, size/piece)
+	}
+}
+
 // TestCopyThroughFaultProxy breaks the source connection in the middle of a piece (reset,
 // truncation, stall past the per-request timeout, a short stall) through the harness's TCP
 // fault proxy: the broken piece alone is read again and the image is byte-identical. A
