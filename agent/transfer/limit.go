@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"math"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -184,7 +185,8 @@ func (m *rateMeter) rate() float64 {
 // that finds no free buffer waits, which also caps the reads in flight agent-wide (on a
 // host with a few cores more would only queue for the CPU). Buffers are kept for reuse
 // while any transfer runs (allocating 8 MiB per piece would have the garbage collector
-// let the heap grow to twice the buffers in use) and dropped when the last one ends.
+// let the heap grow to twice the buffers in use) and dropped when the last one ends. The
+// nfc method registers too (begin/end) so its memory is returned the same way.
 type bufferPool struct {
 	size int
 	sem  chan struct{}
@@ -206,10 +208,14 @@ func (b *bufferPool) begin() {
 
 func (b *bufferPool) end() {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.active--; b.active == 0 {
 		b.free = nil
+		// The agent idles until its next job: hand the buffers back to the system now
+		// rather than when the garbage collector gets round to it, which would be after
+		// the next job allocated its own (twice the memory at the peak).
+		go debug.FreeOSMemory()
 	}
-	b.mu.Unlock()
 }
 
 func (b *bufferPool) get(ctx context.Context) (*[]byte, error) {

@@ -88,6 +88,8 @@ func (t *Transferer) NFC(ctx context.Context, src NFCSource, out Output) (*Resul
 
 	tracker := newProgressTracker(out.Progress, capacity, t.cfg.ProgressInterval, out.Label)
 	tracker.Update(0)
+	t.buffers.begin()
+	defer t.buffers.end()
 	derr := t.decodeInto(ctx, sr, w, tracker)
 	if derr == nil {
 		derr = w.Finish()
@@ -196,8 +198,8 @@ func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, 
 
 	var cur grainRun
 	send := func() {
-		if cur.z == nil {
-			return
+		if cur.z == nil || cur.off < 0 {
+			return // nothing read into it yet
 		}
 		select {
 		case runs <- cur:
@@ -208,7 +210,18 @@ func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, 
 	}
 	var rerr error
 	for ctx.Err() == nil {
-		off, z, err := sr.NextCompressed()
+		if cur.z != nil && cur.size+sr.GrainLen(0) > batchBytes {
+			send() // full
+		}
+		if cur.z == nil {
+			cur = grainRun{off: -1, z: zpool.Get().(*[]byte)}
+			*cur.z = (*cur.z)[:0]
+		}
+		// The grain is read straight into the run's buffer; if it does not continue the
+		// run (after a hole), it moves to a new run.
+		had := len(*cur.z)
+		off, z, err := sr.appendNextCompressed(*cur.z)
+		*cur.z = z
 		if err == io.EOF {
 			break
 		}
@@ -217,23 +230,25 @@ func (t *Transferer) decodeInto(ctx context.Context, sr *StreamOptimizedReader, 
 			break
 		}
 		glen := sr.GrainLen(off)
-		if cur.z != nil && (off != cur.off+int64(cur.size) || cur.size+glen > batchBytes) {
+		if cur.off >= 0 && (off != cur.off+int64(cur.size) || cur.size+glen > batchBytes) {
+			grain := append([]byte(nil), z[had:]...)
+			*cur.z = z[:had]
 			send()
-		}
-		if cur.z == nil {
 			cur = grainRun{off: off, z: zpool.Get().(*[]byte)}
-			*cur.z = (*cur.z)[:0]
+			*cur.z = append((*cur.z)[:0], grain...)
+		} else if cur.off < 0 {
+			cur.off = off
 		}
-		*cur.z = append(*cur.z, z...)
-		cur.zlens = append(cur.zlens, len(z))
+		cur.zlens = append(cur.zlens, len(z)-had)
 		cur.size += glen
 		// The stream position is the honest measure: holes count as done once passed.
 		tracker.Update(off + int64(glen))
 	}
 	if rerr == nil {
 		send()
-	} else if cur.z != nil {
-		zpool.Put(cur.z)
+	}
+	if cur.z != nil {
+		zpool.Put(cur.z) // not sent: empty, or the stream failed
 	}
 	close(runs)
 	wg.Wait()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // The stream-optimized VMDK (what ESXi's HttpNfcLease serves for ExportVm) is laid out so it
@@ -173,8 +174,18 @@ func (s *StreamOptimizedReader) SawEndOfStream() bool { return s.sawEOS }
 // disk, and the zlib data (reused by the next call). It lets a caller inflate grains on
 // several cores while one goroutine reads the stream. io.EOF ends the stream.
 func (s *StreamOptimizedReader) NextCompressed() (offset int64, zdata []byte, err error) {
+	offset, s.comp, err = s.appendNextCompressed(s.comp[:0])
+	if err != nil {
+		return 0, nil, err
+	}
+	return offset, s.comp, nil
+}
+
+// appendNextCompressed is NextCompressed appending the zlib data to dst (the caller's
+// buffer of a run of grains), so the grain is copied once, from the stream into place.
+func (s *StreamOptimizedReader) appendNextCompressed(dst []byte) (offset int64, out []byte, err error) {
 	if s.done {
-		return 0, nil, io.EOF
+		return 0, dst, io.EOF
 	}
 	for {
 		// Markers start on sector boundaries; s.pos is always aligned here.
@@ -184,53 +195,51 @@ func (s *StreamOptimizedReader) NextCompressed() (offset int64, zdata []byte, er
 			if err == io.EOF {
 				// Clean end on a marker boundary: qemu-img's streams end like this.
 				s.done = true
-				return 0, nil, io.EOF
+				return 0, dst, io.EOF
 			}
-			return 0, nil, fmt.Errorf("%w: truncated marker at stream byte %d: %v", ErrBadStream, s.pos-int64(n), unexpected(err))
+			return 0, dst, fmt.Errorf("%w: truncated marker at stream byte %d: %v", ErrBadStream, s.pos-int64(n), unexpected(err))
 		}
 		val := int64(binary.LittleEndian.Uint64(s.marker[0:]))
 		size := binary.LittleEndian.Uint32(s.marker[8:])
 		if size == 0 {
 			if err := s.readFull(s.marker[12:]); err != nil {
-				return 0, nil, fmt.Errorf("%w: truncated metadata marker: %v", ErrBadStream, err)
+				return 0, dst, fmt.Errorf("%w: truncated metadata marker: %v", ErrBadStream, err)
 			}
 			typ := binary.LittleEndian.Uint32(s.marker[12:])
 			switch typ {
 			case markerEOS:
 				s.done, s.sawEOS = true, true
-				return 0, nil, io.EOF
+				return 0, dst, io.EOF
 			case markerGT, markerGD, markerFooter:
 				if val < 0 || val > maxMetadataSectors {
-					return 0, nil, fmt.Errorf("%w: metadata marker of %d sectors", ErrBadStream, val)
+					return 0, dst, fmt.Errorf("%w: metadata marker of %d sectors", ErrBadStream, val)
 				}
 				if err := s.skipTo(s.pos + val*SectorSize); err != nil {
-					return 0, nil, fmt.Errorf("%w: truncated metadata (type %d): %v", ErrBadStream, typ, err)
+					return 0, dst, fmt.Errorf("%w: truncated metadata (type %d): %v", ErrBadStream, typ, err)
 				}
 				continue
 			default:
-				return 0, nil, fmt.Errorf("%w: unknown marker type %d at stream byte %d", ErrBadStream, typ, s.pos-SectorSize)
+				return 0, dst, fmt.Errorf("%w: unknown marker type %d at stream byte %d", ErrBadStream, typ, s.pos-SectorSize)
 			}
 		}
 		lba := val
 		// A deflated grain can exceed the grain a little (incompressible data plus zlib
 		// framing) but never by much; a larger size is corruption, and bounding it bounds memory.
 		if int64(size) > int64(s.grainBytes)+int64(s.grainBytes)/8+1024 {
-			return 0, nil, fmt.Errorf("%w: grain of %d compressed bytes for a %d-byte grain", ErrBadStream, size, s.grainBytes)
+			return 0, dst, fmt.Errorf("%w: grain of %d compressed bytes for a %d-byte grain", ErrBadStream, size, s.grainBytes)
 		}
 		if lba < 0 || lba%s.hdr.GrainSectors != 0 || lba >= s.hdr.CapacitySectors {
-			return 0, nil, fmt.Errorf("%w: grain at sector %d (capacity %d, grain %d)", ErrBadStream, lba, s.hdr.CapacitySectors, s.hdr.GrainSectors)
+			return 0, dst, fmt.Errorf("%w: grain at sector %d (capacity %d, grain %d)", ErrBadStream, lba, s.hdr.CapacitySectors, s.hdr.GrainSectors)
 		}
-		if cap(s.comp) < int(size) {
-			s.comp = make([]byte, size)
+		dst = slices.Grow(dst, int(size))
+		if err := s.readFull(dst[len(dst) : len(dst)+int(size)]); err != nil {
+			return 0, dst, fmt.Errorf("%w: truncated grain at sector %d: %v", ErrBadStream, lba, err)
 		}
-		s.comp = s.comp[:size]
-		if err := s.readFull(s.comp); err != nil {
-			return 0, nil, fmt.Errorf("%w: truncated grain at sector %d: %v", ErrBadStream, lba, err)
-		}
+		dst = dst[:len(dst)+int(size)]
 		if err := s.skipTo(alignUp(s.pos, SectorSize)); err != nil {
-			return 0, nil, fmt.Errorf("%w: truncated grain padding: %v", ErrBadStream, err)
+			return 0, dst, fmt.Errorf("%w: truncated grain padding: %v", ErrBadStream, err)
 		}
-		return lba * SectorSize, s.comp, nil
+		return lba * SectorSize, dst, nil
 	}
 }
 
