@@ -184,7 +184,7 @@ func (m *rateMeter) rate() float64 {
 // what keeps the agent's memory flat however many disks and jobs run at once: a worker
 // that finds no free buffer waits, which also caps the reads in flight agent-wide (on a
 // host with a few cores more would only queue for the CPU). Buffers are kept for reuse
-// while any transfer runs (allocating 8 MiB per piece would have the garbage collector
+// while any transfer runs (allocating a buffer per piece would have the garbage collector
 // let the heap grow to twice the buffers in use) and dropped when the last one ends. The
 // nfc method registers too (begin/end) so its memory is returned the same way.
 type bufferPool struct {

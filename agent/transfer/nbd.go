@@ -129,7 +129,7 @@ func dialNBDExport(ctx context.Context, srv *child, socket string, timeout time.
 	return w, nil
 }
 
-// nbdSendBuffer lets one write request of the copier (a piece, 8 MiB by default) sit in the
+// nbdSendBuffer lets one write request of the copier (a piece, 4 MiB by default) sit in the
 // socket at once: with the default buffer (~200 KiB) every request costs dozens of
 // partial writes and as many wake-ups of qemu-nbd.
 const nbdSendBuffer = 8 << 20
