@@ -16,11 +16,12 @@ import (
 )
 
 // agentTransferConfig writes an agent config with short transfer retries and timeouts, so
-// a broken source shows within seconds.
+// a broken source shows within seconds. The request timeout bounds one attempt at a 4 MiB
+// range: it must leave room for the slowed-down copies below (1 MiB/s per connection).
 func agentTransferConfig(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "agent.yaml")
-	conf := "transfer:\n  retries: 2\n  retry_delay: 1s\n  request_timeout: 4s\n"
+	conf := "transfer:\n  retries: 2\n  retry_delay: 1s\n  request_timeout: 8s\n"
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestBrokenTransfers(t *testing.T) {
 		{name: "reset three times", faults: []harness.Fault{{Kind: harness.FaultReset, After: 4 << 20},
 			{Kind: harness.FaultReset, After: 4 << 20}, {Kind: harness.FaultReset, After: 4 << 20}}, want: proto.StatusCompleted},
 		{name: "stall 2s", faults: []harness.Fault{{Kind: harness.FaultStall, After: midRange, Stall: 2 * time.Second}}, want: proto.StatusCompleted},
-		{name: "stall past the request timeout", faults: []harness.Fault{{Kind: harness.FaultStallThenReset, After: midRange, Stall: 10 * time.Second}}, want: proto.StatusCompleted},
+		{name: "stall past the request timeout", faults: []harness.Fault{{Kind: harness.FaultStallThenReset, After: midRange, Stall: 15 * time.Second}}, want: proto.StatusCompleted},
 		{name: "source gone for good", then: sever, want: proto.StatusFailed},
 	}
 	if longRun() {

@@ -199,6 +199,9 @@ func (d *httpsDisk) read(ctx context.Context, i int, off int64, p []byte) error 
 	}
 	if err != nil {
 		r.close()
+		if cerr := ctx.Err(); cerr != nil {
+			err = cerr // the attempt's deadline (or the copy's cancel) ended the body
+		}
 		return fmt.Errorf("GET %s bytes %d-%d: body: %w", redactURL(r.url), r.at, r.at+int64(len(p))-1, err)
 	}
 	r.left -= int64(len(p))
