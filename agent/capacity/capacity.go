@@ -198,8 +198,8 @@ func (p *Prober) Invalidate() {
 
 // Methods derives the transfer methods the tools allow, in proto.ConversionMethods order.
 // Every method needs qemu-img; vddk reads through VMware's VDDK (loaded by the agent's
-// reader process), https through nbdkit's curl plugin, nfc decodes the stream-optimized
-// VMDK in the agent itself.
+// reader process), https and nfc are read by the agent itself (ranged requests; the
+// stream-optimized VMDK decoded as it arrives).
 func Methods(c proto.AgentCapabilities) []string {
 	if !c.QemuImg {
 		return nil
@@ -208,10 +208,7 @@ func Methods(c proto.AgentCapabilities) []string {
 	if c.VDDK {
 		m = append(m, "vddk")
 	}
-	if c.Nbdkit && hasPlugin(c.NbdkitPlugins, "curl") {
-		m = append(m, "https")
-	}
-	return append(m, "nfc")
+	return append(m, "https", "nfc")
 }
 
 func hasPlugin(plugins []string, name string) bool {

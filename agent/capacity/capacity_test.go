@@ -141,10 +141,10 @@ func TestMethods(t *testing.T) {
 		want []string
 	}{
 		{"nothing", proto.AgentCapabilities{}, nil},
-		{"qemu-img only", proto.AgentCapabilities{QemuImg: true}, []string{"nfc"}},
+		{"qemu-img only (no nbdkit: the agent reads https itself)", proto.AgentCapabilities{QemuImg: true}, []string{"https", "nfc"}},
 		{"debian host", proto.AgentCapabilities{QemuImg: true, Nbdkit: true, NbdkitPlugins: []string{"curl", "ssh"}}, []string{"https", "nfc"}},
 		{"vddk host", proto.AgentCapabilities{QemuImg: true, Nbdkit: true, VDDK: true, NbdkitPlugins: []string{"curl"}}, []string{"vddk", "https", "nfc"}},
-		{"vddk without nbdkit", proto.AgentCapabilities{QemuImg: true, VDDK: true}, []string{"vddk", "nfc"}},
+		{"vddk without nbdkit", proto.AgentCapabilities{QemuImg: true, VDDK: true}, []string{"vddk", "https", "nfc"}},
 		{"nbdkit without qemu-img", proto.AgentCapabilities{Nbdkit: true, NbdkitPlugins: []string{"curl"}, VDDK: true}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

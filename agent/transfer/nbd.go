@@ -80,19 +80,6 @@ func dialNBD(ctx context.Context, srv *child, socket string, timeout time.Durati
 	return w, nil
 }
 
-// nbdExportSize asks a (read-only) NBD server for its export size and disconnects.
-func nbdExportSize(ctx context.Context, srv *child, socket string, timeout time.Duration) (int64, error) {
-	w, err := dialNBDExport(ctx, srv, socket, timeout)
-	if err != nil {
-		return 0, err
-	}
-	go w.readReplies()
-	_ = w.write(nbdCmdDisc, 0, nil)
-	w.conn.Close()
-	<-w.readerDone
-	return w.size, nil
-}
-
 func dialNBDExport(ctx context.Context, srv *child, socket string, timeout time.Duration) (*nbdWriter, error) {
 	deadline := time.Now().Add(timeout)
 	var conn net.Conn

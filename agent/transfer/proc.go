@@ -1,9 +1,7 @@
 package transfer
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -122,30 +120,6 @@ func (c *child) exited() bool {
 	}
 }
 
-// waitForFile polls for path (a pid file a server writes once it listens) until it exists,
-// the child exits, ctx ends, or the deadline passes.
-func waitForFile(ctx context.Context, c *child, path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
-			return nil
-		}
-		if c.exited() {
-			return fmt.Errorf("%s exited before it was ready: %v: %s", c.name, c.err, c.stderr.String())
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s: %s", c.name, timeout, c.stderr.String())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
-
 // tailBuffer keeps the last max bytes written: enough for a tool's final error message
 // without letting a chatty tool grow memory. It keeps the first bytes too (Head), where a
 // crashing Go process names the signal before pages of registers and stacks.
@@ -183,43 +157,4 @@ func (t *tailBuffer) Head() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.head)
-}
-
-// progressWriter is qemu-img's stdout: it parses the "(NN.NN/100%)" reports, separated by
-// carriage returns, as they arrive.
-type progressWriter struct {
-	total int64
-	p     *progressTracker
-	buf   []byte
-}
-
-func (w *progressWriter) Write(b []byte) (int, error) {
-	w.buf = append(w.buf, b...)
-	for {
-		i := bytes.IndexAny(w.buf, "\r\n")
-		if i < 0 {
-			break
-		}
-		w.line(w.buf[:i])
-		w.buf = w.buf[i+1:]
-	}
-	if len(w.buf) > 4096 { // no separator in 4 KiB: not progress output, drop it
-		w.buf = w.buf[:0]
-	}
-	return len(b), nil
-}
-
-func (w *progressWriter) line(l []byte) {
-	if pct, ok := parseQemuImgProgress(l); ok {
-		w.p.Update(int64(pct / 100 * float64(w.total)))
-	}
-}
-
-// exitStatus returns the exit code of an *exec.ExitError, or -1.
-func exitStatus(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
 }

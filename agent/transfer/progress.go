@@ -1,8 +1,6 @@
 package transfer
 
 import (
-	"regexp"
-	"strconv"
 	"sync"
 	"time"
 
@@ -14,8 +12,9 @@ import (
 // CurrentBytes and PercentComplete never going backwards.
 type ProgressFunc func(proto.Progress)
 
-// rateWindow is how far back bytes_per_second looks: long enough to smooth qemu-img's 1%
-// steps and TCP bursts, short enough to follow a real slowdown within seconds.
+// rateWindow is how far back bytes_per_second looks: long enough to smooth the
+// piece-at-a-time steps of parallel readers and TCP bursts, short enough to follow a real
+// slowdown within seconds.
 const rateWindow = 10 * time.Second
 
 type sample struct {
@@ -58,8 +57,8 @@ func (p *progressTracker) Update(cur int64) {
 		return
 	}
 	if p.total > 0 {
-		// 100% means done: qemu-img reports a chunk when it starts it, so it can print
-		// 100% while the last chunks are still in flight. Only Finish reaches the total.
+		// 100% means done: the last bytes may be counted before the image is flushed and
+		// closed. Only Finish reaches the total.
 		cur = min(cur, p.total-1)
 	}
 	if cur > p.cur {
@@ -126,22 +125,6 @@ func (p *progressTracker) emit(now time.Time) {
 		pr.ETASeconds = float64(p.total-p.cur) / pr.BytesPerSecond
 	}
 	p.fn(pr)
-}
-
-// qemuImgProgress matches one "    (12.34/100%)" report of qemu-img -p.
-var qemuImgProgress = regexp.MustCompile(`\((\d+(?:\.\d+)?)/100%\)`)
-
-// parseQemuImgProgress extracts the percentage from one progress report.
-func parseQemuImgProgress(line []byte) (float64, bool) {
-	m := qemuImgProgress.FindSubmatch(line)
-	if m == nil {
-		return 0, false
-	}
-	pct, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil || pct < 0 || pct > 100 {
-		return 0, false
-	}
-	return pct, true
 }
 
 // Aggregator combines the progress of a VM's disks, copied in parallel, into one

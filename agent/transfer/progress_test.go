@@ -77,33 +77,6 @@ func TestProgressTrackerSlidingWindow(t *testing.T) {
 	}
 }
 
-func TestParseQemuImgProgress(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]float64{
-		"    (0.00/100%)":   0,
-		"    (12.50/100%)":  12.5,
-		"(100.00/100%)":     100,
-		"    (7/100%)":      7,
-		"garbage":           -1,
-		"    (101.00/100%)": -1,
-	} {
-		got, ok := parseQemuImgProgress([]byte(in))
-		if (want < 0 && ok) || (want >= 0 && (!ok || got != want)) {
-			t.Errorf("%q → %v %v, want %v", in, got, ok, want)
-		}
-	}
-	// Reports arrive in arbitrary write chunks separated by \r.
-	var got []proto.Progress
-	p := newProgressTracker(func(pr proto.Progress) { got = append(got, pr) }, 1000, time.Nanosecond, "")
-	w := &progressWriter{total: 1000, p: p}
-	for _, chunk := range []string{"    (0.00/1", "00%)\r    (50.00/100%)\r  ", "  (75.00/100%)\r\n"} {
-		w.Write([]byte(chunk))
-	}
-	if len(got) == 0 || got[len(got)-1].CurrentBytes != 750 {
-		t.Fatalf("updates = %+v, want last at 750 bytes", got)
-	}
-}
-
 func TestAggregator(t *testing.T) {
 	t.Parallel()
 	var got []proto.Progress

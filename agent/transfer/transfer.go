@@ -32,9 +32,6 @@ type Config struct {
 	Logger *slog.Logger
 	// Tool paths; default: looked up in PATH.
 	QemuImg, Nbdkit, QemuNBD string
-	// Coroutines is qemu-img convert -m for the nbdkit-based vddk path: parallel requests
-	// qemu-img keeps in flight. 8 is qemu-img's default and its max is 16.
-	Coroutines int
 	// Connections is how many pieces of one disk are read at once (for https, keep-alive
 	// connections to the source), ReadSize the largest piece.
 	Connections int
@@ -80,7 +77,6 @@ func DefaultConfig() Config {
 		QemuImg:          "qemu-img",
 		Nbdkit:           "nbdkit",
 		QemuNBD:          "qemu-nbd",
-		Coroutines:       8,
 		Connections:      4,
 		ReadSize:         4 << 20,
 		Buffers:          16,
@@ -110,10 +106,6 @@ func (c Config) withDefaults() Config {
 	if c.QemuNBD == "" {
 		c.QemuNBD = d.QemuNBD
 	}
-	if c.Coroutines <= 0 {
-		c.Coroutines = d.Coroutines
-	}
-	c.Coroutines = min(c.Coroutines, 16)
 	if c.Connections <= 0 {
 		c.Connections = d.Connections
 	}
@@ -240,16 +232,6 @@ func (t *Transferer) privateDir() (string, error) {
 		return "", fmt.Errorf("%w: %v", ErrTool, err)
 	}
 	return d, nil
-}
-
-// writeSecret writes a secret to a 0600 file in the private dir; nbdkit reads it from
-// there (param=+FILE) so it never appears in a command line visible in ps.
-func writeSecret(dir, name, value string) (string, error) {
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(value), 0o600); err != nil {
-		return "", fmt.Errorf("%w: writing secret file: %v", ErrTool, err)
-	}
-	return p, nil
 }
 
 // removeOutput deletes a failed or cancelled transfer's partial image.
