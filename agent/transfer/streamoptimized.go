@@ -92,7 +92,9 @@ type StreamOptimizedReader struct {
 
 // NewStreamOptimizedReader reads and checks the header and embedded descriptor.
 func NewStreamOptimizedReader(r io.Reader) (*StreamOptimizedReader, error) {
-	s := &StreamOptimizedReader{r: bufio.NewReaderSize(r, 128<<10)}
+	// Smaller than a grain: bufio hands reads of at least its size straight to r, so the
+	// grains bypass this buffer (one copy less) while markers are still read from it.
+	s := &StreamOptimizedReader{r: bufio.NewReaderSize(r, 16<<10)}
 	var h [SectorSize]byte
 	if err := s.readFull(h[:]); err != nil {
 		return nil, fmt.Errorf("%w: reading header: %v", ErrBadStream, err)

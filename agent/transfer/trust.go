@@ -101,9 +101,11 @@ func (t Trust) httpClientConns(conns int) (*http.Client, error) {
 		IdleConnTimeout:       90 * time.Second,
 		// Disk bytes are incompressible or already deflated; gzip would only cost CPU.
 		DisableCompression: true,
-		ReadBufferSize:     256 << 10,
-		WriteBufferSize:    64 << 10,
-		ForceAttemptHTTP2:  false,
+		// Small, so that the large reads of the copier and the nfc decoder (pieces, grains)
+		// go from TLS straight into their buffers instead of being copied through this one.
+		ReadBufferSize:    16 << 10,
+		WriteBufferSize:   64 << 10,
+		ForceAttemptHTTP2: false,
 	}
 	return &http.Client{Transport: tr}, nil
 }
