@@ -10,13 +10,15 @@ import (
 	"time"
 )
 
-// The parallel copier: how the agent reads a disk it can address by offset (https today,
-// the native VDDK reader next) into a local image.
+// The parallel copier: how the agent reads a disk it can address by offset into a local
+// image. The https method uses it (httpsDisk); the vddk method's reader has the same shape
+// (vddkDisk, with its own copy loop in vddkcopy.go for now) and can move onto it.
 //
 // A source implements DiskSource: its capacity, optionally the allocated extents, and
 // ReadAt of a range. Transferer.Copy then
 //   - splits the allocated extents (the whole disk when the source cannot tell) into spans
-//     of 32 MiB and those into pieces of at most Config.ReadSize bytes, aligned to that size;
+//     (up to 32 MiB, smaller on a small disk so that every worker gets one) and the spans
+//     into pieces of at most Config.ReadSize bytes, aligned to that size;
 //   - reads them with Config.Connections workers at once, each worker a span at a time,
 //     its pieces in order (each piece is one ReadAt; the HTTP source answers a span's
 //     pieces from one range request on a keep-alive connection);
@@ -24,16 +26,21 @@ import (
 //     Config.RetryDelay doubling; each attempt bounded by Config.RequestTimeout), so one
 //     broken stream costs one piece, not the disk; an error marked Permanent fails at once;
 //   - leaves zero blocks out, so holes are never written;
-//   - writes the rest at its offset into a new sparse raw file (pwrite) or a new qcow2
-//     image (through qemu-nbd);
+//   - writes the rest at its offset into a new sparse raw file (pwrite, direct I/O where
+//     the filesystem has it) or a new qcow2 image (through qemu-nbd);
 //   - reports progress (≤ 1 per Config.ProgressInterval, bytes, rate, ETA) through
 //     Output.Progress, counting pieces as they are written and holes as done at once;
 //   - paces reads with Output.Limiter (the job's cap) and the agent's cap
-//     (Config.MaxBytesPerSecond): one token bucket per cap shared by every worker;
+//     (Config.MaxBytesPerSecond): one token bucket per cap shared by every worker, pieces
+//     no larger than an eighth of a second at the tightest cap, one request per piece;
 //   - on failure or cancel stops every worker and child and removes the partial image.
 //
 // Memory is bounded by the Transferer's buffer pool (Config.Buffers × Config.ReadSize)
 // whatever the number of disks and jobs.
+//
+// To plug a source in: implement DiskSource (ReadAt safe for concurrent use; wrap errors
+// that another attempt would repeat with Permanent), optionally setSpan to learn the span
+// boundaries (a streaming source), call Copy and fill Result.Method.
 
 // DiskRange is a byte range of a disk.
 type DiskRange struct {
