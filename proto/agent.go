@@ -316,14 +316,20 @@ func encodeGuestTrailer(c AgentCapabilities, room int) []byte {
 	return appendString(b, reason, min(maxMetaReasonLen, max(0, room-len(b)-1)))
 }
 
-// transferTrailerMax bounds the transfer trailer: two uvarints.
-const transferTrailerMax = 2 * binary.MaxVarintLen64
+// MaxMetaTransferRate is the largest transfer rate or cap the metadata carries (about 4.4
+// TB/s, 35 times proto.MaxMbps): larger values are sent as this, so the transfer trailer
+// takes at most 12 bytes and leaves the lists and the guest trailer their room.
+const MaxMetaTransferRate = 1<<42 - 1
+
+// transferTrailerMax bounds the transfer trailer: two uvarints of at most 42 bits.
+const transferTrailerMax = 2 * 6
 
 // encodeTransferTrailer writes the agent's current transfer rate and its cap, after the
-// guest trailer: an older decoder ignores them, and metadata from an older agent decodes them as 0.
+// guest trailer: an older decoder ignores them, and metadata from an older agent decodes them
+// as 0.
 func encodeTransferTrailer(c AgentCapacity) []byte {
-	b := binary.AppendUvarint(make([]byte, 0, transferTrailerMax), c.TransferRateBytesPerSecond)
-	return binary.AppendUvarint(b, c.TransferCapBytesPerSecond)
+	b := binary.AppendUvarint(make([]byte, 0, transferTrailerMax), min(c.TransferRateBytesPerSecond, MaxMetaTransferRate))
+	return binary.AppendUvarint(b, min(c.TransferCapBytesPerSecond, MaxMetaTransferRate))
 }
 
 func methodRank(m string) int {

@@ -98,7 +98,10 @@ func TestNodeMetaSize(t *testing.T) {
 			if got.Truncated != tc.wantTruncated {
 				t.Fatalf("Truncated = %v, want %v", got.Truncated, tc.wantTruncated)
 			}
-			if got.Name != tc.meta.Name || got.Capacity != tc.meta.Capacity || got.RunningJobs != tc.meta.RunningJobs {
+			want := tc.meta.Capacity
+			want.TransferRateBytesPerSecond = min(want.TransferRateBytesPerSecond, MaxMetaTransferRate)
+			want.TransferCapBytesPerSecond = min(want.TransferCapBytesPerSecond, MaxMetaTransferRate)
+			if got.Name != tc.meta.Name || got.Capacity != want || got.RunningJobs != tc.meta.RunningJobs {
 				t.Fatalf("identity or capacity lost: %+v", got)
 			}
 			if got.Capabilities.VDDK != tc.meta.Capabilities.VDDK || got.Leaving != tc.meta.Leaving {
