@@ -11,15 +11,15 @@ import (
 )
 
 // The parallel copier: how the agent reads a disk it can address by offset into a local
-// image. The https method uses it (httpsDisk); the vddk method's reader has the same shape
-// (vddkDisk, with its own copy loop in vddkcopy.go for now) and can move onto it.
+// image. The https method (httpsDisk) and the vddk method (vddkDisk) use it.
 //
 // A source implements DiskSource: its capacity, optionally the allocated extents, and
 // ReadAt of a range. Transferer.Copy then
 //   - splits the allocated extents (the whole disk when the source cannot tell) into spans
 //     (up to 32 MiB, smaller on a small disk so that every worker gets one) and the spans
 //     into pieces of at most Config.ReadSize bytes, aligned to that size;
-//   - reads them with Config.Connections workers at once, each worker a span at a time,
+//   - reads them with Config.Connections workers at once (a source with readBounds sets
+//     its own number and largest piece), each worker a span at a time,
 //     its pieces in order (each piece is one ReadAt; the HTTP source answers a span's
 //     pieces from one range request on a keep-alive connection);
 //   - retries a failed piece on its own (Config.Retries times, back-off from
@@ -40,7 +40,8 @@ import (
 //
 // To plug a source in: implement DiskSource (ReadAt safe for concurrent use; wrap errors
 // that another attempt would repeat with Permanent), optionally setSpan to learn the span
-// boundaries (a streaming source), call Copy and fill Result.Method.
+// boundaries (a streaming source) and readBounds to set the workers and the largest read,
+// call Copy and fill Result.Method.
 
 // DiskRange is a byte range of a disk.
 type DiskRange struct {
@@ -104,8 +105,12 @@ func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Res
 		toRead += e.Length
 	}
 	lims := limits{out.Limiter, t.limiter}.active()
-	piece := pieceSize(t.cfg.ReadSize, lims.chunk())
-	workers := t.cfg.Connections
+	workers, readSize := t.cfg.Connections, t.cfg.ReadSize
+	if b, ok := src.(bounded); ok {
+		w, r := b.readBounds()
+		workers, readSize = max(w, 1), min(readSize, r)
+	}
+	piece := pieceSize(readSize, lims.chunk())
 	log.Info("copy starting", "capacity", capacity, "read", toRead, "extents", len(ext), "extents_known", known,
 		"format", format, "connections", workers, "piece", piece, "cap_Bps", lims.min())
 
@@ -156,6 +161,10 @@ func pieceSize(readSize, capChunk int) int {
 // source that streams (an HTTP range of the whole span, see httpsDisk) keeps its connection
 // busy while the worker writes the previous piece, and answers a quarter of the requests.
 const copySpan = 32 << 20
+
+// bounded is a source with its own number of parallel reads and largest read (VDDK: its
+// connections, its reader's request size).
+type bounded interface{ readBounds() (workers, maxRead int) }
 
 // spanned is a source that wants to know the spans (their boundaries are multiples of
 // the size given) before the copy starts.

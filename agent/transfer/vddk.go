@@ -148,7 +148,8 @@ func vddkEnv(libdir string) []string {
 	return append(env, "LD_LIBRARY_PATH="+ld, "GOTRACEBACK=none", "LC_ALL=C")
 }
 
-// vddkDisk is an open disk in a reader process. It is a diskSource.
+// vddkDisk is an open disk in a reader process: a DiskSource for the parallel copier
+// (copier.go), read by two workers per VDDK connection in pieces of at most vddkMaxRead.
 type vddkDisk struct {
 	c    *vddk.Client
 	srv  *child
@@ -306,17 +307,25 @@ func orNone(s string) string {
 
 func (d *vddkDisk) Capacity() int64 { return d.c.Info.Capacity }
 
+func (d *vddkDisk) Name() string { return d.src.File }
+
+// readBounds: two requests in flight per VDDK connection keep each busy while the other
+// answer crosses the socket; the reader serves at most vddkMaxRead per request.
+func (d *vddkDisk) readBounds() (workers, maxRead int) {
+	return d.c.Info.Connections * 2, vddkMaxRead
+}
+
 // extentWindow bounds one EXTENTS request: its answer (at most one block per 64 KiB chunk
 // every other chunk) stays within the protocol's frame limit.
 const extentWindow = 64 << 30
 
 // Extents lists the allocated ranges through QueryAllocatedBlocks. ok is false when the
 // library lacks it (VDDK before 6.7) or it fails: then everything is read.
-func (d *vddkDisk) Extents(ctx context.Context) ([]Range, bool, error) {
+func (d *vddkDisk) Extents(ctx context.Context) ([]DiskRange, bool, error) {
 	if !d.c.Info.QueryAllocated {
 		return nil, false, nil
 	}
-	var out []Range
+	var out []DiskRange
 	size := d.Capacity()
 	for off := int64(0); off < size; off += extentWindow {
 		if err := ctx.Err(); err != nil {
@@ -331,25 +340,27 @@ func (d *vddkDisk) Extents(ctx context.Context) ([]Range, bool, error) {
 			return nil, false, nil
 		}
 		for _, e := range ext {
-			out = append(out, Range{Offset: e.Offset, Length: e.Length})
+			out = append(out, DiskRange{Offset: e.Offset, Length: e.Length})
 		}
 	}
 	return out, true, nil
 }
 
-// ReadAt reads whole sectors; a transient failure (the reader reopened its connection)
-// is errTransient, for the copier to retry.
+// ReadAt reads whole sectors. Only an I/O failure (the reader reopened its connection) is
+// worth another attempt; a dead reader or any other VDDK error is Permanent. The read is
+// not interrupted by ctx (the reader has no cancel): a read that outlives the copier's
+// request timeout is retried once it has failed, and the reader's end (close) ends it.
 func (d *vddkDisk) ReadAt(_ context.Context, p []byte, off int64) error {
 	err := d.c.ReadAt(p, off)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, vddk.ErrReaderGone):
-		return d.readerGone(err)
+		return Permanent(d.readerGone(err))
 	case vddk.KindOf(err) == vddk.KindIO:
-		return &transientError{fmt.Errorf("VDDK read of %d bytes at %d: %s%s", len(p), off, err, d.logs.tail())}
+		return fmt.Errorf("VDDK read of %d bytes at %d: %s%s", len(p), off, err, d.logs.tail())
 	}
-	return fmt.Errorf("%w: VDDK read of %d bytes at %d: %s", ErrSource, len(p), off, err)
+	return Permanent(fmt.Errorf("%w: VDDK read of %d bytes at %d: %s", ErrSource, len(p), off, err))
 }
 
 func (d *vddkDisk) readerGone(err error) error {
@@ -375,10 +386,11 @@ func (d *vddkDisk) close() {
 	d.srv.stop()
 }
 
-// VDDK copies a disk through VMware's VDDK into out: only the allocated blocks are read
-// (QueryAllocatedBlocks) through several connections at once, and only the non-zero ones
-// written, into a sparse raw file or through qemu-nbd into qcow2. A crash of VDDK ends
-// this transfer with ErrSource, never the agent.
+// VDDK copies a disk through VMware's VDDK into out with the parallel copier (Copy): only
+// the allocated blocks are read (QueryAllocatedBlocks) through several connections at once,
+// under the job's and the agent's caps, and only the non-zero ones written, into a sparse
+// raw file or through qemu-nbd into qcow2. A crash of VDDK ends this transfer with
+// ErrSource, never the agent.
 func (t *Transferer) VDDK(ctx context.Context, src VDDKSource, out Output) (*Result, error) {
 	start := time.Now()
 	format, err := out.validate()
@@ -394,7 +406,8 @@ func (t *Transferer) VDDK(ctx context.Context, src VDDKSource, out Output) (*Res
 		return nil, err
 	}
 	defer d.close()
-	res, err := t.copyDisk(ctx, log, d, out, format, d.c.Info.Connections*2)
+	out.Format = format
+	res, err := t.Copy(ctx, d, out)
 	if err != nil {
 		return nil, err
 	}

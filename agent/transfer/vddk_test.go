@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,7 +274,7 @@ func TestVDDKFailures(t *testing.T) {
 		{"VDDK crashes mid-copy", func(f *vddkFixture, s *VDDKSource) { f.fake.Cfg.CrashAfterBytes = 6 << 20; f.fake.Write() },
 			ErrSource, []string{"reader process", "died", "signal: aborted", "configured crash", "agent and its other work carry on"}},
 		{"reads keep failing", func(f *vddkFixture, s *VDDKSource) { f.fake.Cfg.FailReads = 1000; f.fake.Write() },
-			ErrSource, []string{"after 2 retries", "connection to the host lost"}},
+			ErrSource, []string{"failed 3 times, giving up", "connection to the host lost"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -316,6 +317,74 @@ func TestVDDKTransientReadsRetried(t *testing.T) {
 	}
 	if !strings.Contains(f.logs.String(), "retrying") {
 		t.Error("no retry logged")
+	}
+}
+
+// TestVDDKCapped: the vddk method goes through the same copier as https, so a job's cap
+// and the agent's cap hold for it too: its reads shrink to what one wait of the bucket
+// allows, the agent advertises the rate, and the copy cannot finish sooner than the
+// bucket lets the bytes through (a lower bound, whatever the machine's load).
+func TestVDDKCapped(t *testing.T) {
+	t.Parallel()
+	const capBps = 3_000_000 // 24 Mbit/s: 12 MiB take about 4 s
+	for _, tc := range []struct {
+		name  string
+		agent bool // the cap is the agent's (Config) rather than the job's (Output.Limiter)
+	}{
+		{"job cap", false},
+		{"agent cap", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newVDDKFixture(t, fakevddk.Standard, 12<<20, 1)
+			var lim *Limiter
+			if tc.agent {
+				f.xfer = New(Config{Logger: newTeeLogger(t, f.logs), TempDir: f.dir, VDDKReader: f.xfer.cfg.VDDKReader, MaxBytesPerSecond: capBps})
+			} else {
+				lim = NewLimiter(capBps)
+			}
+			burst := limits{lim, f.xfer.limiter}.active().chunk()
+			piece := pieceSize(vddkMaxRead, burst)
+			out := filepath.Join(f.dir, "out.raw")
+			start := time.Now()
+			done := make(chan struct{})
+			var sawRate atomic.Bool
+			go func() {
+				for {
+					select {
+					case <-done:
+						return
+					case <-time.After(100 * time.Millisecond): // sampling period
+					}
+					if r, _ := f.xfer.Rate(); r > 0 {
+						sawRate.Store(true)
+					}
+				}
+			}()
+			res, err := f.xfer.VDDK(withTimeout(t, 2*time.Minute), f.source(), Output{Path: out, Format: FormatRaw, Limiter: lim})
+			elapsed := time.Since(start)
+			close(done)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imagesIdentical(t, f.flat, out, FormatRaw)
+			if floor := time.Duration(float64(res.SourceBytes-int64(burst)) / capBps * float64(time.Second)); elapsed < floor {
+				t.Errorf("%d bytes in %s: faster than the cap of %d bytes/s allows (%s)", res.SourceBytes, elapsed, capBps, floor)
+			}
+			st := f.fake.ReadStats()
+			for _, r := range st.Reads {
+				if r.Len > int64(piece) {
+					t.Fatalf("a read of %d bytes under the cap, want at most %d", r.Len, piece)
+				}
+			}
+			if !sawRate.Load() {
+				t.Error("the agent's transfer rate stayed 0 during the copy")
+			}
+			if _, c := f.xfer.Rate(); tc.agent && c != capBps || !tc.agent && c != 0 {
+				t.Errorf("advertised cap %.0f", c)
+			}
+			t.Logf("%d bytes in %s at a cap of %d bytes/s (%d reads of at most %d bytes)", res.SourceBytes, elapsed.Round(time.Millisecond), capBps, len(st.Reads), piece)
+		})
 	}
 }
 
