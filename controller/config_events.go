@@ -13,6 +13,9 @@ type SchedulerConfig struct {
 	Enabled *bool `yaml:"enabled"`
 	// Poll is the longest the scheduler sleeps between two looks (default 1s).
 	Poll time.Duration `yaml:"poll"`
+	// MaxJobsPerFire caps the jobs one firing creates (default 500); a vm_path glob
+	// matching more fails the run with the count.
+	MaxJobsPerFire int `yaml:"max_jobs_per_fire"`
 }
 
 // WebSocketConfig tunes /ws. Zero values mean the documented defaults.
@@ -67,6 +70,9 @@ func (c *Config) SeedWebhooks() ([]proto.Webhook, error) {
 func (c *Config) validateEvents() error {
 	if _, err := c.SeedWebhooks(); err != nil {
 		return err
+	}
+	if c.Scheduler.MaxJobsPerFire < 0 {
+		return fmt.Errorf("config: scheduler.max_jobs_per_fire must not be negative")
 	}
 	if c.WebSocket.MaxClients < 0 || c.WebSocket.SendBuffer < 0 {
 		return fmt.Errorf("config: websocket.max_clients and websocket.send_buffer must not be negative")

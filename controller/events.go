@@ -19,7 +19,7 @@ func (c *Controller) wireEvents(log *slog.Logger) {
 	seeds, _ := cfg.SeedWebhooks()
 
 	c.Scheduler = schedule.New(schedule.Config{
-		Poll: cfg.Scheduler.Poll, MaxAttempts: cfg.Cluster.MaxAttempts, Logger: log,
+		Poll: cfg.Scheduler.Poll, MaxAttempts: cfg.Cluster.MaxAttempts, MaxJobsPerFire: cfg.Scheduler.MaxJobsPerFire, Logger: log,
 		Lister: vsphereLister{log: log.With("component", "scheduler"), box: c.secrets},
 	}, c.State, c.Node)
 	if cfg.SchedulerEnabled() {

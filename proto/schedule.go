@@ -1,6 +1,8 @@
 package proto
 
 import (
+	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -114,10 +116,30 @@ type ScheduleEvent struct {
 // scheduleIDPattern: ids appear in URLs and logs.
 var scheduleIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-// ParseCron parses a five-field cron expression (minute hour day-of-month month
-// day-of-week), a descriptor such as @daily, optionally prefixed by CRON_TZ=Zone. Without
-// a zone the schedule is evaluated in UTC, so every controller computes the same times.
+// MinEvery is the shortest "@every" interval a schedule may use: a schedule is a
+// recurring migration, and an interval of seconds only floods the cluster with jobs.
+const MinEvery = time.Minute
+
+// ParseCron parses what an operator may send as a schedule: a five-field cron expression
+// (minute hour day-of-month month day-of-week), a descriptor such as @daily, or
+// "@every DURATION" of at least MinEvery, optionally prefixed by CRON_TZ=Zone. Without a
+// zone the schedule is evaluated in UTC, so every controller computes the same times.
 func ParseCron(expr string) (cron.Schedule, error) {
+	sched, err := ParseStoredCron(expr)
+	if err != nil {
+		return nil, err
+	}
+	if every, ok := sched.(cron.ConstantDelaySchedule); ok && every.Delay < MinEvery {
+		return nil, invalid("schedule %q fires more often than every %s (the shortest @every allowed)", expr, MinEvery)
+	}
+	return sched, nil
+}
+
+// ParseStoredCron parses a schedule already in the replicated state. It is ParseCron
+// without the rules added since (an @every shorter than a minute was once accepted):
+// apply must treat an old log entry the same way on every controller version, so the
+// stricter checks belong to the API, never to apply.
+func ParseStoredCron(expr string) (cron.Schedule, error) {
 	s := strings.TrimSpace(expr)
 	if s == "" {
 		return nil, invalid("schedule is required (cron: minute hour day month weekday)")
@@ -147,6 +169,9 @@ func ValidateTemplate(t *JobDefinition) error {
 		return invalid("job_template must not set id, created_at or schedule_id (each run stamps them)")
 	}
 	if err := t.Validate(); err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return fmt.Errorf("job_template: %w", err)
+		}
 		return invalid("job_template: %s", strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
 	}
 	return nil

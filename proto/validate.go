@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -9,6 +10,23 @@ import (
 
 // ErrInvalid marks a validation failure; the API maps it to 400.
 var ErrInvalid = errors.New("invalid request")
+
+// ErrTooLarge marks a definition over its size bound; the API maps it to 413.
+var ErrTooLarge = errors.New("too large")
+
+// Bounds of a job definition: a job is stored, replicated and shown many times over
+// (every query, every WebSocket snapshot), so its size is capped where it enters.
+const (
+	// MaxJobDefinitionBytes caps a submitted job (and a schedule's template) as sent.
+	MaxJobDefinitionBytes = 64 << 10
+	// MaxNetworkMappings and MaxNetworkNameLen bound options.network_mapping.
+	MaxNetworkMappings = 256
+	MaxNetworkNameLen  = 256
+	// MaxJobNameLen bounds a job's name.
+	MaxJobNameLen = 256
+	// maxFieldLen bounds every other free-text field.
+	maxFieldLen = 2048
+)
 
 func invalid(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, a...))
@@ -45,6 +63,16 @@ func (d *JobDefinition) Validate() error {
 	if strings.ContainsAny(d.VMPath, "\x00\n\r") {
 		return invalid("vm_path contains control characters")
 	}
+	// An inventory path is looked up after cleaning: "DC0/vm/.." would name the
+	// datacenter, not a VM (a VM named ".." once became vm_path "DC0" through a schedule).
+	for _, seg := range strings.Split(d.VMPath, "/") {
+		if seg == "." || seg == ".." {
+			return invalid("vm_path %q has a %q segment: name the VM's folder path without . or ..", d.VMPath, seg)
+		}
+	}
+	if len(d.Name) > MaxJobNameLen {
+		return invalid("name is longer than %d characters", MaxJobNameLen)
+	}
 	if err := d.Source.Validate(); err != nil {
 		return err
 	}
@@ -55,12 +83,21 @@ func (d *JobDefinition) Validate() error {
 	default:
 		return invalid("destination.type %q is not supported (kvm)", d.Destination.Type)
 	}
+	if len(d.Destination.LibvirtURI) > maxFieldLen {
+		return invalid("destination.libvirt_uri is longer than %d characters", maxFieldLen)
+	}
 	if u := d.Destination.LibvirtURI; u != "" {
 		if _, err := url.Parse(u); err != nil || !strings.Contains(u, ":") {
 			return invalid("destination.libvirt_uri %q is not a libvirt URI", u)
 		}
 	}
-	return d.Options.Validate()
+	if err := d.Options.Validate(); err != nil {
+		return err
+	}
+	if b, err := json.Marshal(d); err == nil && len(b) > MaxJobDefinitionBytes {
+		return fmt.Errorf("%w: the job definition is %d bytes, at most %d", ErrTooLarge, len(b), MaxJobDefinitionBytes)
+	}
+	return nil
 }
 
 // Validate checks the source section.
@@ -71,6 +108,13 @@ func (s *Source) Validate() error {
 		return invalid("source.type is required (vsphere)")
 	default:
 		return invalid("source.type %q is not supported (vsphere)", s.Type)
+	}
+	for _, f := range []struct {
+		name, v string
+	}{{"vcenter_url", s.VCenterURL}, {"username", s.Username}, {"password", s.Password}, {"datacenter", s.Datacenter}, {"thumbprint", s.Thumbprint}} {
+		if len(f.v) > maxFieldLen {
+			return invalid("source.%s is longer than %d characters", f.name, maxFieldLen)
+		}
 	}
 	if strings.TrimSpace(s.VCenterURL) == "" {
 		return invalid("source.vcenter_url is required")
@@ -148,10 +192,19 @@ func (o *Options) Validate() error {
 	if o.MaxMbps < 0 || o.MaxMbps > MaxMbps {
 		return invalid("options.max_mbps must be between 0 (no cap) and %d megabits per second", MaxMbps)
 	}
+	if len(o.NetworkMapping) > MaxNetworkMappings {
+		return invalid("options.network_mapping has %d entries, at most %d", len(o.NetworkMapping), MaxNetworkMappings)
+	}
 	for k, v := range o.NetworkMapping {
 		if k == "" || v == "" {
 			return invalid("options.network_mapping has an empty name")
 		}
+		if len(k) > MaxNetworkNameLen || len(v) > MaxNetworkNameLen {
+			return invalid("options.network_mapping names are at most %d characters", MaxNetworkNameLen)
+		}
+	}
+	if len(o.TargetAgent) > MaxNodeNameLen {
+		return invalid("options.target_agent is longer than %d characters", MaxNodeNameLen)
 	}
 	return nil
 }

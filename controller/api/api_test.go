@@ -82,6 +82,13 @@ func TestContract(t *testing.T) {
 		{"submit bad id", "POST", "/jobs/submit", strings.Replace(validJob, `{"vm_path"`, `{"id":"../../etc","vm_path"`, 1), 400, "id must"},
 		{"submit duplicate id", "POST", "/jobs/submit", strings.Replace(validJob, `{"vm_path"`, `{"id":"`+sub.JobID+`","vm_path"`, 1), 409, "exists"},
 		{"submit huge", "POST", "/jobs/submit", huge, 413, "larger than"},
+		// Issue 18: jobs of ~0.9 MB (network_mapping) were stored, and every query and
+		// WebSocket snapshot then carried them: a definition is capped at 64 KiB.
+		{"submit 70 KiB", "POST", "/jobs/submit", strings.Replace(validJob, `{"VM Network":"br0"}`, `{`+bigMapping(200)+`}`, 1), 413, "at most 65536"},
+		{"submit 1 MiB", "POST", "/jobs/submit", strings.Replace(validJob, `"vm_path"`, `"name":"`+strings.Repeat("n", 1<<20-1024)+`","vm_path"`, 1), 400, "name is longer than 256"},
+		{"submit 0.9 MiB network_mapping", "POST", "/jobs/submit", strings.Replace(validJob, `{"VM Network":"br0"}`, `{`+bigMapping(2600)+`}`, 1), 400, "network_mapping has 2600 entries, at most 256"},
+		{"submit long network name", "POST", "/jobs/submit", strings.Replace(validJob, `"br0"`, `"`+strings.Repeat("b", 300)+`"`, 1), 400, "at most 256 characters"},
+		{"submit vm_path with ..", "POST", "/jobs/submit", strings.Replace(validJob, `DC0/vm/web-1`, `DC0/vm/..`, 1), 400, `".." segment`},
 		{"cancel nothing", "POST", "/jobs/cancel", `{}`, 400, "job_ids or status"},
 		{"cancel bad status", "POST", "/jobs/cancel", `{"status":"completed"}`, 400, "cannot be cancelled"},
 		{"cancel unknown", "POST", "/jobs/cancel", `{"job_ids":["nope"]}`, 404, "not found"},

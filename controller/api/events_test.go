@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -18,6 +19,18 @@ const validTemplate = `{"vm_path":"DC0/vm/web-1","source":{"type":"vsphere","vce
 
 func schedBody(id, expr string) string {
 	return `{"id":"` + id + `","name":"Daily VM Backup","description":"nightly","schedule":"` + expr + `","enabled":true,"job_template":` + validTemplate + `}`
+}
+
+// bigMapping is n network_mapping entries of about 350 bytes each.
+func bigMapping(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"net-%03d-%s":"br-%s"`, i, strings.Repeat("a", 170), strings.Repeat("b", 170))
+	}
+	return b.String()
 }
 
 func TestSchedulesContract(t *testing.T) {
@@ -44,6 +57,13 @@ func TestSchedulesContract(t *testing.T) {
 		{"invalid cron", "POST", "/schedules", schedBody("x", "61 2 * * *"), 400, "cron"},
 		{"six fields", "POST", "/schedules", schedBody("x", "0 0 2 * * *"), 400, "cron"},
 		{"empty cron", "POST", "/schedules", schedBody("x", ""), 400, "schedule is required"},
+		{"@every 1s", "POST", "/schedules", schedBody("x", "@every 1s"), 400, "more often than every 1m0s"},
+		{"@every 59s", "POST", "/schedules", schedBody("x", "@every 59s"), 400, "more often than every 1m0s"},
+		{"@every 1m", "POST", "/schedules", schedBody("every-minute", "@every 1m"), 201, ""},
+		{"update to @every 1s", "PUT", "/schedules/every-minute", `{"schedule":"@every 1s"}`, 400, "more often"},
+		{"delete @every 1m", "DELETE", "/schedules/every-minute", "", 200, ""},
+		{"template over 64 KiB", "POST", "/schedules", strings.Replace(schedBody("x", "0 2 * * *"), `"DC0/vm/web-1"`, `"DC0/vm/web-1","name":"`+strings.Repeat("n", 200)+`","options":{"network_mapping":{`+bigMapping(300)+`}}`, 1), 400, "network_mapping has 300 entries"},
+		{"template of 70 KiB", "POST", "/schedules", strings.Replace(schedBody("x", "0 2 * * *"), `"DC0/vm/web-1"`, `"DC0/vm/web-1","options":{"network_mapping":{`+bigMapping(200)+`}}`, 1), 413, "at most 65536"},
 		{"never fires", "POST", "/schedules", schedBody("x", "0 0 30 2 *"), 400, "never fires"},
 		{"bad id", "POST", "/schedules", schedBody("../x", "0 2 * * *"), 400, "id must"},
 		{"id stats", "POST", "/schedules", schedBody("stats", "0 2 * * *"), 400, "id must"},
@@ -57,6 +77,8 @@ func TestSchedulesContract(t *testing.T) {
 		{"wrong type", "POST", "/schedules", `{"id":"x","schedule":5}`, 400, "schedule"},
 		{"update", "PUT", "/schedules/daily-backup", `{"name":"Updated Name","schedule":"0 3 * * *","enabled":true}`, 200, ""},
 		{"update masked template keeps password", "PUT", "/schedules/daily-backup", `{"job_template":` + strings.Replace(validTemplate, "hunter2", "********", 1) + `}`, 200, ""},
+		{"update masked template to another vCenter", "PUT", "/schedules/daily-backup", `{"job_template":` + strings.NewReplacer("hunter2", "********", "vcenter.example.com", "capture.example.net").Replace(validTemplate) + `}`, 400, "send the password for the new vCenter"},
+		{"update masked template to another user", "PUT", "/schedules/daily-backup", `{"job_template":` + strings.NewReplacer("hunter2", "********", `"admin"`, `"root"`).Replace(validTemplate) + `}`, 400, "send the password"},
 		{"update unknown", "PUT", "/schedules/nope", `{"name":"x"}`, 404, "not found"},
 		{"update nothing", "PUT", "/schedules/daily-backup", `{}`, 400, "nothing to update"},
 		{"update bad cron", "PUT", "/schedules/daily-backup", `{"schedule":"every day"}`, 400, "cron"},

@@ -136,7 +136,7 @@ func (a *scheduleAPI) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := u.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeError(w, invalidStatus(err), err.Error())
 		return
 	}
 	if u.Schedule != nil {
@@ -153,7 +153,7 @@ func (a *scheduleAPI) handleUpdate(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		cmd := state.ScheduleUpsert{ID: id, Name: u.Name, Description: u.Description, Schedule: u.Schedule,
-			Enabled: u.Enabled, JobTemplate: u.JobTemplate, At: a.s.now()}
+			Enabled: u.Enabled, JobTemplate: u.JobTemplate, MaskKeepsSource: true, At: a.s.now()}
 		v, err := a.s.node.Apply(state.MustEncode(state.CmdScheduleUpsert, cmd))
 		if err != nil {
 			return 0, nil, err

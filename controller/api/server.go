@@ -313,7 +313,7 @@ func readRequest[T any, P interface {
 		return nil, req, false
 	}
 	if err := P(&req).Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeError(w, invalidStatus(err), err.Error())
 		return nil, req, false
 	}
 	return body, req, true
@@ -327,6 +327,8 @@ func decodeStrict(b []byte, v any, allowEmpty bool) error {
 // errStatus maps sentinel errors to HTTP status codes in one place.
 func errStatus(err error) int {
 	switch {
+	case errors.Is(err, proto.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, proto.ErrInvalid), errors.Is(err, state.ErrInvalidCursor), errors.Is(err, state.ErrBadCommand):
 		return http.StatusBadRequest
 	case errors.Is(err, state.ErrNotFound), errors.Is(err, cluster.ErrUnknownNode):
@@ -338,6 +340,15 @@ func errStatus(err error) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// invalidStatus is the status of a request that failed validation: 413 for a definition
+// over its size bound, else 400.
+func invalidStatus(err error) int {
+	if errors.Is(err, proto.ErrTooLarge) {
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusBadRequest
 }
 
 func (s *Server) writeErr(w http.ResponseWriter, err error) {

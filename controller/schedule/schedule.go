@@ -34,7 +34,12 @@ var (
 	ErrNoLister = errors.New("vm_path is a pattern but this controller has no vSphere inventory lister to expand it")
 	// ErrNoMatch: the glob matched no VM.
 	ErrNoMatch = errors.New("vm_path pattern matched no VM")
+	// ErrTooManyJobs: the glob matched more VMs than one firing may create.
+	ErrTooManyJobs = errors.New("too many jobs for one firing")
 )
+
+// DefaultMaxJobsPerFire is Config.MaxJobsPerFire's default.
+const DefaultMaxJobsPerFire = 500
 
 // VMLister lists the VMs of a vSphere inventory matching a path glob ("DC0/vm/prod/*"),
 // returning their inventory paths. The controller wires one backed by shared/vsphere.
@@ -65,6 +70,9 @@ type Config struct {
 	ListTimeout time.Duration
 	// MaxAttempts is stamped into jobs whose template does not set options.max_attempts.
 	MaxAttempts int
+	// MaxJobsPerFire caps the jobs one firing may create (default 500): a glob that
+	// matches more fails the run with the count, rather than flooding the cluster.
+	MaxJobsPerFire int
 	// Lister expands vm_path globs (nil: a glob template fails its run with ErrNoLister).
 	Lister VMLister
 	Logger *slog.Logger
@@ -79,6 +87,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = state.DefaultMaxAttempts
+	}
+	if c.MaxJobsPerFire <= 0 {
+		c.MaxJobsPerFire = DefaultMaxJobsPerFire
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -199,12 +210,38 @@ func (s *Scheduler) fire(ctx context.Context, sc proto.Schedule, fireTime time.T
 	defer s.fireMu.Unlock()
 	now := s.now()
 	cmd := state.ScheduleFired{ID: sc.ID, FireTime: fireTime, Manual: manual, At: now}
-	paths, err := s.expand(ctx, sc.JobTemplate)
+	jobs, err := s.jobs(ctx, sc, now)
 	if err != nil {
 		cmd.Error = err.Error()
+	} else {
+		cmd.Jobs = jobs
 	}
+	v, err := s.apply.Apply(state.MustEncode(state.CmdScheduleFired, cmd))
+	if err != nil {
+		return state.ScheduleRunResult{}, err
+	}
+	res := v.(state.ScheduleRunResult)
+	s.log.Info("schedule fired", "schedule", sc.ID, "run", res.Run, "manual", manual,
+		"fire_time", fireTime, "jobs", len(res.JobIDs), "error", res.Error)
+	return res, nil
+}
+
+// jobs builds the run's jobs: one per VM the template's vm_path names, each checked as
+// a direct submit would be (a VM whose name makes an unusable path fails the run rather
+// than becoming a job for another inventory object), at most MaxJobsPerFire of them.
+func (s *Scheduler) jobs(ctx context.Context, sc proto.Schedule, now time.Time) ([]proto.JobDefinition, error) {
+	t := sc.JobTemplate
+	paths, err := s.expand(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	if len(paths) > s.cfg.MaxJobsPerFire {
+		return nil, fmt.Errorf("%w: vm_path %s matched %d VMs, more than scheduler.max_jobs_per_fire (%d): narrow the pattern or raise the limit",
+			ErrTooManyJobs, t.VMPath, len(paths), s.cfg.MaxJobsPerFire)
+	}
+	jobs := make([]proto.JobDefinition, 0, len(paths))
 	for _, p := range paths {
-		d := sc.JobTemplate
+		d := t
 		d.ID = s.newID()
 		d.VMPath = p
 		d.CreatedAt = now
@@ -215,16 +252,12 @@ func (s *Scheduler) fire(ctx context.Context, sc proto.Schedule, fireTime time.T
 		if d.Options.MaxAttempts == 0 {
 			d.Options.MaxAttempts = s.cfg.MaxAttempts
 		}
-		cmd.Jobs = append(cmd.Jobs, d)
+		if err := d.Validate(); err != nil {
+			return nil, fmt.Errorf("vm_path %s: matched VM %q cannot become a job: %w", t.VMPath, p, err)
+		}
+		jobs = append(jobs, d)
 	}
-	v, err := s.apply.Apply(state.MustEncode(state.CmdScheduleFired, cmd))
-	if err != nil {
-		return state.ScheduleRunResult{}, err
-	}
-	res := v.(state.ScheduleRunResult)
-	s.log.Info("schedule fired", "schedule", sc.ID, "run", res.Run, "manual", manual,
-		"fire_time", fireTime, "jobs", len(res.JobIDs), "error", res.Error)
-	return res, nil
+	return jobs, nil
 }
 
 // expand turns the template's vm_path into the VM paths of the run.

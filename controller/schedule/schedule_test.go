@@ -107,3 +107,58 @@ func TestRunStopsWithLeadership(t *testing.T) {
 		t.Fatal("Run did not stop when its context ended")
 	}
 }
+
+// inventory is a VMLister over a fixed list of inventory paths (the real vSphere lister is
+// exercised against the simulator in controller/events_test.go).
+type inventory []string
+
+func (inv inventory) ListVMs(ctx context.Context, src proto.Source, glob string) ([]string, error) {
+	return inv, nil
+}
+
+// Issue 18: a glob had no cap (12,000 jobs from four firings) and its jobs skipped the
+// checks of a direct submit (a VM named ".." became vm_path "DC0").
+func TestExpansionIsCappedAndValidated(t *testing.T) {
+	many := make(inventory, 501)
+	for i := range many {
+		many[i] = "DC0/vm/prod-" + strings.Repeat("x", i%7) + string(rune('a'+i%26))
+	}
+	cases := []struct {
+		name    string
+		inv     inventory
+		max     int
+		jobs    int
+		errWant string
+	}{
+		{"at the default cap", many[:500], 0, 500, ""},
+		{"over the default cap", many, 0, 0, "matched 501 VMs, more than scheduler.max_jobs_per_fire (500)"},
+		{"over a configured cap", many[:3], 2, 0, "matched 3 VMs, more than scheduler.max_jobs_per_fire (2)"},
+		{"a VM named ..", inventory{"DC0/vm/prod-1", "DC0/vm/.."}, 0, 0, `matched VM "DC0/vm/.." cannot become a job`},
+		{"a VM named .", inventory{"DC0/vm/."}, 0, 0, `"." segment`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, st, _, _ := setup(t, "DC0/vm/prod-*")
+			s.cfg.Lister = tc.inv
+			if tc.max > 0 {
+				s.cfg.MaxJobsPerFire = tc.max
+			}
+			res, err := s.Trigger(context.Background(), "s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.JobIDs) != tc.jobs || (tc.errWant == "") != (res.Error == "") || !strings.Contains(res.Error, tc.errWant) {
+				t.Fatalf("run: %d jobs, error %q; want %d jobs, error containing %q", len(res.JobIDs), res.Error, tc.jobs, tc.errWant)
+			}
+			if n := st.Counts()[proto.StatusPending]; n != tc.jobs {
+				t.Fatalf("%d jobs stored, want %d", n, tc.jobs)
+			}
+			st.Jobs(proto.StatusPending, func(j *proto.Job) bool {
+				if j.Definition.VMPath == "DC0" || !strings.HasPrefix(j.Definition.VMPath, "DC0/vm/prod-") {
+					t.Fatalf("job for %q", j.Definition.VMPath)
+				}
+				return true
+			})
+		})
+	}
+}

@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hypersdk/hypersdk/proto"
@@ -24,7 +25,12 @@ type ScheduleUpsert struct {
 	Schedule    *string              `json:"schedule,omitempty"`
 	Enabled     *bool                `json:"enabled,omitempty"`
 	JobTemplate *proto.JobDefinition `json:"job_template,omitempty"`
-	At          time.Time            `json:"at"`
+	// MaskKeepsSource (set by leaders since issue 18) lets the mask keep the stored
+	// password only for the same vcenter_url and username: a template that points the
+	// password at another host or user must carry it again. Older entries lack it and are
+	// applied as they always were, the same on every controller version.
+	MaskKeepsSource bool      `json:"mask_keeps_source,omitempty"`
+	At              time.Time `json:"at"`
 }
 
 // ScheduleDelete removes a schedule. Runs in progress keep being tracked to their end.
@@ -79,7 +85,7 @@ func runKey(scheduleID string, run int) string { return fmt.Sprintf("%s#%d", sch
 // nextRun is the first activation of expr strictly after t (nil: never, or invalid).
 // Evaluated in UTC unless the expression names a zone (CRON_TZ=), so it is deterministic.
 func nextRun(expr string, t time.Time) *time.Time {
-	sched, err := proto.ParseCron(expr)
+	sched, err := proto.ParseStoredCron(expr)
 	if err != nil {
 		return nil
 	}
@@ -96,7 +102,7 @@ func (s *State) applyScheduleUpsert(c ScheduleUpsert) any {
 		return fmt.Errorf("%w: schedule without id", ErrBadCommand)
 	}
 	if c.Schedule != nil {
-		if _, err := proto.ParseCron(*c.Schedule); err != nil {
+		if _, err := proto.ParseStoredCron(*c.Schedule); err != nil {
 			return err
 		}
 	}
@@ -139,7 +145,12 @@ func (s *State) applyScheduleUpsert(c ScheduleUpsert) any {
 			if !exists {
 				return fmt.Errorf("%w: job_template.source.password is the redaction mask", proto.ErrInvalid)
 			}
-			t.Source.Password = rec.s.JobTemplate.Source.Password
+			old := rec.s.JobTemplate.Source
+			if c.MaskKeepsSource && !sameSource(old, t.Source) {
+				return fmt.Errorf("%w: job_template.source.password is the mask, but vcenter_url or username changed: "+
+					"send the password for the new vCenter or user", proto.ErrInvalid)
+			}
+			t.Source.Password = old.Password
 		}
 		ns.JobTemplate = t
 	}
@@ -160,6 +171,20 @@ func (s *State) applyScheduleUpsert(c ScheduleUpsert) any {
 	sw.signal(sw.scheduleCh)
 	out := ns
 	return &out
+}
+
+// sameSource reports whether a stored password may stay with a changed template: the same
+// vCenter (compared as the SDK URL it resolves to) and the same user.
+func sameSource(old, cur proto.Source) bool {
+	if old.Username != cur.Username {
+		return false
+	}
+	a, errA := proto.ParseVCenterURL(old.VCenterURL)
+	b, errB := proto.ParseVCenterURL(cur.VCenterURL)
+	if errA != nil || errB != nil {
+		return old.VCenterURL == cur.VCenterURL
+	}
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) && a.Path == b.Path
 }
 
 func (s *State) applyScheduleDelete(c ScheduleDelete) any {

@@ -17,6 +17,14 @@ func tmpl() *proto.JobDefinition {
 	return &d
 }
 
+// masked is the test template with the password mask and one change.
+func masked(change func(d *proto.JobDefinition)) *proto.JobDefinition {
+	d := tmpl()
+	d.Source.Password = proto.RedactedPassword
+	change(d)
+	return d
+}
+
 func createSched(id, expr string, at time.Time) ScheduleUpsert {
 	return ScheduleUpsert{ID: id, Create: true, Name: ptr("nightly"), Schedule: ptr(expr), JobTemplate: tmpl(), At: at}
 }
@@ -71,6 +79,42 @@ func TestScheduleUpsert(t *testing.T) {
 				t.Fatalf("template %+v", s.JobTemplate)
 			}
 		}},
+		// Issue 18: the mask kept the sealed password when vcenter_url changed, so the leader
+		// sent it to the new host.
+		{"mask with another vcenter_url is refused", ScheduleUpsert{ID: "a", At: at, MaskKeepsSource: true,
+			JobTemplate: masked(func(d *proto.JobDefinition) { d.Source.VCenterURL = "https://capture.example:443/sdk" })}, proto.ErrInvalid,
+			func(t *testing.T, s proto.Schedule) {
+				if s.JobTemplate.Source.VCenterURL != "127.0.0.1:8989" || s.JobTemplate.Source.Password != "secret" {
+					t.Fatalf("template changed by a refused update: %+v", s.JobTemplate.Source)
+				}
+			}},
+		{"mask with another username is refused", ScheduleUpsert{ID: "a", At: at, MaskKeepsSource: true,
+			JobTemplate: masked(func(d *proto.JobDefinition) { d.Source.Username = "root" })}, proto.ErrInvalid, nil},
+		{"mask with the same vCenter spelled out keeps the password", ScheduleUpsert{ID: "a", At: at, MaskKeepsSource: true,
+			JobTemplate: masked(func(d *proto.JobDefinition) { d.Source.VCenterURL = "https://127.0.0.1:8989/sdk" })}, nil,
+			func(t *testing.T, s proto.Schedule) {
+				if s.JobTemplate.Source.Password != "secret" || s.JobTemplate.Source.VCenterURL != "https://127.0.0.1:8989/sdk" {
+					t.Fatalf("template %+v", s.JobTemplate.Source)
+				}
+			}},
+		{"another vcenter_url with its password", ScheduleUpsert{ID: "a", At: at, MaskKeepsSource: true,
+			JobTemplate: func() *proto.JobDefinition {
+				d := tmpl()
+				d.Source.VCenterURL, d.Source.Password = "vc2.example", "other"
+				return d
+			}()}, nil,
+			func(t *testing.T, s proto.Schedule) {
+				if s.JobTemplate.Source.Password != "other" {
+					t.Fatalf("template %+v", s.JobTemplate.Source)
+				}
+			}},
+		{"an entry of an older leader is applied as it always was", ScheduleUpsert{ID: "a", At: at,
+			JobTemplate: masked(func(d *proto.JobDefinition) { d.Source.VCenterURL = "vc3.example" })}, nil,
+			func(t *testing.T, s proto.Schedule) {
+				if s.JobTemplate.Source.Password != "other" || s.JobTemplate.Source.VCenterURL != "vc3.example" {
+					t.Fatalf("template %+v", s.JobTemplate.Source)
+				}
+			}},
 		{"new expression recomputes", ScheduleUpsert{ID: "a", Schedule: ptr("*/15 * * * *"), At: at}, nil, func(t *testing.T, s proto.Schedule) {
 			if s.NextRun == nil || !s.NextRun.Equal(at.Add(15*time.Minute)) || s.Name != "nightly" {
 				t.Fatalf("schedule %+v next %v", s, s.NextRun)
