@@ -12,6 +12,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/api"
 	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/gossip"
+	"github.com/hypersdk/hypersdk/shared/netpolicy"
 )
 
 // Config is the controller's configuration: the API document's YAML shape (database,
@@ -25,6 +26,7 @@ type Config struct {
 	Cluster  ClusterConfig   `yaml:"cluster"`
 	Gossip   GossipConfig    `yaml:"gossip"`
 	Agents   AgentsConfig    `yaml:"agents"`
+	Security SecurityConfig  `yaml:"security"`
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 	Log      LogConfig       `yaml:"log"`
 
@@ -121,6 +123,26 @@ type AgentsConfig struct {
 	PerVCenterLimit int `yaml:"per_vcenter_limit"`
 }
 
+// SecurityConfig is the outbound policy (shared/netpolicy): where the controller may
+// connect on a caller's behalf (VM discovery, webhooks, schedule glob expansion). Link-
+// local and metadata addresses are always refused.
+type SecurityConfig struct {
+	// AllowPrivateTargets permits loopback and private addresses (the demo and tests,
+	// or a vCenter on a private network).
+	AllowPrivateTargets bool `yaml:"allow_private_targets"`
+	// AllowedTargetNetworks permits these CIDR prefixes even when private: the narrower
+	// way to reach vCenters and webhook receivers inside the data centre.
+	AllowedTargetNetworks []string `yaml:"allowed_target_networks"`
+	// AllowHTTPTargets permits http:// vCenters and webhook receivers.
+	AllowHTTPTargets bool `yaml:"allow_http_targets"`
+}
+
+// OutboundPolicy is the policy the configuration describes (validated by Validate).
+func (c *Config) OutboundPolicy() netpolicy.Policy {
+	nets, _ := netpolicy.ParseNetworks(c.Security.AllowedTargetNetworks)
+	return netpolicy.Policy{AllowHTTP: c.Security.AllowHTTPTargets, AllowPrivate: c.Security.AllowPrivateTargets, AllowedNetworks: nets}
+}
+
 // WebhookConfig is a webhook seeded at first bootstrap.
 type WebhookConfig struct {
 	URL        string            `yaml:"url"`
@@ -209,6 +231,9 @@ func (c *Config) Validate() error {
 		if _, err := gossip.ParseSecretKey(c.Gossip.Key); err != nil {
 			return fmt.Errorf("config: gossip.key: %w", err)
 		}
+	}
+	if _, err := netpolicy.ParseNetworks(c.Security.AllowedTargetNetworks); err != nil {
+		return fmt.Errorf("config: security.allowed_target_networks: %w", err)
 	}
 	if err := c.validateEvents(); err != nil {
 		return err

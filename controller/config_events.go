@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -68,8 +69,15 @@ func (c *Config) SeedWebhooks() ([]proto.Webhook, error) {
 }
 
 func (c *Config) validateEvents() error {
-	if _, err := c.SeedWebhooks(); err != nil {
+	seeds, err := c.SeedWebhooks()
+	if err != nil {
 		return err
+	}
+	pol := c.OutboundPolicy()
+	for i, w := range seeds {
+		if err := webhook.CheckURL(pol, w.URL); err != nil {
+			return fmt.Errorf("config: webhooks[%d]: %w", i, err)
+		}
 	}
 	if c.Scheduler.MaxJobsPerFire < 0 {
 		return fmt.Errorf("config: scheduler.max_jobs_per_fire must not be negative")

@@ -172,7 +172,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 		NodeID: nodeID, MaxBodyBytes: cfg.API.MaxBodyBytes, LeaderWait: cfg.Cluster.LeaderWait,
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
 		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit, Secrets: c.secrets,
-		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS,
+		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS, Outbound: cfg.OutboundPolicy(),
 	}, c.State, c.Node, c.Metrics)
 	if err != nil {
 		return nil, err

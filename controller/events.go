@@ -20,14 +20,15 @@ func (c *Controller) wireEvents(log *slog.Logger) {
 
 	c.Scheduler = schedule.New(schedule.Config{
 		Poll: cfg.Scheduler.Poll, MaxAttempts: cfg.Cluster.MaxAttempts, MaxJobsPerFire: cfg.Scheduler.MaxJobsPerFire, Logger: log,
-		Lister: vsphereLister{log: log.With("component", "scheduler"), box: c.secrets},
+		Lister: vsphereLister{log: log.With("component", "scheduler"), box: c.secrets, policy: cfg.OutboundPolicy()},
 	}, c.State, c.Node)
 	if cfg.SchedulerEnabled() {
 		c.Node.OnLeadership(c.Scheduler.Run)
 	}
 
 	c.Webhooks = webhook.New(webhook.Config{
-		Backoff: cfg.WebhookDelivery.Backoff, MaxBackoff: cfg.WebhookDelivery.MaxBackoff, Seed: seeds, Secrets: c.secrets, Logger: log,
+		Backoff: cfg.WebhookDelivery.Backoff, MaxBackoff: cfg.WebhookDelivery.MaxBackoff, Seed: seeds, Secrets: c.secrets,
+		Policy: cfg.OutboundPolicy(), Logger: log,
 	}, c.State, c.Node)
 	c.Node.OnLeadership(c.Webhooks.Run)
 

@@ -78,6 +78,11 @@ func TestTokensAndRoles(t *testing.T) {
 		{"viewer cannot submit", "POST", "/jobs/submit", viewerTok, job, 403},
 		{"viewer cannot cancel", "POST", "/jobs/cancel", viewerTok, `{"status":"pending"}`, 403},
 		{"viewer cannot remove nodes", "DELETE", "/cluster/nodes/b", viewerTok, "", 403},
+		// Issue 18: /vms/* log in to a vCenter the caller names, from the controller's
+		// network position: not a viewer's read.
+		{"viewer cannot list VMs", "GET", "/vms/list?vcenter_url=vc.example&username=u&password=p", viewerTok, "", 403},
+		{"viewer cannot read a VM", "GET", "/vms/info?vcenter_url=vc.example&username=u&password=p&vm_path=x", viewerTok, "", 403},
+		{"admin lists VMs", "GET", "/vms/list?username=u&password=p", adminTok, "", 400},
 		{"admin submits via follower", "POST", "/jobs/submit", adminTok, job, 201},
 		{"no token submit", "POST", "/jobs/submit", "", job, 401},
 		{"agent api without join token or admin", "POST", "/agent/v1/heartbeat", viewerTok, `{"agent":"x","leases":[]}`, 401},

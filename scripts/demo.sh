@@ -166,7 +166,7 @@ API=http://127.0.0.1:$API_PORT
 GOSSIP=127.0.0.1:$(free_port)
 say "Starting a single-node controller on $API"
 "$BIN/hypersdk-controller" --node-id demo --data-dir "$RUN/controller" --api-addr "127.0.0.1:$API_PORT" \
-	--raft-addr "127.0.0.1:$(free_port)" --gossip-addr "$GOSSIP" --fast-raft >"$RUN/controller.log" 2>&1 &
+	--raft-addr "127.0.0.1:$(free_port)" --gossip-addr "$GOSSIP" --fast-raft --allow-private-targets >"$RUN/controller.log" 2>&1 &
 PIDS+=($!)
 wait_for "the controller to lead" 30 sh -c "curl -sf $API/cluster | grep -q '\"leader\": *{\"id\": *\"demo\"'"
 

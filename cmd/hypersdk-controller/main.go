@@ -29,6 +29,8 @@ func run(args []string) error {
 	o.True("bootstrap", &cfg.Cluster.Bootstrap, "form a new cluster when this node has no state")
 	o.List("join", &cfg.Cluster.Join, "comma-separated API addresses of existing controllers to join")
 	o.True("fast-raft", &cfg.Cluster.Fast, "short raft timers (tests and single-machine demos)")
+	o.True("allow-private-targets", &cfg.Security.AllowPrivateTargets, "let /vms/*, webhooks and schedule globs reach loopback and private addresses (config security.allow_private_targets)")
+	o.True("allow-http-targets", &cfg.Security.AllowHTTPTargets, "let /vms/*, webhooks and schedule globs use http:// (config security.allow_http_targets)")
 	o.True("insecure-no-auth", &cfg.Auth.InsecureNoAuth, "serve a non-loopback API without tokens, or a non-loopback raft port without cluster TLS (unsafe)")
 	o.Float("rate-limit", func(rps float64) {
 		if rps >= 0 {

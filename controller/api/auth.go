@@ -122,8 +122,13 @@ func (a *Auth) identify(r *http.Request) (string, Role, error) {
 	return name, role, nil
 }
 
-// readOnly reports whether a request only reads (what a viewer may do).
+// readOnly reports whether a request only reads (what a viewer may do). /vms/* are not
+// reads of this cluster: they log in to a vCenter with credentials the caller supplies,
+// from the controller's network position, so they need an admin.
 func readOnly(r *http.Request) bool {
+	if strings.HasPrefix(r.URL.Path, "/vms/") {
+		return false
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		return true

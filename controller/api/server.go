@@ -22,6 +22,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/netpolicy"
 	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
@@ -80,6 +81,8 @@ type Config struct {
 	RateLimit RateLimit
 	// Secrets seals passwords before they enter the raft log (nil: stored as sent).
 	Secrets *secrets.Box
+	// Outbound is where /vms/* and webhook URLs may point (shared/netpolicy).
+	Outbound netpolicy.Policy
 	Logger  *slog.Logger
 }
 

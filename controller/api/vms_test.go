@@ -3,12 +3,18 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/shared/netpolicy"
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 )
 
@@ -72,5 +78,117 @@ func TestVMDiscovery(t *testing.T) {
 	}
 	if info["power_state"] != "poweredOff" {
 		t.Fatalf("VM should be off after poweroff: %v", info["power_state"])
+	}
+}
+
+// countingListener is a loopback TCP listener that counts the connections it accepts and
+// answers each as mode says: "close" closes at once (the client sees EOF), "http" answers
+// 405 to anything (a web server that is not a vCenter).
+func countingListener(t *testing.T, mode string) (addr string, accepted *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			if mode == "http" {
+				go func() {
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+					_, _ = c.Read(make([]byte, 4096))
+					_, _ = io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				}()
+				continue
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().String(), accepted
+}
+
+// Issue 18: a viewer could make the controller connect anywhere with /vms/list, and the
+// answers told a refused port from an open one (405 / EOF / refused). Now /vms/* need an
+// admin, loopback and private targets are refused unless allowed, before any connection,
+// and every way of not reaching a vCenter is the same answer.
+func TestVMDiscoveryOutboundPolicy(t *testing.T) {
+	closed, _ := countingListener(t, "close")
+	web, _ := countingListener(t, "http")
+	refusing, _ := countingListener(t, "close")
+	// A port nothing listens on: take one and give it back.
+	if ln, err := net.Listen("tcp", refusing); err == nil {
+		ln.Close()
+	}
+	strict := controller.StartTestClusterWith(t, 1, func(i int, cfg *controller.Config) {
+		cfg.Security = controller.SecurityConfig{}
+	})[0]
+	lenient := controller.StartTestCluster(t, 1)[0]
+	list := func(base, target string) (int, string) {
+		code, _, b := do(t, "GET", base+"/vms/list?vcenter_url="+url.QueryEscape(target)+"&username=u&password=p&insecure=true", "")
+		return code, string(b)
+	}
+
+	t.Run("allow-list off: no connection is made", func(t *testing.T) {
+		addr, accepted := countingListener(t, "http")
+		_, port, _ := net.SplitHostPort(addr)
+		for _, target := range []string{"https://" + addr + "/sdk", "https://localhost:" + port + "/sdk", addr, "https://[::ffff:127.0.0.1]:" + port + "/sdk"} {
+			code, b := list(strict.URL(), target)
+			if code != 400 || !strings.Contains(b, `"vCenter unreachable"`) {
+				t.Fatalf("%s: %d %s", target, code, b)
+			}
+		}
+		if n := accepted.Load(); n != 0 {
+			t.Fatalf("the controller connected %d times to a loopback target with allow_private_targets off", n)
+		}
+		code, b := list(strict.URL(), "http://vcenter.example.com/sdk")
+		if code != 400 || !strings.Contains(b, "https") {
+			t.Fatalf("http target: %d %s", code, b)
+		}
+		for _, u := range []string{"https://" + addr + "/hook", "http://hooks.example.com/x", "https://169.254.169.254/latest"} {
+			code, _, wb := do(t, "POST", strict.URL()+"/webhooks", `{"url":"`+u+`","events":["job.completed"]}`)
+			if code != 400 {
+				t.Fatalf("webhook %s added: %d %s", u, code, wb)
+			}
+		}
+		if n := accepted.Load(); n != 0 {
+			t.Fatalf("%d connections", n)
+		}
+	})
+
+	t.Run("one answer for refused, EOF and not-a-vCenter", func(t *testing.T) {
+		var answers []string
+		for _, target := range []string{refusing, closed, web} {
+			code, b := list(lenient.URL(), "https://"+target+"/sdk")
+			if code != 400 {
+				t.Fatalf("%s: %d %s", target, code, b)
+			}
+			answers = append(answers, b)
+		}
+		if answers[0] != answers[1] || answers[1] != answers[2] || !strings.Contains(answers[0], `"vCenter unreachable"`) {
+			t.Fatalf("answers differ per target: %q", answers)
+		}
+	})
+}
+
+// Link-local and metadata addresses are refused even with allow_private_targets, before
+// any connection attempt: judged by the policy the controller dials with (no test sends
+// traffic to them).
+func TestMetadataAddressesAlwaysRefused(t *testing.T) {
+	cfg := controller.TestConfig(t, "x", t.TempDir())
+	pol := cfg.OutboundPolicy()
+	if !pol.AllowPrivate {
+		t.Fatal("test config should allow private targets")
+	}
+	for _, a := range []string{"169.254.169.254:443", "[fd00:ec2::254]:443", "[fe80::1]:443", "169.254.0.1:80"} {
+		if err := pol.Control("tcp", a, nil); !errors.Is(err, netpolicy.ErrRefused) {
+			t.Errorf("%s: %v, want refused before connecting", a, err)
+		}
 	}
 }

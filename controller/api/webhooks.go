@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -45,6 +46,10 @@ func (a *webhookAPI) handleList(w http.ResponseWriter, r *http.Request) {
 func (a *webhookAPI) handleAdd(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.WebhookRequest](a.s, w, r, false)
 	if !ok {
+		return
+	}
+	if err := webhook.CheckURL(a.s.cfg.Outbound, req.URL); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	a.s.write(w, r, body, func() (int, any, error) {
@@ -93,6 +98,10 @@ func (a *webhookAPI) handleTest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.tester.Test(r.Context(), req); err != nil {
+		if errors.Is(err, proto.ErrInvalid) {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 		writeError(w, http.StatusBadGateway, "test webhook failed: "+err.Error())
 		return
 	}

@@ -23,7 +23,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -32,6 +31,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/netpolicy"
 	"github.com/hypersdk/hypersdk/shared/secrets"
 	"github.com/hypersdk/hypersdk/shared/version"
 )
@@ -55,8 +55,11 @@ type Config struct {
 	// Secrets seals the seeds' header values and secrets before they enter the raft log,
 	// and opens stored ones to deliver (nil: stored in clear).
 	Secrets *secrets.Box
-	Client  *http.Client
-	Logger  *slog.Logger
+	// Policy says where deliveries and tests may connect (checked when dialling).
+	Policy netpolicy.Policy
+	// Client sends deliveries (nil: NewClient(Policy)).
+	Client *http.Client
+	Logger *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -73,7 +76,7 @@ func (c *Config) fill() {
 		c.Poll = time.Second
 	}
 	if c.Client == nil {
-		c.Client = NewClient()
+		c.Client = NewClient(c.Policy)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -81,17 +84,37 @@ func (c *Config) fill() {
 }
 
 // NewClient is the delivery HTTP client: no overall timeout (each attempt has a context
-// deadline) and no redirects (a 3xx would turn the POST into a GET elsewhere).
-func NewClient() *http.Client {
+// deadline), no redirects (a 3xx would turn the POST into a GET elsewhere), every
+// connection checked by the outbound policy when it is dialled. It connects directly,
+// never through HTTP(S)_PROXY: through a proxy the policy would judge the proxy's address,
+// not the receiver's.
+func NewClient(pol netpolicy.Policy) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			DialContext:         pol.DialContext(10 * time.Second),
 			MaxIdleConnsPerHost: 4,
 			IdleConnTimeout:     90 * time.Second,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// ErrUnreachable: a delivery attempt got no HTTP answer (refused, reset, timed out, or a
+// target the outbound policy does not allow). Callers are told no more than that, so
+// POST /webhooks/test cannot tell a closed port from a filtered one.
+var ErrUnreachable = errors.New("webhook receiver unreachable")
+
+// CheckURL checks a webhook URL against the policy before anything is sent: the scheme,
+// and the host when it is an address literal (names are checked when dialled).
+func CheckURL(pol netpolicy.Policy, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%w: webhook url is not a URL", proto.ErrInvalid)
+	}
+	if err := pol.CheckURL(u); err != nil {
+		return fmt.Errorf("%w: webhook url: %v", proto.ErrInvalid, err)
+	}
+	return nil
 }
 
 // Deliverer sends the outbox while its node leads.
@@ -365,9 +388,9 @@ func Send(ctx context.Context, client *http.Client, hook proto.Webhook, delivery
 			err = uerr.Err // url.Error repeats the URL, which may carry a token in its query
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("no answer within %s", timeout)
+			return fmt.Errorf("%w: no answer within %s", ErrUnreachable, timeout)
 		}
-		return err
+		return fmt.Errorf("%w: %v", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -455,6 +478,9 @@ func (d *Deliverer) Test(ctx context.Context, r proto.WebhookTestRequest) error 
 	if event == "" {
 		event = proto.EventTest
 	}
+	if err := CheckURL(d.cfg.Policy, r.URL); err != nil {
+		return err
+	}
 	hook := (&proto.WebhookRequest{URL: r.URL, Events: []string{event}, Timeout: r.Timeout, Headers: r.Headers, Secret: r.Secret}).Webhook()
 	hook.RetryCount = 0
 	if r.Timeout == nil {
@@ -463,5 +489,15 @@ func (d *Deliverer) Test(ctx context.Context, r proto.WebhookTestRequest) error 
 	now := time.Now().UTC()
 	data, _ := json.Marshal(map[string]string{"message": "test webhook from HyperSDK"})
 	body, _ := json.Marshal(proto.WebhookPayload{Event: event, Timestamp: now, Data: data})
-	return Send(ctx, d.cfg.Client, hook, "test-"+strconv.FormatInt(now.UnixNano(), 36), event, body)
+	err := Send(ctx, d.cfg.Client, hook, "test-"+strconv.FormatInt(now.UnixNano(), 36), event, body)
+	if errors.Is(err, ErrUnreachable) {
+		// The detail (refused, reset, EOF, timed out, not allowed) would tell a caller
+		// which ports are open where: the operator finds it in the log.
+		d.log.Info("test webhook not delivered", "url", SafeURL(r.URL), "err", err)
+		return ErrUnreachable
+	}
+	return err
 }
+
+// Policy is the outbound policy deliveries follow.
+func (d *Deliverer) Policy() netpolicy.Policy { return d.cfg.Policy }

@@ -2,16 +2,20 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/netpolicy"
 	"github.com/hypersdk/hypersdk/shared/secrets"
 )
 
@@ -50,7 +54,7 @@ func TestSend(t *testing.T) {
 			}
 			hook := proto.Webhook{URL: url + "?token=abc", Timeout: 1, Secret: "k", Headers: map[string]string{"Authorization": "Bearer t"}}
 			start := time.Now()
-			err := Send(context.Background(), NewClient(), hook, "42", "job.failed", []byte(`{"event":"job.failed"}`))
+			err := Send(context.Background(), NewClient(netpolicy.Policy{AllowPrivate: true, AllowHTTP: true}), hook, "42", "job.failed", []byte(`{"event":"job.failed"}`))
 			if tc.errContains == "" && err != nil || tc.errContains != "" && (err == nil || !strings.Contains(err.Error(), tc.errContains)) {
 				t.Fatalf("err %v, want %q", err, tc.errContains)
 			}
@@ -111,7 +115,8 @@ func TestRunDeliversAndRecords(t *testing.T) {
 		r := proto.WebhookRequest{URL: srv.URL + p, Events: []string{proto.EventJobSubmitted}, RetryCount: &retries}
 		seed = append(seed, r.Webhook())
 	}
-	d := New(Config{Backoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Poll: 20 * time.Millisecond, Seed: seed}, st, a)
+	d := New(Config{Backoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Poll: 20 * time.Millisecond, Seed: seed,
+		Policy: netpolicy.Policy{AllowPrivate: true, AllowHTTP: true}}, st, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.Run(ctx); close(done) }()
@@ -167,5 +172,60 @@ func TestSealAndOpenSecrets(t *testing.T) {
 	}
 	if clear, err := SealSecrets(nil, hook); err != nil || clear.Secret != "hmac-key" {
 		t.Fatalf("without a key: %+v %v", clear, err)
+	}
+}
+
+// Issue 18: webhook tests and deliveries reached loopback and private addresses. With the
+// default policy they never connect there, whether the URL names the address or a name
+// that resolves to it, and a test answers only "unreachable".
+func TestDeliveriesFollowTheOutboundPolicy(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	var conns atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	byName := "https://localhost:" + port + "/hook"
+
+	d := New(Config{}, state.New(), nil)
+	cases := []struct {
+		url     string
+		wantErr error
+	}{
+		{srv.URL + "/hook", proto.ErrInvalid},            // an address literal: refused before anything is dialled
+		{byName, ErrUnreachable},                         // a name: refused when dialled
+		{"http://hooks.example.com/x", proto.ErrInvalid}, // http without allow_http_targets
+	}
+	for _, tc := range cases {
+		err := d.Test(context.Background(), proto.WebhookTestRequest{URL: tc.url})
+		if !errors.Is(err, tc.wantErr) {
+			t.Fatalf("test %s: %v, want %v", tc.url, err, tc.wantErr)
+		}
+		if errors.Is(err, ErrUnreachable) && err.Error() != ErrUnreachable.Error() {
+			t.Fatalf("test %s: %q tells more than %q", tc.url, err, ErrUnreachable)
+		}
+	}
+	// A delivery of the outbox goes through the same dialer.
+	hook := proto.Webhook{ID: "w", URL: byName, Timeout: 2}
+	if res, _ := d.deliver(context.Background(), hook, &state.OutboxEntry{ID: 1, Event: proto.EventJobSubmitted, Payload: []byte(`{}`)}); res != state.DeliveryFailure {
+		t.Fatalf("delivery result %s", res)
+	}
+	if conns.Load() != 0 || hits.Load() != 0 {
+		t.Fatalf("the receiver on loopback saw %d connections, %d requests", conns.Load(), hits.Load())
+	}
+	// Allowed, the same receiver is reached (its certificate is the test's own).
+	allowed := New(Config{Policy: netpolicy.Policy{AllowPrivate: true}, Client: nil}, state.New(), nil)
+	tr := allowed.cfg.Client.Transport.(*http.Transport)
+	tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	if err := allowed.Test(context.Background(), proto.WebhookTestRequest{URL: srv.URL + "/hook"}); err != nil {
+		t.Fatalf("allowed test: %v", err)
+	}
+	if hits.Load() != 1 {
+		t.Fatalf("receiver hits %d, want 1", hits.Load())
 	}
 }

@@ -42,7 +42,10 @@ type Config struct {
 	// KeepAlive is the interval of session keep-alive calls, so a long transfer that makes no
 	// SOAP call does not lose the session (and with it the cookie of its datastore reads).
 	KeepAlive time.Duration
-	Logger    *slog.Logger
+	// Dialer makes every connection to the server (nil: a plain dialer). The controller
+	// passes one whose Control hook enforces its outbound policy (shared/netpolicy).
+	Dialer *net.Dialer
+	Logger *slog.Logger
 }
 
 // DefaultConfig has a keep-alive well inside vCenter's 30-minute idle session timeout.
@@ -103,7 +106,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	if u.Scheme == "https" {
-		certs, err := fetchCertificates(ctx, hostport, c.host)
+		certs, err := fetchCertificates(ctx, cfg.Dialer, hostport, c.host)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, hostport, err)
 		}
@@ -117,6 +120,26 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if c.trust == trustPinned {
 		// govmomi checks the pin on every new connection, not only this first one.
 		c.soap.SetThumbprint(hostport, c.thumbprint)
+	}
+	if cfg.Dialer != nil {
+		// govmomi dials TLS with tls.Dial, past any DialContext: both go through the
+		// configured dialer, with the trust decision made above.
+		t := c.soap.DefaultTransport()
+		t.DialContext = cfg.Dialer.DialContext
+		if c.trust != trustPlainHTTP {
+			t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				raw, err := cfg.Dialer.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				tc := tls.Client(raw, c.TLSConfig())
+				if err := tc.HandshakeContext(ctx); err != nil {
+					raw.Close()
+					return nil, err
+				}
+				return tc, nil
+			}
+		}
 	}
 	c.vim, err = vim25.NewClient(ctx, c.soap)
 	if err != nil {

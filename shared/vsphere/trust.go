@@ -62,9 +62,17 @@ func thumbprintMatches(normalized string, cert *x509.Certificate) bool {
 
 // fetchCertificates completes a TLS handshake without verification to see what the server
 // presents; the trust decision is made afterwards, so the error can show the thumbprint.
-func fetchCertificates(ctx context.Context, hostport, serverName string) ([]*x509.Certificate, error) {
+func fetchCertificates(ctx context.Context, nd *net.Dialer, hostport, serverName string) ([]*x509.Certificate, error) {
+	if nd == nil {
+		nd = &net.Dialer{}
+	}
+	if nd.Timeout == 0 {
+		c := *nd
+		c.Timeout = 15 * time.Second
+		nd = &c
+	}
 	d := tls.Dialer{
-		NetDialer: &net.Dialer{Timeout: 15 * time.Second},
+		NetDialer: nd,
 		Config:    &tls.Config{InsecureSkipVerify: true, ServerName: serverName}, //nolint:gosec // inspection only, see decideTrust
 	}
 	conn, err := d.DialContext(ctx, "tcp", hostport)

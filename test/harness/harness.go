@@ -224,7 +224,9 @@ func startController(t testing.TB, dir, id string, join []string, files TLSFiles
 		CAFile:   files.CAFile,
 	}
 	args := []string{"--node-id", id, "--data-dir", c.DataDir, "--api-addr", c.APIAddr, "--raft-addr", c.RaftAddr,
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--log-level", "info"}
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)), "--log-level", "info",
+		// The simulator and the webhook receivers of the tests listen on loopback.
+		"--allow-private-targets", "--allow-http-targets"}
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
