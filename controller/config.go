@@ -56,6 +56,10 @@ type APIConfig struct {
 	MaxBodyBytes int64         `yaml:"max_body_bytes"`
 	TLS          TLSConfig     `yaml:"tls"`
 	RateLimit    api.RateLimit `yaml:"rate_limit"`
+	// AllowedHosts are names (besides address literals, localhost and the advertised
+	// name) a Host header may carry when no token is configured: the guard against DNS
+	// rebinding from a browser on this host.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // TLSConfig serves the API over TLS when CertFile and KeyFile are set; CAFile verifies

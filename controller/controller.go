@@ -173,6 +173,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
 		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit, Secrets: c.secrets,
 		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS, Outbound: cfg.OutboundPolicy(),
+		Advertise: c.apiAddr, AllowedHosts: cfg.API.AllowedHosts,
 	}, c.State, c.Node, c.Metrics)
 	if err != nil {
 		return nil, err

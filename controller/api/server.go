@@ -83,7 +83,11 @@ type Config struct {
 	Secrets *secrets.Box
 	// Outbound is where /vms/* and webhook URLs may point (shared/netpolicy).
 	Outbound netpolicy.Policy
-	Logger  *slog.Logger
+	// Advertise is this API's address as other controllers reach it, and AllowedHosts
+	// further names a Host header may carry in no-token mode (browser.go).
+	Advertise    string
+	AllowedHosts []string
+	Logger       *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -115,11 +119,13 @@ type Server struct {
 	agents  AgentsConfig
 	auth    *Auth
 	limiter *limiter
-	router  *mux.Router
-	client  *http.Client
-	started time.Time
-	now     func() time.Time
-	newID   func() string
+	// allowedHosts are the names a Host header may carry in no-token mode (browser.go).
+	allowedHosts []string
+	router       *mux.Router
+	client       *http.Client
+	started      time.Time
+	now          func() time.Time
+	newID        func() string
 }
 
 // New builds the API server and its routes. It fails only on an invalid token list.
@@ -132,7 +138,7 @@ func New(cfg Config, st Store, node Raft, m *metrics.Metrics) (*Server, error) {
 	s := &Server{auth: auth, limiter: newLimiter(cfg.RateLimit),
 		cfg: cfg, log: cfg.Logger.With("component", "api"), st: st, node: node, metrics: m,
 		router: mux.NewRouter(), started: time.Now(), now: func() time.Time { return time.Now().UTC() },
-		newID: newUUID,
+		newID: newUUID, allowedHosts: hostNames(cfg.Advertise, cfg.AllowedHosts),
 	}
 	s.client = &http.Client{
 		Timeout: 30 * time.Second,
@@ -158,7 +164,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 func (s *Server) routes() {
 	r := s.router
-	r.Use(s.recoverMiddleware, s.instrument, s.authMiddleware, s.rateLimitMiddleware)
+	r.Use(s.recoverMiddleware, s.instrument, s.guardBrowsers, s.authMiddleware, s.rateLimitMiddleware)
 	r.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/status", s.handleStatus).Methods(http.MethodGet)
 	r.HandleFunc("/jobs/submit", s.handleSubmit).Methods(http.MethodPost)

@@ -348,7 +348,9 @@ func (c *Client) once(ctx context.Context, base *url.URL, req request) ([]byte, 
 	if err != nil {
 		return nil, 0, err
 	}
-	if req.body != nil {
+	if req.body != nil || (req.method != http.MethodGet && req.method != http.MethodHead) {
+		// Even a write without a body says JSON: a controller without tokens refuses
+		// writes that don't (a cross-site form could send them).
 		hr.Header.Set("Content-Type", "application/json")
 	}
 	for k, v := range req.header {

@@ -38,12 +38,15 @@
 
   async function api(path, opts = {}) {
     const headers = { Accept: 'application/json' };
-    if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+    // Every write says JSON, even without a body: with no token configured the
+    // controller refuses writes that don't (a cross-site form could send them).
+    const method = opts.method || 'GET';
+    if (opts.body !== undefined || method !== 'GET') headers['Content-Type'] = 'application/json';
     if (state.token) headers.Authorization = 'Bearer ' + state.token;
     let res;
     try {
       res = await fetch(new URL(path, base), {
-        method: opts.method || 'GET', headers, cache: 'no-store',
+        method, headers, cache: 'no-store',
         body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
       });
     } catch (e) {
