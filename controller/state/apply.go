@@ -68,6 +68,14 @@ func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known b
 		return decoded(body, s.applyWebhookDelivered), true
 	case CmdWebhookSeed:
 		return decoded(body, s.applyWebhookSeed), true
+	case CmdAgentEnroll:
+		return decoded(body, s.applyAgentEnroll), true
+	case CmdAgentForget:
+		return decoded(body, s.applyAgentForget), true
+	case CmdAgentRotate:
+		return decoded(body, s.applyAgentRotate), true
+	case CmdAgentRotateRequest:
+		return decoded(body, s.applyAgentRotateRequest), true
 	}
 	return nil, false
 }

@@ -36,6 +36,11 @@ const (
 	CmdWebhookDelete    CommandType = 24
 	CmdWebhookDelivered CommandType = 25
 	CmdWebhookSeed      CommandType = 26
+	// 40-49: agent identities (agentid.go).
+	CmdAgentEnroll        CommandType = 40
+	CmdAgentForget        CommandType = 41
+	CmdAgentRotate        CommandType = 42
+	CmdAgentRotateRequest CommandType = 43
 )
 
 var commandNames = map[CommandType]string{
@@ -45,6 +50,8 @@ var commandNames = map[CommandType]string{
 	CmdScheduleUpsert: "schedule_upsert", CmdScheduleDelete: "schedule_delete", CmdScheduleFired: "schedule_fired",
 	CmdWebhookAdd: "webhook_add", CmdWebhookDelete: "webhook_delete", CmdWebhookDelivered: "webhook_delivered",
 	CmdWebhookSeed: "webhook_seed",
+	CmdAgentEnroll: "agent_enroll", CmdAgentForget: "agent_forget", CmdAgentRotate: "agent_rotate",
+	CmdAgentRotateRequest: "agent_rotate_request",
 }
 
 func (t CommandType) String() string {

@@ -7,12 +7,13 @@ import (
 	"testing"
 )
 
-// allCommandTypes lists every command type ever defined (1–10, 13, 20–26). A new type is added
+// allCommandTypes lists every command type ever defined (1–10, 13, 20–26, 40–43). A new type is added
 // here with its command.
 var allCommandTypes = []CommandType{
 	CmdSubmitJob, CmdCancelJobs, CmdLeaseGrant, CmdLeaseExpire, CmdProgress, CmdComplete, CmdFail,
 	CmdRegisterNode, CmdRemoveNode, CmdSubmitBatch, CmdLeaseCommit,
 	CmdScheduleUpsert, CmdScheduleDelete, CmdScheduleFired, CmdWebhookAdd, CmdWebhookDelete, CmdWebhookDelivered, CmdWebhookSeed,
+	CmdAgentEnroll, CmdAgentForget, CmdAgentRotate, CmdAgentRotateRequest,
 }
 
 // Every known type is dispatched (a malformed payload is an error answer, never "unknown")

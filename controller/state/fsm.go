@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/hashicorp/raft"
 
@@ -29,6 +31,8 @@ type snapshotHeader struct {
 	Applied uint64     `json:"applied"`
 	// SW: schedules, webhooks, outbox (absent in snapshots written before them).
 	SW *swSnapshot `json:"sw,omitempty"`
+	// Agents: enrolled agent identities (absent in snapshots written before them).
+	Agents []AgentIdentity `json:"agents,omitempty"`
 }
 
 type snapshotJob struct {
@@ -56,6 +60,11 @@ func (f FSM) Snapshot() (raft.FSMSnapshot, error) {
 		snap.header.Nodes = append(snap.header.Nodes, n)
 	}
 	snap.header.SW = s.sw.snapshotLocked()
+	for _, id := range s.agentIDs {
+		snap.header.Agents = append(snap.header.Agents, *id)
+	}
+	// Sorted: snapshots of equal states are equal bytes (the round-trip tests compare them).
+	slices.SortFunc(snap.header.Agents, func(a, b AgentIdentity) int { return strings.Compare(a.Name, b.Name) })
 	s.all.Ascend(func(e *entry) bool {
 		snap.jobs = append(snap.jobs, snapshotJob{Seq: e.seq, Job: e.job})
 		return true
@@ -117,6 +126,7 @@ func (f FSM) Restore(rc io.ReadCloser) error {
 	for _, n := range h.Nodes {
 		s.nodes[n.ID] = n
 	}
+	s.restoreAgentsLocked(h.Agents)
 	s.sw.restoreLocked(h.SW, func(id string) bool {
 		e, ok := s.jobs[id]
 		return !ok || e.job.Status.Terminal()

@@ -54,6 +54,10 @@ type State struct {
 	events       *broker
 	// sw holds schedules, webhooks and the webhook outbox (swstate.go), under mu.
 	sw *swState
+	// agentIDs are the enrolled agents by name, agentByCred their names by credential
+	// hash (agentid.go), under mu.
+	agentIDs    map[string]*AgentIdentity
+	agentByCred map[string]string
 }
 
 // New returns an empty state.
@@ -78,6 +82,8 @@ func (s *State) reset() {
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
 	s.strs = make(map[string]string)
+	s.agentIDs = make(map[string]*AgentIdentity)
+	s.agentByCred = make(map[string]string)
 }
 
 // intern returns the stored copy of v. Caller holds the write lock.
