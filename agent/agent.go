@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,10 +50,13 @@ type Config struct {
 	GuestConversion string `yaml:"guest_conversion"`
 	// VirtProbeFile caches the virtualisation probe's decision for the host's current boot
 	// (default <storage_dir>/.virt-probe.json).
-	VirtProbeFile string         `yaml:"virt_probe_file"`
-	Transfer      TransferConfig `yaml:"transfer"`
-	Gossip        GossipConfig   `yaml:"gossip"`
-	Log           LogConfig      `yaml:"log"`
+	VirtProbeFile string `yaml:"virt_probe_file"`
+	// CredentialFile keeps the agent's own credential, enrolled with the join token on
+	// first contact (default <storage_dir>/.agent-credential, mode 0600).
+	CredentialFile string         `yaml:"credential_file"`
+	Transfer       TransferConfig `yaml:"transfer"`
+	Gossip         GossipConfig   `yaml:"gossip"`
+	Log            LogConfig      `yaml:"log"`
 }
 
 // TransferConfig tunes the disk copies (zero: the defaults of agent/transfer: 4
@@ -77,6 +81,14 @@ type TransferConfig struct {
 	Connections int `yaml:"connections"`
 	// MaxMbps caps all of this agent's transfers together, in megabits per second (0: none).
 	MaxMbps int `yaml:"max_mbps"`
+}
+
+// credentialFile is where the agent keeps its credential.
+func (c Config) credentialFile() string {
+	if c.CredentialFile != "" {
+		return c.CredentialFile
+	}
+	return filepath.Join(c.StorageDir, ".agent-credential")
 }
 
 // VDDKDir is the VDDK directory in effect: transfer.vddk_libdir, else vddk_libdir.
@@ -232,7 +244,8 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	}
 	a.Worker, err = worker.New(worker.Config{
 		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
-		ShutdownGrace: cfg.ShutdownGrace, Logger: log,
+		CredentialFile: cfg.credentialFile(),
+		ShutdownGrace:  cfg.ShutdownGrace, Logger: log,
 		Probe: func() (proto.AgentCapacity, proto.AgentCapabilities) {
 			// Without the transfer rate: a controller older than that field refuses
 			// lease requests that carry it, and placement does not use it.

@@ -184,7 +184,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 	c.Fleet.OnDead(func(name string) {
 		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))
 	})
-	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken})
+	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken, Identities: c.State})
 	c.API.SetVMs()
 	if cfg.MetricsEnabled() {
 		c.Metrics.Registry.MustRegister(c.Fleet)

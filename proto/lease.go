@@ -1,13 +1,50 @@
 package proto
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // The agent API (/agent/v1/...): how agents lease jobs and report on them. Every report
 // carries the (job_id, attempt) fencing token; a stale token gets 409 and the agent must
 // abort that work.
 
 // AgentTokenHeader carries the agent join token (also accepted as "Authorization: Bearer").
+// The join token only enrols (POST /agent/v1/enroll); every other agent call carries the
+// agent's own credential in AgentCredentialHeader.
 const AgentTokenHeader = "X-Hypersdk-Agent-Token"
+
+// AgentCredentialHeader carries the agent's own credential: a secret the agent made up,
+// whose SHA-256 it enrolled under its name.
+const AgentCredentialHeader = "X-Hypersdk-Agent-Credential"
+
+// AgentRotateHeader is set (to "1") on answers to an agent an admin asked to rotate its
+// credential (hyperctl agents rotate): the agent calls POST /agent/v1/rotate.
+const AgentRotateHeader = "X-Hypersdk-Agent-Rotate"
+
+// EnrollRequest enrols an agent (join token) or rotates its credential (POST
+// /agent/v1/rotate, authenticated by the current credential): CredentialSHA256 is the
+// lower-case hex SHA-256 of the agent's new credential.
+type EnrollRequest struct {
+	Agent            string `json:"agent"`
+	CredentialSHA256 string `json:"credential_sha256"`
+}
+
+// EnrollResponse answers an enrolment. CredentialRequired is false on a controller with no
+// join token and no API tokens (loopback only): it checks no agent identity.
+type EnrollResponse struct {
+	Agent              string    `json:"agent"`
+	EnrolledAt         time.Time `json:"enrolled_at,omitzero"`
+	CredentialRequired bool      `json:"credential_required"`
+}
+
+// AgentIdentity is an enrolled agent as GET /agents/identities shows it (no credential).
+type AgentIdentity struct {
+	Name            string    `json:"name"`
+	EnrolledAt      time.Time `json:"enrolled_at"`
+	RotatedAt       time.Time `json:"rotated_at,omitzero"`
+	RotateRequested bool      `json:"rotate_requested,omitempty"`
+}
 
 // LeaseToken fences every report: the job and the attempt the agent was granted.
 type LeaseToken struct {
@@ -129,6 +166,17 @@ func validAgentName(name string) error {
 func (t LeaseToken) validate() error {
 	if t.JobID == "" || t.Attempt <= 0 {
 		return invalid("job_id and attempt (>= 1) are required")
+	}
+	return nil
+}
+
+// Validate checks an enrolment or rotation.
+func (r *EnrollRequest) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	if len(r.CredentialSHA256) != 64 || strings.Trim(r.CredentialSHA256, "0123456789abcdef") != "" {
+		return invalid("credential_sha256 must be 64 lower-case hex digits (the SHA-256 of the agent's credential)")
 	}
 	return nil
 }

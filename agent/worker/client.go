@@ -21,8 +21,10 @@ var (
 	ErrStale = errors.New("lease is stale")
 	// ErrUnavailable: no controller answered usefully (network errors, 503s).
 	ErrUnavailable = errors.New("no controller available")
-	// ErrUnauthorized: the join token was refused.
-	ErrUnauthorized = errors.New("join token refused by the controller")
+	// ErrUnauthorized: the agent's credential (or, enrolling, the join token) was refused.
+	ErrUnauthorized = errors.New("agent credential or join token refused by the controller")
+	// ErrNameTaken: another credential is enrolled under this agent's name.
+	ErrNameTaken = errors.New("agent name enrolled with another credential")
 )
 
 // client talks to any controller of the cluster (followers forward to the leader) and
@@ -34,6 +36,9 @@ type client struct {
 
 	mu  sync.Mutex
 	cur int
+
+	// id is this agent's identity (credential.go).
+	id identity
 }
 
 func newClient(urls []string, token string, hc *http.Client) *client {
@@ -68,27 +73,49 @@ func (c *client) rotate(from string) {
 	}
 }
 
-// post sends one request to the current controller. timeout bounds this attempt.
+// post sends one authenticated agent call to the current controller (enrolling first
+// when this process has not yet). timeout bounds this attempt.
 func (c *client) post(ctx context.Context, path string, in, out any, timeout time.Duration) error {
-	body, err := json.Marshal(in)
+	cred, err := c.credential(ctx, timeout)
 	if err != nil {
 		return err
+	}
+	hdr, err := c.send(ctx, path, in, out, timeout, proto.AgentCredentialHeader, cred)
+	if errors.Is(err, ErrUnauthorized) {
+		// Unknown here: a controller that lost its state, an admin's forget, or a follower
+		// that has not applied the enrolment yet. Enrol again on the next call (the same
+		// credential: a no-op where the identity is known).
+		c.unenrolled(cred)
+	}
+	if err == nil && hdr.Get(proto.AgentRotateHeader) != "" {
+		go c.rotateCredential(context.WithoutCancel(ctx))
+	}
+	return err
+}
+
+// send posts to the current controller with one authentication header. A controller that
+// refuses the credential (401), fails (5xx) or cannot be reached is left for the next one:
+// after a leader change a follower that cannot help must not keep the agent idle.
+func (c *client) send(ctx context.Context, path string, in, out any, timeout time.Duration, authHeader, authValue string) (http.Header, error) {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
 	}
 	base := c.base()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if c.token != "" {
-		req.Header.Set(proto.AgentTokenHeader, c.token)
+	if authValue != "" {
+		req.Header.Set(authHeader, authValue)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.rotate(base)
-		return fmt.Errorf("%w: %s: %v", ErrUnavailable, base, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnavailable, base, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -96,21 +123,22 @@ func (c *client) post(ctx context.Context, path string, in, out any, timeout tim
 	case resp.StatusCode == http.StatusOK:
 		if out != nil {
 			if err := json.Unmarshal(b, out); err != nil {
-				return fmt.Errorf("%s%s: decode answer: %w", base, path, err)
+				return nil, fmt.Errorf("%s%s: decode answer: %w", base, path, err)
 			}
 		}
-		return nil
+		return resp.Header, nil
+	case resp.StatusCode == http.StatusConflict && path == enrollPath:
+		return nil, fmt.Errorf("%w: %s", ErrNameTaken, errorText(b))
 	case resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusNotFound:
-		return fmt.Errorf("%w: %s", ErrStale, errorText(b))
+		return nil, fmt.Errorf("%w: %s", ErrStale, errorText(b))
 	case resp.StatusCode == http.StatusUnauthorized:
-		return fmt.Errorf("%w: %s", ErrUnauthorized, errorText(b))
+		c.rotate(base)
+		return nil, fmt.Errorf("%w: %s: %s", ErrUnauthorized, base, errorText(b))
 	case resp.StatusCode >= 500:
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			c.rotate(base)
-		}
-		return fmt.Errorf("%w: %s answered %d: %s", ErrUnavailable, base, resp.StatusCode, errorText(b))
+		c.rotate(base)
+		return nil, fmt.Errorf("%w: %s answered %d: %s", ErrUnavailable, base, resp.StatusCode, errorText(b))
 	}
-	return fmt.Errorf("%s%s: %d %s", base, path, resp.StatusCode, errorText(b))
+	return nil, fmt.Errorf("%s%s: %d %s", base, path, resp.StatusCode, errorText(b))
 }
 
 func errorText(b []byte) string {
@@ -128,7 +156,9 @@ func (c *client) postRetry(ctx context.Context, path string, in, out any, deadli
 	backoff := 100 * time.Millisecond
 	for {
 		err := c.post(ctx, path, in, out, 10*time.Second)
-		if err == nil || !errors.Is(err, ErrUnavailable) || time.Now().Add(backoff).After(stop) {
+		// 401 is worth another try too: the call went to the next controller.
+		transient := errors.Is(err, ErrUnavailable) || errors.Is(err, ErrUnauthorized)
+		if err == nil || !transient || time.Now().Add(backoff).After(stop) {
 			return err
 		}
 		select {

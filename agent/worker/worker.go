@@ -76,8 +76,12 @@ type Executor interface {
 type Config struct {
 	Name        string
 	Controllers []string
-	Token       string
-	MaxJobs     int
+	// Token is the join token: it only enrols this agent's own credential.
+	Token string
+	// CredentialFile keeps the agent's credential across restarts (empty: in memory only,
+	// so a restarted process cannot enrol under its name again).
+	CredentialFile string
+	MaxJobs        int
 	// Probe returns the current capacity and capabilities sent with each lease request.
 	Probe func() (proto.AgentCapacity, proto.AgentCapabilities)
 	// ShutdownGrace is how long running jobs may finish after a stop before they are
@@ -197,11 +201,13 @@ func New(cfg Config, exec Executor) (*Worker, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	return &Worker{
+	w := &Worker{
 		cfg: cfg, log: cfg.Logger.With("component", "worker", "agent", cfg.Name), exec: exec,
 		c: newClient(cfg.Controllers, cfg.Token, nil), jobs: map[string]*running{},
 		ttl: 15 * time.Second, slot: make(chan struct{}, 1),
-	}, nil
+	}
+	w.c.id = identity{name: cfg.Name, file: cfg.CredentialFile, log: w.log}
+	return w, nil
 }
 
 // Running returns how many jobs run now.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hypersdk/hypersdk/controller/cluster"
 	"github.com/hypersdk/hypersdk/controller/lease"
+	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -34,12 +35,20 @@ type AgentFleet interface {
 	Get(name string) (proto.AgentInfo, bool)
 }
 
+// Identities are the enrolled agents (controller/state, agentid.go).
+type Identities interface {
+	AgentByCredential(sum string) (state.AgentIdentity, bool)
+	AgentIdentities() []state.AgentIdentity
+}
+
 // AgentsConfig wires the agent side of the API.
 type AgentsConfig struct {
 	Leases Leases
 	Fleet  AgentFleet // may be nil (no gossip)
-	// JoinToken, when set, must be presented by agents on every agent API call.
-	JoinToken string
+	// JoinToken, when set, lets agents enrol (POST /agent/v1/enroll); every other agent
+	// call is authenticated by the agent's own credential (Identities).
+	JoinToken  string
+	Identities Identities
 }
 
 // SetAgents adds the agent API (/agent/v1/...) and the fleet view (/agents).
@@ -50,26 +59,20 @@ func (s *Server) SetAgents(cfg AgentsConfig) {
 	}
 	r := s.router
 	r.HandleFunc("/agents", s.handleAgents).Methods(http.MethodGet)
+	r.HandleFunc("/agents/identities", s.handleIdentities).Methods(http.MethodGet)
 	r.HandleFunc("/agents/{name}", s.handleAgent).Methods(http.MethodGet)
+	r.HandleFunc("/agents/{name}/forget", s.handleForget).Methods(http.MethodPost)
+	r.HandleFunc("/agents/{name}/rotate", s.handleRotateRequest).Methods(http.MethodPost)
 	a := r.PathPrefix("/agent/v1").Subrouter()
 	a.Use(s.agentAuth)
+	a.HandleFunc("/enroll", s.handleEnroll).Methods(http.MethodPost)
+	a.HandleFunc("/rotate", s.handleRotate).Methods(http.MethodPost)
 	a.HandleFunc("/lease", s.handleLease).Methods(http.MethodPost)
 	a.HandleFunc("/heartbeat", s.handleHeartbeat).Methods(http.MethodPost)
 	a.HandleFunc("/progress", s.handleProgress).Methods(http.MethodPost)
 	a.HandleFunc("/complete", s.handleComplete).Methods(http.MethodPost)
 	a.HandleFunc("/fail", s.handleFail).Methods(http.MethodPost)
 	a.HandleFunc("/commit", s.handleCommit).Methods(http.MethodPost)
-}
-
-// agentAuth lets through agents with the join token (or an admin token).
-func (s *Server) agentAuth(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.agentAllowed(r) {
-			writeError(w, http.StatusUnauthorized, "agent join token missing or wrong")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
@@ -103,7 +106,7 @@ func leaseErr(err error) error {
 
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.LeaseRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -120,7 +123,7 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.HeartbeatRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -131,7 +134,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.ProgressRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -142,7 +145,7 @@ func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.CompleteRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
@@ -155,7 +158,7 @@ func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.FailRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {

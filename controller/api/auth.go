@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-
-	"github.com/hypersdk/hypersdk/proto"
 )
 
 // Role says what a token may do.
@@ -137,7 +135,8 @@ func readOnly(r *http.Request) bool {
 }
 
 // authMiddleware enforces tokens and roles on the user API. /health stays open; the agent
-// API has its own join-token check (agentAuth) which also accepts admin tokens.
+// API has its own check (agentid.go), which takes no API token: no user token ever
+// receives a clear vCenter password.
 func (s *Server) authMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.auth.Enabled() || r.URL.Path == "/health" || strings.HasPrefix(r.URL.Path, "/agent/v1/") || strings.HasPrefix(r.URL.Path, "/ui") || peerJoin(r) {
@@ -156,15 +155,6 @@ func (s *Server) authMiddleware(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// isAdminRequest reports whether the request carries an admin token (agent API fallback).
-func (s *Server) isAdminRequest(r *http.Request) bool {
-	if !s.auth.Enabled() {
-		return false
-	}
-	_, role, err := s.auth.identify(r)
-	return err == nil && role == RoleAdmin
 }
 
 // RateLimit configures per-client request limits. Zero RequestsPerSecond disables them.
@@ -261,23 +251,4 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// agentAllowed checks the agent join token, or an admin token.
-func (s *Server) agentAllowed(r *http.Request) bool {
-	want := s.agents.JoinToken
-	if want == "" && !s.auth.Enabled() {
-		return true
-	}
-	if want != "" {
-		got := r.Header.Get(proto.AgentTokenHeader)
-		if got == "" {
-			got = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		}
-		a, b := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
-		if subtle.ConstantTimeCompare(a[:], b[:]) == 1 {
-			return true
-		}
-	}
-	return s.isAdminRequest(r)
 }

@@ -461,7 +461,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, lt
 	if err != nil {
 		return false, err
 	}
-	for _, h := range []string{"Content-Type", "Authorization", "Accept"} {
+	// The agent's join token and credential travel too: the leader authenticates the
+	// agent itself (dropping them left agents of a follower with 401 after a leader change).
+	for _, h := range []string{"Content-Type", "Authorization", "Accept", proto.AgentTokenHeader, proto.AgentCredentialHeader} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}

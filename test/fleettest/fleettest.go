@@ -7,6 +7,9 @@ package fleettest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -80,9 +83,23 @@ type Agent struct {
 	Name string
 	// URL is a controller's base URL.
 	URL string
-	// Token is the join token, if the controller wants one.
+	// Token is the join token, if the controller wants one: the first call enrols
+	// Credential with it.
 	Token string
-	hc    *http.Client
+	// Credential is the agent's own credential, presented on every call but the enrolment.
+	Credential string
+	hc         *http.Client
+}
+
+// Enroll makes a credential (unless set) and enrols it under Name with the join token.
+func (a *Agent) Enroll() (int, error) {
+	if a.Credential == "" {
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		a.Credential = hex.EncodeToString(b)
+	}
+	sum := sha256.Sum256([]byte(a.Credential))
+	return a.post("/agent/v1/enroll", proto.EnrollRequest{Agent: a.Name, CredentialSHA256: hex.EncodeToString(sum[:])}, nil)
 }
 
 // NewAgent returns an agent API client for name.
@@ -97,8 +114,19 @@ func (a *Agent) post(path string, in, out any) (int, error) {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if a.Token != "" {
-		req.Header.Set(proto.AgentTokenHeader, a.Token)
+	if path == "/agent/v1/enroll" {
+		if a.Token != "" {
+			req.Header.Set(proto.AgentTokenHeader, a.Token)
+		}
+	} else {
+		if a.Token != "" && a.Credential == "" {
+			if code, err := a.Enroll(); err != nil {
+				return code, err
+			}
+		}
+		if a.Credential != "" {
+			req.Header.Set(proto.AgentCredentialHeader, a.Credential)
+		}
 	}
 	resp, err := a.hc.Do(req)
 	if err != nil {
