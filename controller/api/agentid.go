@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gorilla/mux"
 
@@ -48,12 +49,7 @@ func (s *Server) agentAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		cred := r.Header.Get(proto.AgentCredentialHeader)
-		var id state.AgentIdentity
-		ok := cred != "" && s.agents.Identities != nil
-		if ok {
-			id, ok = s.agents.Identities.AgentByCredential(credentialHash(cred))
-		}
+		id, ok := s.lookupAgent(r)
 		if !ok {
 			writeError(w, http.StatusUnauthorized, "agent credential missing or unknown: an agent enrols with the join token (POST /agent/v1/enroll) and then presents its own credential; API tokens are not agent credentials")
 			return
@@ -63,6 +59,32 @@ func (s *Server) agentAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, id)))
 	})
+}
+
+// followerCatchUp bounds how long a follower waits to apply an enrolment it does not know
+// yet: an agent that enrolled through it (forwarded to the leader) calls it right after,
+// often before the entry reached it.
+const followerCatchUp = 2 * time.Second
+
+// lookupAgent finds the identity of the request's credential.
+func (s *Server) lookupAgent(r *http.Request) (state.AgentIdentity, bool) {
+	cred := r.Header.Get(proto.AgentCredentialHeader)
+	if cred == "" || s.agents.Identities == nil {
+		return state.AgentIdentity{}, false
+	}
+	sum := credentialHash(cred)
+	deadline := time.Now().Add(followerCatchUp)
+	for {
+		id, ok := s.agents.Identities.AgentByCredential(sum)
+		if ok || s.node.IsLeader() || time.Now().After(deadline) {
+			return id, ok
+		}
+		select {
+		case <-r.Context().Done():
+			return id, false
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // joinTokenOK compares the join token in constant time.
