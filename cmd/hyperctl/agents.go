@@ -11,6 +11,53 @@ import (
 func init() {
 	register("agents", "list", &command{help: "agents of the fleet with their capacity and load", run: (*app).agentsList})
 	register("agents", "get", &command{usage: "NAME", help: "one agent in detail", run: (*app).agentsGet})
+	register("agents", "enrolled", &command{help: "agents enrolled with their own credential", run: (*app).agentsEnrolled})
+	register("agents", "forget", &command{usage: "NAME", help: "drop an agent's credential (a replaced host may then enrol under NAME)", run: (*app).agentsForget})
+	register("agents", "rotate", &command{usage: "NAME", help: "make an agent replace its credential on its next call", run: (*app).agentsRotate})
+}
+
+func (a *app) agentsEnrolled(args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	ids, err := a.client.AgentIdentities(a.ctx)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(ids)
+	}
+	t := a.table("NAME", "ENROLLED", "ROTATED", "ROTATION ASKED")
+	for _, id := range ids {
+		rotated := ""
+		if !id.RotatedAt.IsZero() {
+			rotated = ago(id.RotatedAt)
+		}
+		t.row(id.Name, ago(id.EnrolledAt), rotated, id.RotateRequested)
+	}
+	return t.flush()
+}
+
+func (a *app) agentsForget(args []string) error {
+	if err := needArgs(args, 1, "one agent NAME"); err != nil {
+		return err
+	}
+	res, err := a.client.ForgetAgent(a.ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return a.message(res, "%s", res.Message)
+}
+
+func (a *app) agentsRotate(args []string) error {
+	if err := needArgs(args, 1, "one agent NAME"); err != nil {
+		return err
+	}
+	res, err := a.client.RotateAgent(a.ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return a.message(res, "%s", res.Message)
 }
 
 func (a *app) agentsList(args []string) error {

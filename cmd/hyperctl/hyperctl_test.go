@@ -640,3 +640,48 @@ func TestTLSAndToken(t *testing.T) {
 		t.Fatalf("watch over wss: %s", r)
 	}
 }
+
+// hyperctl agents enrolled|rotate|forget (issue 18): an admin manages agent identities; a
+// forgotten agent's credential stops working.
+func TestAgentIdentityCommands(t *testing.T) {
+	const token = "admin-token-0123456789abcdef"
+	cfg := controller.TestConfig(t, "ids1", t.TempDir())
+	cfg.Auth.Tokens = []api.Token{{Name: "ops", Role: api.RoleAdmin, Token: token}}
+	cfg.Agents.JoinToken = "join-token-0123456789abcdef"
+	c, err := controller.New(cfg, controller.TestLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	controller.WaitFor(t, 10*time.Second, "leader", c.Node.IsLeader)
+	agent := fleettest.NewAgent("kvm-id-1", c.URL())
+	agent.Token = cfg.Agents.JoinToken
+	if code, err := agent.Enroll(); err != nil {
+		t.Fatalf("enrol: %d %v", code, err)
+	}
+	env := map[string]string{"HYPERSDK_SERVER": c.URL(), "HYPERSDK_TOKEN": token}
+	cases := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"agents", "enrolled"}, 0, "kvm-id-1"},
+		{[]string{"agents", "rotate", "kvm-id-1"}, 0, "will rotate its credential"},
+		{[]string{"agents", "enrolled", "-o", "json"}, 0, `"rotate_requested": true`},
+		{[]string{"agents", "forget", "nobody"}, exitRejected, ""},
+		{[]string{"agents", "forget", "kvm-id-1"}, 0, "forgotten"},
+		{[]string{"agents", "enrolled"}, 0, ""},
+	}
+	for _, tc := range cases {
+		r := hyperctl(t, env, "", tc.args...)
+		if r.code != tc.code || !strings.Contains(r.stdout, tc.out) {
+			t.Fatalf("hyperctl %s: %s, want exit %d and %q", strings.Join(tc.args, " "), r, tc.code, tc.out)
+		}
+	}
+	if r := hyperctl(t, env, "", "agents", "enrolled"); strings.Contains(r.stdout, "kvm-id-1") {
+		t.Fatalf("forgotten agent still listed:\n%s", r)
+	}
+	if code, err := agent.Heartbeat(); code != http.StatusUnauthorized {
+		t.Fatalf("forgotten agent's heartbeat: %d %v, want 401", code, err)
+	}
+}

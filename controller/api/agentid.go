@@ -179,7 +179,7 @@ func (s *Server) handleForget(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, err
 		}
 		s.log.Info("agent identity forgotten", "agent", name)
-		return http.StatusOK, proto.ReportResponse{Message: fmt.Sprintf("agent %s forgotten: its credential no longer works and the name may enrol again", name)}, nil
+		return http.StatusOK, proto.MessageResponse{Message: fmt.Sprintf("agent %s forgotten: its credential no longer works and the name may enrol again", name)}, nil
 	})
 }
 
@@ -190,6 +190,6 @@ func (s *Server) handleRotateRequest(w http.ResponseWriter, r *http.Request) {
 		if _, err := s.node.Apply(state.MustEncode(state.CmdAgentRotateRequest, state.AgentRotateRequest{Name: name})); err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, proto.ReportResponse{Message: fmt.Sprintf("agent %s will rotate its credential on its next call", name)}, nil
+		return http.StatusOK, proto.MessageResponse{Message: fmt.Sprintf("agent %s will rotate its credential on its next call", name)}, nil
 	})
 }

@@ -30,3 +30,23 @@ func (c *Client) Agent(ctx context.Context, name string) (proto.AgentInfo, error
 	var out proto.AgentInfo
 	return out, c.get(ctx, "/agents/"+pathEscape(name), nil, &out)
 }
+
+// AgentIdentities calls GET /agents/identities: the enrolled agents.
+func (c *Client) AgentIdentities(ctx context.Context) ([]proto.AgentIdentity, error) {
+	var out []proto.AgentIdentity
+	return out, c.get(ctx, "/agents/identities", nil, &out)
+}
+
+// ForgetAgent calls POST /agents/{name}/forget (admin): the agent's credential stops
+// working and the name may enrol again (a replaced host).
+func (c *Client) ForgetAgent(ctx context.Context, name string) (proto.MessageResponse, error) {
+	var out proto.MessageResponse
+	return out, c.post(ctx, "/agents/"+pathEscape(name)+"/forget", nil, &out)
+}
+
+// RotateAgent calls POST /agents/{name}/rotate (admin): the agent replaces its credential
+// on its next call.
+func (c *Client) RotateAgent(ctx context.Context, name string) (proto.MessageResponse, error) {
+	var out proto.MessageResponse
+	return out, c.post(ctx, "/agents/"+pathEscape(name)+"/rotate", nil, &out)
+}

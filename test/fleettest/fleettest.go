@@ -211,3 +211,9 @@ func JobBody(vmPath string) proto.JobDefinition {
 
 // CanaryPassword must never appear in anything shown to a user.
 const CanaryPassword = "canary-Pa55w0rd"
+
+// Heartbeat sends an empty heartbeat (the agent holds no lease): its status says whether
+// the controller still knows the agent's credential.
+func (a *Agent) Heartbeat() (int, error) {
+	return a.post("/agent/v1/heartbeat", proto.HeartbeatRequest{Agent: a.Name}, nil)
+}
