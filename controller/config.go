@@ -60,6 +60,8 @@ type APIConfig struct {
 	// name) a Host header may carry when no token is configured: the guard against DNS
 	// rebinding from a browser on this host.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// Limits: read_timeout, write_timeout, idle_timeout, max_conns_per_client.
+	Limits api.Limits `yaml:",inline"`
 }
 
 // TLSConfig serves the API over TLS when CertFile and KeyFile are set; CAFile verifies

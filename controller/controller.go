@@ -194,11 +194,11 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 	c.API.SetUI(web.Handler())
 	c.Metrics.Registry.MustRegister(transferCollector{c.State})
 
-	c.http = &http.Server{Handler: c.API, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	c.http = api.NewHTTPServer(c.API, cfg.API.Limits, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := c.http.Serve(c.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := c.http.Serve(api.LimitPerClient(c.ln, cfg.API.Limits.MaxConnsPerClient)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("api server stopped", "err", err)
 		}
 	}()

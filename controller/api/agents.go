@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/gorilla/mux"
 
@@ -109,6 +110,9 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
+	// The long-poll outlives the server's WriteTimeout: up to 25 s of waiting (more here
+	// when forwarded) plus the answer.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(2 * time.Minute))
 	s.write(w, r, body, func() (int, any, error) {
 		l, err := s.agents.Leases.Lease(r.Context(), req)
 		if err != nil {
