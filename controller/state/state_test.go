@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -338,4 +339,43 @@ func TestEventsNeverBlockApply(t *testing.T) {
 	}
 	sub.Close()
 	a.ok(CmdSubmitJob, SubmitJob{Definition: def("x")})
+}
+
+// Issue 18: a viewer's queries of jobs with big network_mappings made a follower grow by
+// gigabytes. A page is bounded in bytes too, and the cursor still reaches every job.
+func TestQueryPageBoundedInBytes(t *testing.T) {
+	a := newApplier(t)
+	const n = 200
+	nm := map[string]string{}
+	for i := 0; i < 1000; i++ {
+		nm[fmt.Sprintf("VM Network %04d with a long name ..........................", i)] = "br0"
+	}
+	for i := 0; i < n; i++ {
+		d := def(fmt.Sprintf("big-%03d", i))
+		d.Options.NetworkMapping = nm
+		a.ok(CmdSubmitJob, SubmitJob{Definition: d})
+	}
+	seen := map[string]bool{}
+	cursor, pages := "", 0
+	for {
+		res, err := a.s.Query(proto.QueryRequest{Limit: proto.MaxQueryLimit, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		b, _ := json.Marshal(res.Jobs)
+		if len(b) > MaxQueryBytes+MaxQueryBytes/4 {
+			t.Fatalf("page of %d jobs is %d bytes, bound %d", len(res.Jobs), len(b), MaxQueryBytes)
+		}
+		for _, j := range res.Jobs {
+			seen[j.Definition.ID] = true
+		}
+		if res.NextCursor == "" {
+			break
+		}
+		cursor = res.NextCursor
+	}
+	if len(seen) != n || pages < 2 {
+		t.Fatalf("%d jobs in %d pages, want %d in several", len(seen), pages, n)
+	}
 }
