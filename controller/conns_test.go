@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/hypersdk/hypersdk/controller"
+	"github.com/hypersdk/hypersdk/controller/ws"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/test/harness"
 )
@@ -181,4 +184,35 @@ func postRaw(url, body string, out any) (int, error) {
 		return resp.StatusCode, json.NewDecoder(resp.Body).Decode(out)
 	}
 	return resp.StatusCode, nil
+}
+
+// Issue 18 (low): the WebSocket cap was per node, so one viewer took every slot. A token
+// (or, without tokens, an address) now has at most MaxPerClient connections; others still
+// get theirs.
+func TestWebSocketSlotsPerClient(t *testing.T) {
+	c := controller.StartTestClusterWith(t, 1, func(i int, cfg *controller.Config) {
+		cfg.Auth.Tokens = authConfig(t, "x", t.TempDir()).Auth.Tokens
+	})[0]
+	dial := func(tok string) (int, error) {
+		conn, resp, err := (&websocket.Dialer{HandshakeTimeout: 5 * time.Second}).Dial("ws://"+c.APIAddr()+"/ws?token="+tok, nil)
+		if err == nil {
+			t.Cleanup(func() { conn.Close() })
+			return resp.StatusCode, nil
+		}
+		if resp != nil {
+			return resp.StatusCode, err
+		}
+		return 0, err
+	}
+	for i := 0; i < ws.DefaultConfig().MaxPerClient; i++ {
+		if code, err := dial(viewerTok); code != http.StatusSwitchingProtocols {
+			t.Fatalf("viewer's connection %d: %d %v", i+1, code, err)
+		}
+	}
+	if code, _ := dial(viewerTok); code != http.StatusTooManyRequests {
+		t.Fatalf("the viewer's connection over its share: %d, want 429", code)
+	}
+	if code, err := dial(adminTok); code != http.StatusSwitchingProtocols {
+		t.Fatalf("another client while the viewer is at its cap: %d %v", code, err)
+	}
 }

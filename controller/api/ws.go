@@ -4,11 +4,19 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+
+	"github.com/hypersdk/hypersdk/controller/ws"
 )
 
 // SetWebSocket serves GET /ws with the hub. Call once, before serving.
 func (s *Server) SetWebSocket(hub http.Handler) {
 	s.router.Handle("/ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// One viewer's token is one client however many addresses it comes from.
+		if s.auth.Enabled() {
+			if name, _, err := s.auth.identify(r); err == nil {
+				r = ws.WithClientKey(r, "token:"+name)
+			}
+		}
 		hub.ServeHTTP(hijackable{ResponseWriter: w}, r)
 	})).Methods(http.MethodGet)
 }

@@ -12,8 +12,10 @@
 package ws
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +36,9 @@ var ErrClosed = errors.New("websocket hub closed")
 type Config struct {
 	// MaxClients caps concurrent connections (503 beyond).
 	MaxClients int
+	// MaxPerClient caps one client's connections (its token, or its address without
+	// tokens: ClientKey), so one viewer cannot take every slot (429 beyond).
+	MaxPerClient int
 	// SendBuffer is how many messages may wait for one client before it is dropped.
 	SendBuffer int
 	// PingInterval, PongWait: a ping every 54 s; a client silent for 60 s is gone.
@@ -58,7 +63,7 @@ type Config struct {
 
 // DefaultConfig returns the documented timings.
 func DefaultConfig() Config {
-	return Config{MaxClients: 256, SendBuffer: 256, PingInterval: 54 * time.Second, PongWait: 60 * time.Second,
+	return Config{MaxClients: 256, MaxPerClient: 16, SendBuffer: 256, PingInterval: 54 * time.Second, PongWait: 60 * time.Second,
 		WriteWait: 10 * time.Second, StatusInterval: 2 * time.Second, RecentJobs: 100, EventBuffer: 4096,
 		SocketBuffer: 128 << 10}
 }
@@ -67,6 +72,9 @@ func (c *Config) fill() {
 	d := DefaultConfig()
 	if c.MaxClients <= 0 {
 		c.MaxClients = d.MaxClients
+	}
+	if c.MaxPerClient <= 0 {
+		c.MaxPerClient = d.MaxPerClient
 	}
 	if c.SendBuffer < 4 {
 		c.SendBuffer = max(c.SendBuffer, 0)
@@ -123,7 +131,9 @@ type Hub struct {
 	wg         sync.WaitGroup
 
 	conns   atomic.Int64 // accepted connections (for the cap)
-	active  atomic.Int64 // clients registered with the hub
+	perMu   sync.Mutex
+	per     map[string]int // connections per ClientKey
+	active  atomic.Int64   // clients registered with the hub
 	dropped atomic.Uint64
 }
 
@@ -136,7 +146,7 @@ type client struct {
 func New(cfg Config, st *state.State, status StatusFunc) *Hub {
 	cfg.fill()
 	h := &Hub{cfg: cfg, log: cfg.Logger.With("component", "ws"), st: st, status: status,
-		register: make(chan *client), unregister: make(chan *client), done: make(chan struct{})}
+		register: make(chan *client), unregister: make(chan *client), done: make(chan struct{}), per: map[string]int{}}
 	h.upgrader = websocket.Upgrader{
 		ReadBufferSize: 1024, WriteBufferSize: 4096, HandshakeTimeout: 10 * time.Second,
 		CheckOrigin: cfg.CheckOrigin,
@@ -186,6 +196,13 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.conns.Add(-1)
+	key := ClientKey(r)
+	if !h.takeSlot(key) {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("this client has %d WebSocket connections to this controller already", h.cfg.MaxPerClient))
+		return
+	}
+	defer h.giveSlot(key)
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered
@@ -209,6 +226,44 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.readLoop(c)
 	h.remove(c)
 	wg.Wait()
+}
+
+type clientKey struct{}
+
+// WithClientKey names the client a request comes from (the API sets its token's name);
+// without it ClientKey is the remote address.
+func WithClientKey(r *http.Request, key string) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), clientKey{}, key))
+}
+
+// ClientKey is who a WebSocket request is from, for MaxPerClient.
+func ClientKey(r *http.Request) string {
+	if k, ok := r.Context().Value(clientKey{}).(string); ok && k != "" {
+		return k
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return "addr:" + host
+}
+
+func (h *Hub) takeSlot(key string) bool {
+	h.perMu.Lock()
+	defer h.perMu.Unlock()
+	if h.per[key] >= h.cfg.MaxPerClient {
+		return false
+	}
+	h.per[key]++
+	return true
+}
+
+func (h *Hub) giveSlot(key string) {
+	h.perMu.Lock()
+	defer h.perMu.Unlock()
+	if h.per[key]--; h.per[key] <= 0 {
+		delete(h.per, key)
+	}
 }
 
 func (h *Hub) remove(c *client) {
