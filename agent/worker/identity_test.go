@@ -3,7 +3,6 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,32 +19,10 @@ const joinToken = "join-token-0123456789abcdef"
 
 // startJoinCluster is startCluster with a join token: agent identities are checked.
 func startJoinCluster(t *testing.T, n int, token string) []*controller.Controller {
-	t.Helper()
-	var nodes []*controller.Controller
-	for i := 0; i < n; i++ {
-		var join []string
-		if i > 0 {
-			join = []string{nodes[0].APIAddr()}
-		}
-		cfg := controller.TestConfig(t, fmt.Sprintf("n%d", i+1), t.TempDir(), join...)
+	return startClusterWith(t, n, func(cfg *controller.Config) {
 		cfg.Agents.LeaseTTL = 6 * time.Second
 		cfg.Agents.JoinToken = token
-		c, err := controller.New(cfg, controller.TestLogger(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		nodes = append(nodes, c)
-	}
-	controller.WaitFor(t, 15*time.Second, "cluster formed", func() bool {
-		for _, c := range nodes {
-			if id, _ := c.Node.Leader(); id == "" || len(c.State.Nodes()) != n {
-				return false
-			}
-		}
-		return true
 	})
-	return nodes
 }
 
 func startTokenWorker(t *testing.T, name string, ctrl []string, credFile string, exec worker.Executor) {

@@ -107,6 +107,16 @@ func startCluster(t *testing.T, n int, ttl time.Duration) []*controller.Controll
 // startClusterGrace is startCluster with agents.commit_grace (0: the default).
 func startClusterGrace(t *testing.T, n int, ttl, grace time.Duration) []*controller.Controller {
 	t.Helper()
+	return startClusterWith(t, n, func(cfg *controller.Config) {
+		cfg.Agents.LeaseTTL = ttl
+		cfg.Agents.CommitGrace = grace
+	})
+}
+
+// startClusterWith starts n controllers, each config changed by mutate, and waits until
+// every node knows all and a leader.
+func startClusterWith(t *testing.T, n int, mutate func(cfg *controller.Config)) []*controller.Controller {
+	t.Helper()
 	var nodes []*controller.Controller
 	for i := 0; i < n; i++ {
 		var join []string
@@ -114,8 +124,7 @@ func startClusterGrace(t *testing.T, n int, ttl, grace time.Duration) []*control
 			join = []string{nodes[0].APIAddr()}
 		}
 		cfg := controller.TestConfig(t, fmt.Sprintf("n%d", i+1), t.TempDir(), join...)
-		cfg.Agents.LeaseTTL = ttl
-		cfg.Agents.CommitGrace = grace
+		mutate(&cfg)
 		c, err := controller.New(cfg, controller.TestLogger(t))
 		if err != nil {
 			t.Fatal(err)
@@ -125,10 +134,7 @@ func startClusterGrace(t *testing.T, n int, ttl, grace time.Duration) []*control
 	}
 	controller.WaitFor(t, 15*time.Second, "cluster formed", func() bool {
 		for _, c := range nodes {
-			if len(c.State.Nodes()) != n {
-				return false
-			}
-			if id, _ := c.Node.Leader(); id == "" {
+			if id, _ := c.Node.Leader(); id == "" || len(c.State.Nodes()) != n {
 				return false
 			}
 		}
