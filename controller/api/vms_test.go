@@ -5,16 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/shared/netpolicy"
+	"github.com/hypersdk/hypersdk/shared/testutil"
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 )
 
@@ -81,47 +79,14 @@ func TestVMDiscovery(t *testing.T) {
 	}
 }
 
-// countingListener is a loopback TCP listener that counts the connections it accepts and
-// answers each as mode says: "close" closes at once (the client sees EOF), "http" answers
-// 405 to anything (a web server that is not a vCenter).
-func countingListener(t *testing.T, mode string) (addr string, accepted *atomic.Int64) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	accepted = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			if mode == "http" {
-				go func() {
-					defer c.Close()
-					_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-					_, _ = c.Read(make([]byte, 4096))
-					_, _ = io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-				}()
-				continue
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().String(), accepted
-}
-
 // Issue 18: a viewer could make the controller connect anywhere with /vms/list, and the
 // answers told a refused port from an open one (405 / EOF / refused). Now /vms/* need an
 // admin, loopback and private targets are refused unless allowed, before any connection,
 // and every way of not reaching a vCenter is the same answer.
 func TestVMDiscoveryOutboundPolicy(t *testing.T) {
-	closed, _ := countingListener(t, "close")
-	web, _ := countingListener(t, "http")
-	refusing, _ := countingListener(t, "close")
+	closed, _ := testutil.CountingListener(t, false)
+	web, _ := testutil.CountingListener(t, true)
+	refusing, _ := testutil.CountingListener(t, false)
 	// A port nothing listens on: take one and give it back.
 	if ln, err := net.Listen("tcp", refusing); err == nil {
 		ln.Close()
@@ -136,7 +101,7 @@ func TestVMDiscoveryOutboundPolicy(t *testing.T) {
 	}
 
 	t.Run("allow-list off: no connection is made", func(t *testing.T) {
-		addr, accepted := countingListener(t, "http")
+		addr, accepted := testutil.CountingListener(t, true)
 		_, port, _ := net.SplitHostPort(addr)
 		for _, target := range []string{"https://" + addr + "/sdk", "https://localhost:" + port + "/sdk", addr, "https://[::ffff:127.0.0.1]:" + port + "/sdk"} {
 			code, b := list(strict.URL(), target)

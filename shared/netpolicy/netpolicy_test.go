@@ -6,9 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hypersdk/hypersdk/shared/testutil"
 )
 
 // The address rules, judged without connecting anywhere (tests never send traffic off
@@ -96,32 +97,10 @@ func TestCheckURL(t *testing.T) {
 	}
 }
 
-// countingListener counts the connections a loopback listener accepts.
-func countingListener(t *testing.T) (addr string, accepted *atomic.Int64) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	accepted = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Close()
-		}
-	}()
-	return ln.Addr().String(), accepted
-}
-
 // The dialer refuses before connecting: a loopback listener sees no connection, whether
 // it is named by address or by a name that resolves to it (the rebinding case).
 func TestDialerRefusesBeforeConnecting(t *testing.T) {
-	addr, accepted := countingListener(t)
+	addr, accepted := testutil.CountingListener(t, false)
 	_, port, _ := net.SplitHostPort(addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
