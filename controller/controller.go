@@ -198,7 +198,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := c.http.Serve(api.LimitPerClient(c.ln, cfg.API.Limits.MaxConnsPerClient)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := c.http.Serve(c.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("api server stopped", "err", err)
 		}
 	}()

@@ -52,67 +52,53 @@ func (l Limits) WithDefaults() Limits {
 	return l
 }
 
-// NewHTTPServer is the API's http.Server with l's timeouts.
+// NewHTTPServer is the API's http.Server with l's timeouts and per-client connection cap.
+// The cap counts in ConnState rather than in a wrapping listener: net/http must see the
+// *tls.Conn itself (r.TLS, the peer certificates of fromPeer, the "HTTP request to an HTTPS
+// server" answer).
 func NewHTTPServer(h http.Handler, l Limits, errLog *log.Logger) *http.Server {
 	l = l.WithDefaults()
+	pc := &perClient{max: l.MaxConnsPerClient, open: map[string]int{}, seen: map[net.Conn]string{}}
 	return &http.Server{Handler: h, ReadHeaderTimeout: min(10*time.Second, l.ReadTimeout), ReadTimeout: l.ReadTimeout,
-		WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: 64 << 10, ErrorLog: errLog}
+		WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: 64 << 10, ErrorLog: errLog,
+		ConnState: pc.track}
 }
 
-// LimitPerClient caps the listener's open connections per client address: one past the cap
-// is closed as soon as it is accepted.
-func LimitPerClient(ln net.Listener, max int) net.Listener {
-	if max <= 0 {
-		max = DefaultMaxConnsPerClient
-	}
-	return &perClientListener{Listener: ln, max: max, open: map[string]int{}}
-}
-
-type perClientListener struct {
-	net.Listener
+// perClient counts open connections per client address; one over the cap is closed as
+// soon as it is accepted. A hijacked connection (WebSocket) leaves the count: the hub caps
+// those per client itself.
+type perClient struct {
 	max  int
 	mu   sync.Mutex
 	open map[string]int
+	seen map[net.Conn]string
 }
 
-func (l *perClientListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
+func (p *perClient) track(c net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
 		host := c.RemoteAddr().String()
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		l.mu.Lock()
-		if l.open[host] >= l.max {
-			l.mu.Unlock()
-			c.Close()
-			continue
+		p.mu.Lock()
+		over := p.open[host] >= p.max
+		if !over {
+			p.open[host]++
+			p.seen[c] = host
 		}
-		l.open[host]++
-		l.mu.Unlock()
-		return &countedConn{Conn: c, release: func() { l.release(host) }}, nil
+		p.mu.Unlock()
+		if over {
+			c.Close() // the server's read fails and it forgets the connection
+		}
+	case http.StateClosed, http.StateHijacked:
+		p.mu.Lock()
+		if host, ok := p.seen[c]; ok {
+			delete(p.seen, c)
+			if p.open[host]--; p.open[host] <= 0 {
+				delete(p.open, host)
+			}
+		}
+		p.mu.Unlock()
 	}
-}
-
-func (l *perClientListener) release(host string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[host]--; l.open[host] <= 0 {
-		delete(l.open, host)
-	}
-}
-
-// countedConn gives its slot back once, on the first Close.
-type countedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
 }
