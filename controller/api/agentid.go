@@ -1,11 +1,14 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -54,6 +57,22 @@ func (s *Server) agentAuth(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "agent credential missing or unknown: an agent enrols with the join token (POST /agent/v1/enroll) and then presents its own credential; API tokens are not agent credentials")
 			return
 		}
+		// Every agent call names its agent: it must be this credential's, whatever the
+		// route (a route added later cannot forget the check). The handler reads the body
+		// again from the copy.
+		body, ok := s.readBody(w, r)
+		if !ok {
+			return
+		}
+		var named struct {
+			Agent string `json:"agent"`
+		}
+		if json.Unmarshal(body, &named) == nil && named.Agent != "" && named.Agent != id.Name {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("this credential is agent %s's: it cannot act as %s", id.Name, named.Agent))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
 		if id.RotateRequested {
 			w.Header().Set(proto.AgentRotateHeader, "1")
 		}

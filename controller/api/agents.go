@@ -177,7 +177,7 @@ func (s *Server) handleFail(w http.ResponseWriter, r *http.Request) {
 // now) or cancel; 409 when the lease moved on (the agent deletes its disks, defines nothing).
 func (s *Server) handleCommit(w http.ResponseWriter, r *http.Request) {
 	body, req, ok := readRequest[proto.CommitRequest](s, w, r, false)
-	if !ok {
+	if !ok || !actingAs(w, r, req.Agent) {
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
