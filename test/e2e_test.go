@@ -41,7 +41,12 @@ type migrationEnv struct {
 }
 
 // agentSetup is extra environment and flags for the agent of a migrationEnv.
-type agentSetup struct{ env, args []string }
+// agentSetup changes the agent's environment and flags; joinToken, when set, is the
+// controller's agents.join_token and reaches the agent as HYPERSDK_JOIN_TOKEN.
+type agentSetup struct {
+	env, args []string
+	joinToken string
+}
 
 // newMigrationEnv starts a simulator, a single-node controller (with the given lease TTL)
 // and one agent with maxJobs slots.
@@ -54,7 +59,13 @@ func newMigrationEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, 
 	simCfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	e.sim = harness.StartSim(t, simCfg)
 	conf := filepath.Join(e.dir, "controller.yaml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("agents:\n  lease_ttl: %s\n", leaseTTL)), 0o644); err != nil {
+	ctlConf := fmt.Sprintf("agents:\n  lease_ttl: %s\n", leaseTTL)
+	for _, st := range setup {
+		if st.joinToken != "" {
+			ctlConf += fmt.Sprintf("  join_token: %q\n", st.joinToken)
+		}
+	}
+	if err := os.WriteFile(conf, []byte(ctlConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	e.ctl = harness.StartController(t, e.dir, "c1", nil, "--config", conf, "--fast-raft")
@@ -66,6 +77,9 @@ func newMigrationEnv(t *testing.T, simCfg vcsim.Config, leaseTTL time.Duration, 
 	args := []string{"--max-jobs", strconv.Itoa(maxJobs)}
 	for _, s := range setup {
 		env, args = append(env, s.env...), append(args, s.args...)
+		if s.joinToken != "" {
+			env = append(env, "HYPERSDK_JOIN_TOKEN="+s.joinToken)
+		}
 	}
 	e.agent = harness.StartAgentEnv(t, env, e.dir, "agent-1", []*harness.Controller{e.ctl}, args...)
 	t.Cleanup(func() {
@@ -336,10 +350,14 @@ func (e *migrationEnv) cancelAndCheck(t *testing.T, id string, vm int) {
 // TestE2ERetryAfterKilledAgent: the agent is SIGKILLed in the middle of the copy; the
 // controller expires the lease (TTL 2 s), the restarted agent leases attempt 2, replaces
 // the partial files of attempt 1 and ends with exactly one domain.
+//
+// With a join token (issue 18): the agent enrols its own credential, keeps it in its
+// storage dir (0600) and, restarted, goes on with it.
 func TestE2ERetryAfterKilledAgent(t *testing.T) {
 	t.Parallel()
+	const join = "e2e-join-token-0123456789abcdef"
 	e := newMigrationEnv(t, vcsim.Config{VMs: 1, DisksPerVM: 2, DiskSize: 64 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}},
-		2*time.Second, 1)
+		2*time.Second, 1, agentSetup{joinToken: join})
 	th := harness.StartThrottle(t, e.sim.URL.Host, 2<<20)
 	id := harness.Submit(t, e.ctl, e.job(0, th.Addr, proto.Options{ConversionMethod: "https"}))
 	if j := waitCopying(t, e, id); j.Attempt != 1 {
@@ -349,10 +367,25 @@ func TestE2ERetryAfterKilledAgent(t *testing.T) {
 	if len(partial) == 0 {
 		t.Fatal("no partial files while copying")
 	}
+	credFile := filepath.Join(e.agent.StorageDir, ".agent-credential")
+	cred, err := os.ReadFile(credFile)
+	if fi, serr := os.Stat(credFile); err != nil || serr != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent credential file: %v %v", err, serr)
+	}
 	e.agent.Kill()
 	th.SetRate(0)
 	e.agent.Restart(t)
 	e.checkCompletedOnce(t, harness.WaitTerminal(t, e.ctl, id, 2*time.Minute), 0, 2)
+	if now, _ := os.ReadFile(credFile); string(now) != string(cred) {
+		t.Fatal("the restarted agent made a new credential")
+	}
+	var ids []proto.AgentIdentity
+	if harness.GetJSON(e.ctl.URL()+"/agents/identities", &ids) != 200 || len(ids) != 1 || ids[0].Name != "agent-1" {
+		t.Fatalf("enrolled agents: %+v", ids)
+	}
+	if b, _ := os.ReadFile(e.agent.LogPath); bytes.Contains(b, bytes.TrimSpace(cred)) || bytes.Contains(b, []byte(join)) {
+		t.Fatal("the agent logged its credential or the join token")
+	}
 }
 
 // checkCompletedOnce checks that job j of VM vm completed at the given attempt with one
