@@ -588,6 +588,7 @@ func TestScheduleGlobExpandsAgainstSimulator(t *testing.T) {
 	}
 	masked := strings.Replace(string(tpl), `"password":"`+sim.Password+`"`, `"password":"********"`, 1)
 	req, _ := http.NewRequest(http.MethodPut, c.URL()+"/schedules/fleet", strings.NewReader(`{"job_template":`+masked+`}`))
+	req.Header.Set("Content-Type", "application/json")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("PUT masked template: %v %v", err, resp)
 	}
