@@ -63,6 +63,7 @@ func FuzzAgentRequests(f *testing.F) {
 		`{"agent":"a","leases":[{"job_id":"j","attempt":1}]}`,
 		`{"agent":"a","job_id":"j","attempt":1,"progress":{"stage":"conversion","percent_complete":50}}`,
 		`{"agent":"a","job_id":"j","attempt":1,"error":"x","retryable":true}`,
+		`{"agent":"a","credential_sha256":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -88,6 +89,10 @@ func FuzzAgentRequests(f *testing.F) {
 		var fr FailRequest
 		if DecodeStrict(b, &fr, false) == nil {
 			_ = fr.Validate()
+		}
+		var er EnrollRequest
+		if DecodeStrict(b, &er, false) == nil {
+			_ = er.Validate()
 		}
 	})
 }
