@@ -41,6 +41,7 @@ func TestHostileInput(t *testing.T) {
 		`{"url":"http://127.0.0.1:1/","events":["no.such.event"]}`,
 		`{"agent":"` + strings.Repeat("x", 500) + `"}`,
 		`{"agent":"a","job_id":"j","attempt":-1}`,
+		`{"agent":"a","credential_sha256":"` + strings.Repeat("A", 64) + `"}`, `{"agent":"a","credential_sha256":""}`,
 		`{"id":"x","raft_addr":"nope","api_addr":"nope"}`,
 		valid + valid, strings.Replace(valid, `"kvm"`, `"kvm","extra":1`, 1),
 	}
@@ -60,6 +61,8 @@ func TestHostileInput(t *testing.T) {
 		{"POST", "/webhooks/test"}, {"POST", "/cluster/join"}, {"DELETE", "/cluster/nodes/%2e%2e"},
 		{"POST", "/agent/v1/heartbeat"}, {"POST", "/agent/v1/progress"}, {"POST", "/agent/v1/complete"},
 		{"POST", "/agent/v1/fail"}, {"POST", "/agent/v1/commit"}, {"PATCH", "/jobs/submit"}, {"GET", "/ws"},
+		{"POST", "/agent/v1/enroll"}, {"POST", "/agent/v1/rotate"}, {"POST", "/agents/%2e%2e/forget"},
+		{"POST", "/agents/" + strings.Repeat("n", 300) + "/rotate"},
 	}
 	acceptedJobs := 0
 	sent := 0
