@@ -124,3 +124,34 @@ func TestAgentImpersonationRefused(t *testing.T) {
 		t.Fatalf("new host under the forgotten name: %d %v", code, out)
 	}
 }
+
+// Guessing the join token or a credential is paced by api.rate_limit (the agent API is
+// otherwise not limited: agents are paced by their slots).
+func TestAgentAuthFailuresAreRateLimited(t *testing.T) {
+	c := controller.StartTestClusterWith(t, 1, func(i int, cfg *controller.Config) {
+		cfg.Agents.JoinToken = agentJoin
+		cfg.API.RateLimit.RequestsPerSecond, cfg.API.RateLimit.Burst = 5, 5
+	})[0]
+	got429 := false
+	for i := 0; i < 30 && !got429; i++ {
+		hdr := map[string]string{proto.AgentTokenHeader: fmt.Sprintf("guess-%02d-0123456789abcdef", i)}
+		code, _ := call(t, http.DefaultClient, "POST", c.URL()+"/agent/v1/enroll", "", enrollBody("kvm-guess", "cred-0123456789abcdef0123456789"), hdr)
+		switch code {
+		case http.StatusTooManyRequests:
+			got429 = true
+		case http.StatusUnauthorized:
+		default:
+			t.Fatalf("guess %d: %d", i, code)
+		}
+	}
+	if !got429 {
+		t.Fatal("30 join-token guesses at once with a limit of 5/s were never paced")
+	}
+	// A real agent still gets in once the bucket refills.
+	a := fleettest.NewAgent("kvm-after-flood", c.URL())
+	a.Token = agentJoin
+	controller.WaitFor(t, 10*time.Second, "enrolment after the flood", func() bool {
+		code, _ := a.Enroll()
+		return code == http.StatusOK
+	})
+}

@@ -41,6 +41,9 @@ func (s *Server) agentAuth(next http.Handler) http.Handler {
 			return
 		}
 		if r.URL.Path == "/agent/v1/enroll" {
+			if !s.agentRateOK(w, r) {
+				return
+			}
 			if s.agents.JoinToken == "" {
 				writeError(w, http.StatusUnauthorized, "this controller has no agents.join_token: agents cannot enrol")
 				return
@@ -54,6 +57,9 @@ func (s *Server) agentAuth(next http.Handler) http.Handler {
 		}
 		id, ok := s.lookupAgent(r)
 		if !ok {
+			if !s.agentRateOK(w, r) {
+				return
+			}
 			writeError(w, http.StatusUnauthorized, "agent credential missing or unknown: an agent enrols with the join token (POST /agent/v1/enroll) and then presents its own credential; API tokens are not agent credentials")
 			return
 		}
@@ -104,6 +110,22 @@ func (s *Server) lookupAgent(r *http.Request) (state.AgentIdentity, bool) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// agentRateOK paces enrolments and refused agent calls per client address like user
+// requests (api.rate_limit): the agent API is otherwise not rate-limited (agents are paced
+// by their slots), and these are the calls that guess join tokens and credentials.
+func (s *Server) agentRateOK(w http.ResponseWriter, r *http.Request) bool {
+	if s.limiter == nil || fromPeer(r) {
+		return true
+	}
+	ok, wait := s.limiter.allow("agent-auth:"+clientIP(r), time.Now())
+	if !ok {
+		secs := int(wait.Seconds()) + 1
+		w.Header().Set("Retry-After", fmt.Sprint(secs))
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many agent enrolments or refused agent calls from this address; retry in %d s", secs))
+	}
+	return ok
 }
 
 // joinTokenOK compares the join token in constant time.
