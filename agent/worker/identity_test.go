@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -27,15 +26,7 @@ func startJoinCluster(t *testing.T, n int, token string) []*controller.Controlle
 
 func startTokenWorker(t *testing.T, name string, ctrl []string, credFile string, exec worker.Executor) {
 	t.Helper()
-	w, err := worker.New(worker.Config{Name: name, Controllers: ctrl, Token: joinToken, CredentialFile: credFile,
-		MaxJobs: 2, WaitSeconds: 2, ShutdownGrace: 2 * time.Second, Logger: controller.TestLogger(t)}, exec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startWorkerWith(t, worker.Config{Name: name, Controllers: ctrl, Token: joinToken, CredentialFile: credFile, MaxJobs: 2}, exec)
 }
 
 func followers(cs []*controller.Controller) []*controller.Controller {

@@ -153,7 +153,15 @@ func urls(cs []*controller.Controller) []string {
 
 func startWorker(t *testing.T, name string, ctrl []string, max int, exec worker.Executor) (*worker.Worker, context.CancelFunc, chan struct{}) {
 	t.Helper()
-	w, err := worker.New(worker.Config{Name: name, Controllers: ctrl, MaxJobs: max, WaitSeconds: 2, ShutdownGrace: 2 * time.Second, Logger: controller.TestLogger(t)}, exec)
+	return startWorkerWith(t, worker.Config{Name: name, Controllers: ctrl, MaxJobs: max}, exec)
+}
+
+// startWorkerWith runs a worker of cfg (with short waits and the test logger) until the
+// test ends.
+func startWorkerWith(t *testing.T, cfg worker.Config, exec worker.Executor) (*worker.Worker, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	cfg.WaitSeconds, cfg.ShutdownGrace, cfg.Logger = 2, 2*time.Second, controller.TestLogger(t)
+	w, err := worker.New(cfg, exec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,17 +450,9 @@ func TestJoinTokenRequired(t *testing.T) {
 			t.Fatalf("heartbeat with %v: %d, want 401", hdr, code)
 		}
 	}
-	w, err := worker.New(worker.Config{Name: "x", Controllers: urls(cs), Token: "wrong-join-token-0123456", WaitSeconds: 1,
-		Logger: controller.TestLogger(t)}, newExec(true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startWorkerWith(t, worker.Config{Name: "x", Controllers: urls(cs), Token: "wrong-join-token-0123456"}, newExec(true))
 	id := submit(t, cs[0].URL(), "DC0/vm/wrong-token")
-	// Give it a few lease rounds (a worker with the right token takes a job in one).
+	// The worker with the wrong join token polls all along; only the right one gets the job.
 	right := newExec(true)
 	startTokenWorker(t, "y", urls(cs), "", right)
 	waitCompleted(t, cs[0], id)
