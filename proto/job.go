@@ -101,6 +101,12 @@ type Options struct {
 	// MaxMbps caps the job's disk copy, all its disks together, in megabits per second
 	// (1 Mbit/s = 125,000 bytes/s; 0: no cap beyond the agent's transfer.max_mbps).
 	MaxMbps int `json:"max_mbps,omitempty"`
+	// Warm copies the disks while the VM runs and stops it only for the cutover (see
+	// warm.go); PrecopyIntervalSeconds is the wait between rounds and CutoverAt (RFC 3339)
+	// when to cut over (else on POST /jobs/{id}/cutover).
+	Warm                   bool       `json:"warm,omitempty"`
+	PrecopyIntervalSeconds int        `json:"precopy_interval_seconds,omitempty"`
+	CutoverAt              *time.Time `json:"cutover_at,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.

@@ -70,6 +70,10 @@ type Lease struct {
 	TTLSeconds float64       `json:"ttl_seconds"`
 	Definition JobDefinition `json:"definition"`
 	GrantedAt  time.Time     `json:"granted_at"`
+	// Warm is where the job's earlier attempt left its warm copy (nil: none, or not warm).
+	Warm *WarmResume `json:"warm,omitempty"`
+	// CutoverRequested: an operator asked a warm job's cutover before this attempt.
+	CutoverRequested bool `json:"cutover_requested,omitempty"`
 }
 
 // LeaseResponse answers a lease request: Lease is nil when the long-poll timed out.

@@ -1,0 +1,374 @@
+package migrate_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hypersdk/hypersdk/agent/migrate"
+	"github.com/hypersdk/hypersdk/agent/worker"
+	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/vcsim"
+	"github.com/hypersdk/hypersdk/shared/vsphere"
+	"github.com/hypersdk/hypersdk/test/fakevddk"
+)
+
+// warmRecorder is the reporter of a warm job in a test: the cutover is asked by closing
+// cut, and every replicated warm report is kept, with the snapshots of ours that existed
+// at that moment.
+type warmRecorder struct {
+	recorder
+	agent    string
+	cut      chan struct{}
+	cutOnce  sync.Once
+	f        *vddkFixture
+	mu       sync.Mutex
+	reports  []warmReport
+	onReport func(warmReport)
+}
+
+type warmReport struct {
+	status    proto.WarmStatus
+	resume    proto.WarmResume
+	snapshots int // of the VM when the report was sent
+}
+
+var _ migrate.WarmReporter = (*warmRecorder)(nil)
+
+func newWarmRecorder(f *vddkFixture, agent string) *warmRecorder {
+	return &warmRecorder{f: f, agent: agent, cut: make(chan struct{})}
+}
+
+func (r *warmRecorder) CutoverRequested() <-chan struct{} { return r.cut }
+func (r *warmRecorder) AgentName() string                 { return r.agent }
+func (r *warmRecorder) cutover()                          { r.cutOnce.Do(func() { close(r.cut) }) }
+
+func (r *warmRecorder) Warm(ctx context.Context, s proto.WarmStatus, res *proto.WarmResume) error {
+	rep := warmReport{status: s, resume: *res, snapshots: r.f.snapshots(0)}
+	r.mu.Lock()
+	r.reports = append(r.reports, rep)
+	f := r.onReport
+	r.mu.Unlock()
+	if f != nil {
+		f(rep)
+	}
+	return nil
+}
+
+func (r *warmRecorder) all() []warmReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]warmReport(nil), r.reports...)
+}
+
+func (r *warmRecorder) lastReport() warmReport {
+	all := r.all()
+	if len(all) == 0 {
+		return warmReport{}
+	}
+	return all[len(all)-1]
+}
+
+// snapshots counts the VM's snapshots.
+func (f *fixture) snapshots(vm int) int {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := vsphere.Connect(ctx, vsphere.Config{URL: f.sim.URL.String(), Username: f.sim.Username, Password: canaryPassword,
+		Thumbprint: f.sim.Thumbprint, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		f.t.Error(err)
+		return -1
+	}
+	defer c.Close(ctx)
+	v, err := c.FindVM(ctx, f.sim.VMs[vm].Path)
+	if err != nil {
+		f.t.Error(err)
+		return -1
+	}
+	s, err := c.SnapshotsNamed(ctx, v, "")
+	if err != nil {
+		f.t.Error(err)
+		return -1
+	}
+	return len(s)
+}
+
+// powerState reads the VM's power state.
+func (f *fixture) powerState(vm int) string { return f.vsphereInfo(vm).PowerState }
+
+// runWarm runs a warm job in the background; the result arrives on the channel.
+type runResult struct {
+	res *proto.JobResult
+	err error
+}
+
+func (f *vddkFixture) runWarm(ctx context.Context, l proto.Lease, r *warmRecorder) <-chan runResult {
+	ch := make(chan runResult, 1)
+	go func() {
+		res, err := f.p.Run(ctx, l, r)
+		ch <- runResult{res, err}
+	}()
+	return ch
+}
+
+func wait(t *testing.T, ch <-chan runResult, d time.Duration) runResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(d):
+		t.Fatalf("the job did not end within %s", d)
+		return runResult{}
+	}
+}
+
+// TestWarmMigration copies a running VM whose guest keeps writing: a full round, delta
+// rounds each reading only what changed, a cutover on request; the images are the disks
+// as they were at power-off, change tracking was turned on, our snapshots came and went
+// one at a time, and the downtime is known.
+func TestWarmMigration(t *testing.T) {
+	t.Parallel()
+	for _, format := range []string{"qcow2", "raw"} {
+		t.Run(format, func(t *testing.T) {
+			t.Parallel()
+			const size = 32 * mib
+			f := newVDDKFixture(t, vcsim.Config{VMs: 1, DisksPerVM: 2, DiskSize: size, PowerOn: true, WriteRate: 2,
+				Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, fakevddk.Standard)
+			if f.vsphereInfo(0).ChangeTracking {
+				t.Fatal("the VM tracks changes before the job")
+			}
+			rec := newWarmRecorder(f, "agent-a")
+			rec.onReport = func(r warmReport) {
+				if r.status.Rounds >= 3 && r.status.Phase == proto.WarmPhasePrecopy {
+					rec.cutover()
+				}
+			}
+			jobID := "job-warm-" + format
+			done := f.runWarm(context.Background(), f.lease(jobID, 0, proto.Options{Warm: true, PrecopyIntervalSeconds: 1, OutputFormat: format}), rec)
+			out := wait(t, done, 3*time.Minute)
+			if out.err != nil {
+				t.Fatalf("Run: %v", out.err)
+			}
+			vm := f.sim.VMs[0]
+			for i, p := range out.res.Disks {
+				sameContent(t, vm.Disks[i].FlatPath, p, format)
+			}
+			info := f.vsphereInfo(0)
+			if !info.ChangeTracking || info.HasSnapshots || info.PowerState != "poweredOff" {
+				t.Errorf("source after the job: tracking %v, snapshots %v, %s", info.ChangeTracking, info.HasSnapshots, info.PowerState)
+			}
+			reports := rec.all()
+			last := reports[len(reports)-1].status
+			if last.Phase != proto.WarmPhaseDone || last.Rounds < 3 || last.DowntimeSeconds <= 0 || !last.CutoverRequested {
+				t.Errorf("last warm status %+v", last)
+			}
+			var sawCutover bool
+			for _, r := range reports {
+				// Forklift's order: the round's change ids are recorded while its snapshot
+				// still exists (then it goes, then the next one comes): never two at once.
+				if r.snapshots > 1 {
+					t.Errorf("%d snapshots at report %+v", r.snapshots, r.status)
+				}
+				sawCutover = sawCutover || r.status.Phase == proto.WarmPhaseCutover
+				for _, d := range r.resume.Disks {
+					if r.status.Rounds > 0 && d.ChangeID == "" {
+						t.Errorf("resume point without a change id: %+v", r.resume)
+					}
+				}
+			}
+			if !sawCutover {
+				t.Error("no report in the cutover phase")
+			}
+			// The first round reads what is allocated; later rounds only what changed.
+			st := f.fake.ReadStats()
+			full := fakevddk.AllocatedBytes(mustData(t, vm.Disks[0].FlatPath), 64<<10, size)
+			writes, _ := f.sim.GuestWrites(vm.Name)
+			if read := st.BytesRead(""); read > 2*full+2*writes[0].Bytes+2*writes[1].Bytes+4*mib {
+				t.Errorf("read %d bytes in all: more than a full copy and the changes", read)
+			}
+			if writes[0].Bytes == 0 {
+				t.Error("the guest wrote nothing while the job ran")
+			}
+			stages := strings.Join(rec.stages(), ",")
+			if !strings.Contains(stages, "precopy") || !strings.Contains(stages, "cutover,defining") {
+				t.Errorf("stages %s", stages)
+			}
+			if _, err := domainXML(t, vm.Name).Marshal(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func mustData(t *testing.T, path string) []fakevddk.Range {
+	t.Helper()
+	d, err := fakevddk.DataRanges(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestWarmCutoverAtInThePast: the full copy, then the cutover at once.
+func TestWarmCutoverAtInThePast(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: 16 * mib, PowerOn: true, WriteRate: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, fakevddk.Standard)
+	past := time.Now().Add(-time.Hour)
+	rec := newWarmRecorder(f, "agent-a")
+	out := wait(t, f.runWarm(context.Background(), f.lease("job-warm-past", 0, proto.Options{Warm: true, CutoverAt: &past}), rec), 2*time.Minute)
+	if out.err != nil {
+		t.Fatalf("Run: %v", out.err)
+	}
+	last := rec.lastReport().status
+	if last.Rounds != 1 || last.Phase != proto.WarmPhaseDone || last.CutoverRequested {
+		t.Errorf("warm status %+v: want one round, then the cutover by cutover_at", last)
+	}
+	sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
+}
+
+// TestWarmRefusesSnapshotsWithoutTracking: a VM with snapshots and tracking off cannot be
+// copied warm (vSphere refuses to turn tracking on): the job fails at once saying so,
+// leaves the operator's snapshot and the VM alone, and is not retried.
+func TestWarmRefusesSnapshotsWithoutTracking(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: 16 * mib, PowerOn: true}, fakevddk.Standard)
+	f.userSnapshot(0, "before-upgrade")
+	jobID := "job-warm-snapshots"
+	out := wait(t, f.runWarm(context.Background(), f.lease(jobID, 0, proto.Options{Warm: true}), newWarmRecorder(f, "agent-a")), time.Minute)
+	err := out.err
+	if err == nil {
+		t.Fatal("Run succeeded")
+	}
+	for _, want := range []string{"precopy", "has snapshots", "changed block tracking is off", "delete its snapshots"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if errors.Is(err, worker.ErrRetryable) {
+		t.Errorf("retryable: %v", err)
+	}
+	if n := f.snapshots(0); n != 1 || f.powerState(0) != "poweredOn" || f.vsphereInfo(0).ChangeTracking {
+		t.Errorf("source touched: %d snapshots, %s", n, f.powerState(0))
+	}
+	if files := dirEntries(t, f.p.JobDir(jobID)); len(files) != 0 {
+		t.Errorf("files left: %v", files)
+	}
+}
+
+// userSnapshot takes a snapshot as an operator would.
+func (f *fixture) userSnapshot(vm int, name string) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := vsphere.Connect(ctx, vsphere.Config{URL: f.sim.URL.String(), Username: f.sim.Username, Password: canaryPassword,
+		Thumbprint: f.sim.Thumbprint, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	v, err := c.FindVM(ctx, f.sim.VMs[vm].Path)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := c.CreateSnapshot(ctx, v, name, ""); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// TestWarmCancelDuringPrecopy: a cancel between rounds removes our snapshot and the
+// images, and leaves the VM running.
+func TestWarmCancelDuringPrecopy(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: 16 * mib, PowerOn: true, WriteRate: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, fakevddk.Standard)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	rec := newWarmRecorder(f, "agent-a")
+	rec.onReport = func(r warmReport) {
+		if r.status.Rounds >= 2 {
+			cancel(worker.ErrCancelRequested)
+		}
+	}
+	jobID := "job-warm-cancel"
+	out := wait(t, f.runWarm(ctx, f.lease(jobID, 0, proto.Options{Warm: true, PrecopyIntervalSeconds: 1}), rec), 2*time.Minute)
+	if out.err == nil || !errors.Is(out.err, context.Canceled) {
+		t.Fatalf("Run: %v, want cancelled", out.err)
+	}
+	if n := f.snapshots(0); n != 0 {
+		t.Errorf("%d snapshots left", n)
+	}
+	if files := dirEntries(t, f.p.JobDir(jobID)); len(files) != 0 {
+		t.Errorf("files left: %v", files)
+	}
+	if st := f.powerState(0); st != "poweredOn" {
+		t.Errorf("the VM is %s after a cancel during precopy", st)
+	}
+}
+
+// TestWarmResume: an attempt stopped between rounds (the agent shuts down) keeps its
+// images; the next attempt on the same agent goes on from the recorded change ids and
+// reads only what changed since, and the result is the disk at power-off. On another
+// agent the next attempt copies in full and says why.
+func TestWarmResume(t *testing.T) {
+	t.Parallel()
+	const size = 32 * mib
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: size, PowerOn: true, WriteRate: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.75}}, fakevddk.Standard)
+	jobID := "job-warm-resume"
+	opts := proto.Options{Warm: true, PrecopyIntervalSeconds: 1}
+	ctx, stop := context.WithCancelCause(context.Background())
+	rec1 := newWarmRecorder(f, "agent-a")
+	rec1.onReport = func(r warmReport) {
+		if r.status.Rounds >= 2 {
+			stop(worker.ErrShuttingDown)
+		}
+	}
+	out := wait(t, f.runWarm(ctx, f.lease(jobID, 0, opts), rec1), 2*time.Minute)
+	if out.err == nil {
+		t.Fatal("attempt 1 completed")
+	}
+	resume := rec1.lastReport().resume
+	if resume.Rounds < 2 || len(dirEntries(t, f.p.JobDir(jobID))) == 0 || f.snapshots(0) != 0 {
+		t.Fatalf("after attempt 1: resume %+v, files %v, %d snapshots", resume, dirEntries(t, f.p.JobDir(jobID)), f.snapshots(0))
+	}
+
+	for _, tc := range []struct {
+		agent string
+		full  bool
+	}{{"agent-a", false}, {"agent-b", true}} {
+		t.Run(tc.agent, func(t *testing.T) {
+			before := f.fake.ReadStats().BytesRead("")
+			l := f.lease(jobID, 0, opts)
+			l.Attempt = 2
+			l.Warm = &resume
+			l.CutoverRequested = true
+			rec := newWarmRecorder(f, tc.agent)
+			out := wait(t, f.runWarm(context.Background(), l, rec), 2*time.Minute)
+			if out.err != nil {
+				t.Fatalf("attempt 2 on %s: %v", tc.agent, out.err)
+			}
+			sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
+			read := f.fake.ReadStats().BytesRead("") - before
+			full := fakevddk.AllocatedBytes(mustData(t, f.sim.VMs[0].Disks[0].FlatPath), 64<<10, size)
+			last := rec.lastReport().status
+			if tc.full {
+				if read < full || !strings.Contains(last.FullCopy, "agent-a") || !strings.Contains(strings.Join(rec.warns(), "\n"), "copies the disks in full") {
+					t.Errorf("on another agent: read %d of %d allocated, full_copy %q, warnings %q", read, full, last.FullCopy, rec.warns())
+				}
+			} else if read >= full/2 || last.FullCopy != "" || last.Rounds < resume.Rounds {
+				t.Errorf("resumed on the same agent: read %d bytes (a full copy is %d), status %+v", read, full, last)
+			}
+			if n := f.snapshots(0); n != 0 {
+				t.Errorf("%d snapshots left", n)
+			}
+		})
+		// agent-a's case runs first: agent-b's full copy replaces attempt 1's images.
+	}
+}
