@@ -89,10 +89,12 @@ type HeartbeatRequest struct {
 
 // HeartbeatResponse tells the agent which jobs to stop: Cancel (an operator cancelled
 // them: clean up and report cancelled) and Lost (the lease is no longer this agent's:
-// stop without reporting).
+// stop without reporting); and which warm jobs to cut over.
 type HeartbeatResponse struct {
-	Cancel     []LeaseToken `json:"cancel,omitempty"`
-	Lost       []LeaseToken `json:"lost,omitempty"`
+	Cancel []LeaseToken `json:"cancel,omitempty"`
+	Lost   []LeaseToken `json:"lost,omitempty"`
+	// Cutover lists warm jobs whose cutover an operator asked for.
+	Cutover    []LeaseToken `json:"cutover,omitempty"`
 	TTLSeconds float64      `json:"ttl_seconds"`
 }
 

@@ -111,3 +111,42 @@ func (o *Options) PrecopyInterval() time.Duration {
 	}
 	return DefaultPrecopyIntervalSeconds * time.Second
 }
+
+// WarmReport (POST /agent/v1/warm) replicates a warm job's status and resume point after
+// each round and at the cutover. Like every agent report it carries the lease token: a
+// report of an attempt that is no longer the job's is refused (409).
+type WarmReport struct {
+	LeaseToken
+	Agent  string      `json:"agent"`
+	Status WarmStatus  `json:"status"`
+	Resume *WarmResume `json:"resume,omitempty"`
+}
+
+// Validate checks a warm report.
+func (r *WarmReport) Validate() error {
+	if err := validAgentName(r.Agent); err != nil {
+		return err
+	}
+	switch r.Status.Phase {
+	case WarmPhasePrecopy, WarmPhaseCutover, WarmPhaseDone:
+	default:
+		return invalid("status.phase %q is not precopy, cutover or done", r.Status.Phase)
+	}
+	if r.Status.Rounds < 0 || r.Status.ChangedBytes < 0 || r.Status.DowntimeSeconds < 0 {
+		return invalid("status: rounds, changed_bytes and downtime_seconds must not be negative")
+	}
+	if res := r.Resume; res != nil {
+		if res.Agent != r.Agent {
+			return invalid("resume.agent must be the reporting agent")
+		}
+		if len(res.Disks) > 256 {
+			return invalid("resume: at most 256 disks")
+		}
+		for _, d := range res.Disks {
+			if d.Path == "" || d.Capacity < 0 || len(d.Path) > 4096 || len(d.ChangeID) > 256 {
+				return invalid("resume: every disk needs a path (at most 4096 bytes), a capacity and a change id of at most 256 bytes")
+			}
+		}
+	}
+	return r.LeaseToken.validate()
+}

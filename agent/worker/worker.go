@@ -548,6 +548,11 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		for _, t := range resp.Cancel {
 			stop[t.JobID] = ErrCancelRequested
 		}
+		for _, t := range resp.Cutover {
+			if r, ok := w.jobs[t.JobID]; ok && r.lease.Attempt == t.Attempt {
+				r.rep.cutover()
+			}
+		}
 		for _, t := range toks {
 			r, ok := w.jobs[t.JobID]
 			if !ok || r.lease.Attempt != t.Attempt {
@@ -582,10 +587,14 @@ type reporter struct {
 	kick   chan struct{}
 	quit   chan struct{}
 	done   chan struct{}
+	// cut is closed when the controller asks for a warm job's cutover (warm.go).
+	cut     chan struct{}
+	cutOnce sync.Once
 }
 
 func newReporter(w *Worker, tok proto.LeaseToken, cancel context.CancelCauseFunc) *reporter {
-	r := &reporter{w: w, tok: tok, cancel: cancel, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	r := &reporter{w: w, tok: tok, cancel: cancel, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		cut: make(chan struct{})}
 	go r.loop()
 	return r
 }
