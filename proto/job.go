@@ -186,6 +186,11 @@ type Job struct {
 	// the job while this one is silent. Cleared when the attempt ends and the job waits
 	// for another.
 	Commit *JobCommit `json:"commit,omitempty"`
+	// Warm is a warm job's precopy and cutover (warm.go).
+	Warm *WarmStatus `json:"warm,omitempty"`
+	// WarmResume is where the last attempt left its warm copy: replicated state for the
+	// next attempt's lease, not shown (Redacted drops it).
+	WarmResume *WarmResume `json:"warm_resume,omitempty"`
 }
 
 // JobCommit is an attempt committed as the one that defines the job's domain: which
@@ -198,9 +203,10 @@ type JobCommit struct {
 	At         time.Time `json:"at"`
 }
 
-// Redacted returns a copy with the password masked.
+// Redacted returns a copy with the password masked and the agents' resume point left out.
 func (j Job) Redacted() Job {
 	j.Definition = j.Definition.Redacted()
+	j.WarmResume = nil
 	return j
 }
 

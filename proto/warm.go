@@ -150,3 +150,11 @@ func (r *WarmReport) Validate() error {
 	}
 	return r.LeaseToken.validate()
 }
+
+// CutoverResponse answers POST /jobs/{id}/cutover.
+type CutoverResponse struct {
+	JobID   string `json:"job_id"`
+	Message string `json:"message"`
+	// AlreadyRequested: an earlier call asked for it (this one changed nothing).
+	AlreadyRequested bool `json:"already_requested,omitempty"`
+}

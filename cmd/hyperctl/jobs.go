@@ -322,6 +322,7 @@ func printJob(a *app, j proto.Job) error {
 		"Finished", stamp(j.CompletedAt),
 		"Error", errText,
 		"Warnings", strings.Join(j.Warnings, "; "),
+		"Warm", describeWarm(d.Options, j.Warm),
 		"Result", result,
 	)
 }
