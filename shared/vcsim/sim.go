@@ -18,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -92,7 +93,8 @@ type Sim struct {
 	guestSize int64
 
 	mu             sync.Mutex
-	ignoreShutdown map[string]bool // VM moref → guest ignores ShutdownGuest
+	ignoreShutdown map[string]bool      // VM moref → guest ignores ShutdownGuest
+	poweredOff     map[string]time.Time // VM moref → last power-off (PoweredOffAt)
 
 	closeOnce sync.Once
 	tmpDir    string

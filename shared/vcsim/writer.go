@@ -130,11 +130,30 @@ func (v *simVM) PowerOnVMTask(ctx *simulator.Context, req *types.PowerOnVM_Task)
 	return &methods.PowerOnVM_TaskBody{Res: &types.PowerOnVM_TaskResponse{Returnval: task.Run(ctx)}}
 }
 
-// stopGuest stops the VM's writer before it powers off: its last write is on disk first.
+// stopGuest stops the VM's writer before it powers off (its last write is on disk first)
+// and notes the time for PoweredOffAt.
 func (v *simVM) stopGuest() {
 	if st := v.sim.tracked(v.Self.Value); st != nil {
 		st.stopWriter()
 	}
+	v.sim.mu.Lock()
+	if v.sim.poweredOff == nil {
+		v.sim.poweredOff = map[string]time.Time{}
+	}
+	v.sim.poweredOff[v.Self.Value] = time.Now()
+	v.sim.mu.Unlock()
+}
+
+// PoweredOffAt is when the named VM was last powered off, suspended or shut down through
+// the SDK (zero: never): benchmarks measure downtime from it.
+func (s *Sim) PoweredOffAt(name string) time.Time {
+	v, ok := s.VM(name)
+	if !ok {
+		return time.Time{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.poweredOff[v.Moref]
 }
 
 // PowerOffVMTask stops the guest writer, then powers off.
