@@ -3,8 +3,6 @@ package migrate_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -77,26 +75,13 @@ func (r *warmRecorder) lastReport() warmReport {
 // snapshots counts the VM's snapshots.
 func (f *fixture) snapshots(vm int) int {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := vsphere.Connect(ctx, vsphere.Config{URL: f.sim.URL.String(), Username: f.sim.Username, Password: canaryPassword,
-		Thumbprint: f.sim.Thumbprint, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		f.t.Error(err)
-		return -1
-	}
-	defer c.Close(ctx)
-	v, err := c.FindVM(ctx, f.sim.VMs[vm].Path)
-	if err != nil {
-		f.t.Error(err)
-		return -1
-	}
-	s, err := c.SnapshotsNamed(ctx, v, "")
-	if err != nil {
-		f.t.Error(err)
-		return -1
-	}
-	return len(s)
+	var n int
+	f.withVM(vm, func(ctx context.Context, c *vsphere.Client, v *vsphere.VM) error {
+		s, err := c.SnapshotsNamed(ctx, v, "")
+		n = len(s)
+		return err
+	})
+	return n
 }
 
 // powerState reads the VM's power state.
@@ -275,21 +260,10 @@ func TestWarmRefusesSnapshotsWithoutTracking(t *testing.T) {
 // userSnapshot takes a snapshot as an operator would.
 func (f *fixture) userSnapshot(vm int, name string) {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := vsphere.Connect(ctx, vsphere.Config{URL: f.sim.URL.String(), Username: f.sim.Username, Password: canaryPassword,
-		Thumbprint: f.sim.Thumbprint, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	v, err := c.FindVM(ctx, f.sim.VMs[vm].Path)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if _, err := c.CreateSnapshot(ctx, v, name, ""); err != nil {
-		f.t.Fatal(err)
-	}
+	f.withVM(vm, func(ctx context.Context, c *vsphere.Client, v *vsphere.VM) error {
+		_, err := c.CreateSnapshot(ctx, v, name, "")
+		return err
+	})
 }
 
 // TestWarmCancelDuringPrecopy: a cancel between rounds removes our snapshot and the
