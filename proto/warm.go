@@ -26,6 +26,14 @@ const DefaultPrecopyIntervalSeconds = 3600
 // MaxPrecopyIntervalSeconds bounds precopy_interval_seconds (a week).
 const MaxPrecopyIntervalSeconds = 7 * 24 * 3600
 
+// Webhook events of warm jobs (the job is the payload).
+const (
+	// EventJobPrecopyRound: a precopy round is done (warm.rounds, warm.changed_bytes).
+	EventJobPrecopyRound = "job.precopy_round"
+	// EventJobCutover: the cutover began (the source VM is being stopped).
+	EventJobCutover = "job.cutover"
+)
+
 // Phases of WarmStatus.Phase.
 const (
 	WarmPhasePrecopy = "precopy"

@@ -24,6 +24,7 @@ type Leases interface {
 	Fail(req proto.FailRequest) error
 	// Commit is the commit point: the attempt may define its domain once committed.
 	Commit(req proto.CommitRequest) (proto.CommitResponse, error)
+	Warm(req proto.WarmReport) error
 	// PendingReasons explains pending jobs from this node's view as of now (one per
 	// request: it costs O(agents) once, O(1) per job).
 	PendingReasons() func(*proto.Job) string
@@ -74,6 +75,7 @@ func (s *Server) SetAgents(cfg AgentsConfig) {
 	a.HandleFunc("/complete", s.handleComplete).Methods(http.MethodPost)
 	a.HandleFunc("/fail", s.handleFail).Methods(http.MethodPost)
 	a.HandleFunc("/commit", s.handleCommit).Methods(http.MethodPost)
+	a.HandleFunc("/warm", s.handleWarm).Methods(http.MethodPost)
 }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
