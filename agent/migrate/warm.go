@@ -291,6 +291,10 @@ func (j *job) warmDefined(ctx context.Context) {
 	if err := j.record(ctx); err != nil {
 		j.log.Warn("could not record the downtime", "err", err)
 	}
+	// The images are the domain's disks now, not a copy to resume.
+	if err := os.Remove(filepath.Join(j.dir, markerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		j.log.Warn("could not remove the warm marker", "err", err)
+	}
 }
 
 // snapshotRound takes the snapshot of round n (kept in j.snapshot until removed) and
