@@ -1,12 +1,51 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/hypersdk/hypersdk/proto"
 )
+
+// warmFlags are jobs submit's flags for a warm migration.
+type warmFlags struct {
+	warm      bool
+	interval  time.Duration
+	cutoverAt string
+}
+
+func (w *warmFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&w.warm, "warm", false, "set options.warm: copy while the VM runs, cut over later (hyperctl jobs cutover ID, or --cutover-at)")
+	fs.DurationVar(&w.interval, "precopy-interval", 0, "with --warm: options.precopy_interval_seconds (default 1h)")
+	fs.StringVar(&w.cutoverAt, "cutover-at", "", "with --warm: options.cutover_at, an RFC 3339 time (2026-12-05T02:00:00Z)")
+}
+
+// options are the options the flags set (nil: none).
+func (w *warmFlags) options() (map[string]any, error) {
+	if !w.warm {
+		if w.interval != 0 || w.cutoverAt != "" {
+			return nil, usagef("--precopy-interval and --cutover-at go with --warm")
+		}
+		return nil, nil
+	}
+	set := map[string]any{"warm": true}
+	if w.interval != 0 {
+		if w.interval < time.Second || w.interval%time.Second != 0 {
+			return nil, usagef("--precopy-interval must be whole seconds, at least 1s")
+		}
+		set["precopy_interval_seconds"] = int(w.interval / time.Second)
+	}
+	if w.cutoverAt != "" {
+		t, err := time.Parse(time.RFC3339, w.cutoverAt)
+		if err != nil {
+			return nil, usagef("--cutover-at %q is not an RFC 3339 time like 2026-12-05T02:00:00Z", w.cutoverAt)
+		}
+		set["cutover_at"] = t.Format(time.RFC3339)
+	}
+	return set, nil
+}
 
 func init() {
 	register("jobs", "cutover", &command{

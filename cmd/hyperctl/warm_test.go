@@ -52,7 +52,37 @@ func TestWarmCommands(t *testing.T) {
 			}
 		})
 	}
-	r := hyperctl(t, env, "", "jobs", "cutover", warmID, "-o", "json")
+	// jobs submit --warm sets the options; the controller judges them.
+	r := hyperctl(t, env, jobJSON("DC0/vm/flags"), "jobs", "submit", "-f", "-", "-o", "json", "--warm", "--precopy-interval", "90s", "--cutover-at", "2030-01-02T03:04:05Z")
+	var sub proto.SubmitResponse
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &sub) != nil {
+		t.Fatalf("submit --warm: %s", r)
+	}
+	j, _ := nodes[0].State.Job(sub.JobID)
+	if o := j.Definition.Options; !o.Warm || o.PrecopyIntervalSeconds != 90 || o.CutoverAt == nil || o.CutoverAt.Year() != 2030 {
+		t.Fatalf("options of the job submitted with --warm: %+v", o)
+	}
+	https := fleettest.JobBody("DC0/vm/https")
+	https.Options.ConversionMethod = "https"
+	b, _ := json.Marshal(https)
+	for _, tc := range []struct {
+		args   []string
+		stdin  string
+		code   int
+		errHas string
+	}{
+		{[]string{"--cutover-at", "2030-01-02T03:04:05Z"}, jobJSON("x"), exitUsage, "go with --warm"},
+		{[]string{"--warm", "--cutover-at", "tomorrow"}, jobJSON("x"), exitUsage, "RFC 3339"},
+		{[]string{"--warm", "--precopy-interval", "1500ms"}, jobJSON("x"), exitUsage, "whole seconds"},
+		{[]string{"--warm"}, string(b), exitRejected, "vddk"},
+	} {
+		r := hyperctl(t, env, tc.stdin, append([]string{"jobs", "submit", "-f", "-"}, tc.args...)...)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.errHas) {
+			t.Errorf("submit %v: want exit %d with %q; got %s", tc.args, tc.code, tc.errHas, r)
+		}
+	}
+
+	r = hyperctl(t, env, "", "jobs", "cutover", warmID, "-o", "json")
 	var out proto.CutoverResponse
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &out) != nil || !out.AlreadyRequested || out.JobID != warmID {
 		t.Fatalf("cutover json: %s", r)
