@@ -108,6 +108,11 @@ func TestWarmJobThroughTheCluster(t *testing.T) {
 	if code, out := postOnce(t, nodes[2].URL()+"/jobs/warm/cutover", []byte(`{}`)); code != http.StatusOK || out["already_requested"] != true {
 		t.Fatalf("second cutover: %d %v, want 200 already requested", code, out)
 	}
+	// A follower trails the leader by a few milliseconds.
+	controller.WaitFor(t, 5*time.Second, "the request replicated", func() bool {
+		j, _ := follower.State.Job("warm")
+		return j.Warm != nil && j.Warm.CutoverRequested
+	})
 	if _, j := getJob(t, follower.URL(), "warm"); j.Warm == nil || !j.Warm.CutoverRequested || j.Warm.Rounds != 1 || j.WarmResume != nil {
 		t.Fatalf("job after the request: %+v resume %+v", j.Warm, j.WarmResume)
 	}
@@ -123,7 +128,10 @@ func TestWarmJobThroughTheCluster(t *testing.T) {
 		t.Fatalf("fail: %d", code)
 	}
 	var next proto.LeaseResponse
-	agentPost(t, leader, "lease", proto.LeaseRequest{Agent: agent, MaxJobs: 1, WaitSeconds: 5}, &next)
+	agentPost(t, leader, "lease", proto.LeaseRequest{Agent: agent, MaxJobs: 1, WaitSeconds: 5, WarmCopies: []string{"warm", "nope"}}, &next)
+	if len(next.Discard) != 1 || next.Discard[0] != "nope" {
+		t.Errorf("discard %v: want the unknown job's copy only (the warm job's is resumed by this lease)", next.Discard)
+	}
 	if next.Lease == nil || next.Lease.JobID != "warm" || next.Lease.Attempt != 2 || !next.Lease.CutoverRequested ||
 		next.Lease.Warm == nil || next.Lease.Warm.Disks[0].ChangeID != "52 aa/1" {
 		t.Fatalf("second lease %+v", next.Lease)
@@ -147,6 +155,11 @@ func TestWarmJobThroughTheCluster(t *testing.T) {
 	})
 	if code, out := postOnce(t, follower.URL()+"/jobs/warm/cutover", nil); code != http.StatusOK || out["already_requested"] != true {
 		t.Errorf("cutover of the completed job whose cutover was asked: %d %v, want the repeat's 200", code, out)
+	}
+	var after proto.LeaseResponse
+	agentPost(t, leader, "lease", proto.LeaseRequest{Agent: "a2", MaxJobs: 1, WaitSeconds: 1, WarmCopies: []string{"warm"}}, &after)
+	if len(after.Discard) != 1 {
+		t.Errorf("discard %v: a completed job's copy is no attempt's", after.Discard)
 	}
 	controller.WaitFor(t, 10*time.Second, "webhooks delivered", func() bool {
 		got := map[string]bool{}

@@ -61,6 +61,9 @@ type LeaseRequest struct {
 	Capabilities AgentCapabilities `json:"capabilities"`
 	// WaitSeconds bounds the long-poll (capped by the controller at 25 s).
 	WaitSeconds int `json:"wait_seconds,omitempty"`
+	// WarmCopies lists jobs whose warm images the agent keeps for a later attempt (not
+	// its running jobs): the answer's Discard says which no attempt will use.
+	WarmCopies []string `json:"warm_copies,omitempty"`
 }
 
 // Lease is a granted job. Definition includes the source password: it is the only
@@ -79,6 +82,9 @@ type Lease struct {
 // LeaseResponse answers a lease request: Lease is nil when the long-poll timed out.
 type LeaseResponse struct {
 	Lease *Lease `json:"lease"`
+	// Discard lists jobs of LeaseRequest.WarmCopies that no attempt will resume (the job
+	// ended, or its copy is now another agent's): the agent removes their images.
+	Discard []string `json:"discard,omitempty"`
 }
 
 // HeartbeatRequest renews every lease the agent holds.
@@ -194,6 +200,14 @@ func (r *LeaseRequest) Validate() error {
 	}
 	if r.MaxJobs < 0 || r.RunningJobs < 0 || r.WaitSeconds < 0 {
 		return invalid("max_jobs, running_jobs and wait_seconds must not be negative")
+	}
+	if len(r.WarmCopies) > MaxWarmCopies {
+		return invalid("warm_copies: at most %d", MaxWarmCopies)
+	}
+	for _, id := range r.WarmCopies {
+		if id == "" || len(id) > 256 {
+			return invalid("warm_copies: job ids of 1 to 256 bytes")
+		}
 	}
 	return nil
 }

@@ -34,6 +34,9 @@ const (
 	EventJobCutover = "job.cutover"
 )
 
+// MaxWarmCopies bounds LeaseRequest.WarmCopies.
+const MaxWarmCopies = 4096
+
 // Phases of WarmStatus.Phase.
 const (
 	WarmPhasePrecopy = "precopy"

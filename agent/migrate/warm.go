@@ -339,3 +339,43 @@ func (j *job) removeRoundSnapshot(ctx context.Context) error {
 	j.snapshot = nil
 	return nil
 }
+
+// keptCopy is the marker of a warm job's images kept in the storage dir.
+type keptCopy struct {
+	JobID string `json:"job_id"`
+}
+
+// KeptCopies lists the jobs whose warm images this agent keeps for a later attempt (a
+// marker in the job's directory), but for those running (worker.CopyKeeper).
+func (p *Pipeline) KeptCopies(running func(jobID string) bool) []string {
+	markers, _ := filepath.Glob(filepath.Join(p.cfg.StorageDir, "*", markerFile))
+	var out []string
+	for _, m := range markers {
+		var k keptCopy
+		if b, err := os.ReadFile(m); err != nil || json.Unmarshal(b, &k) != nil || k.JobID == "" {
+			continue
+		}
+		if filepath.Dir(m) == p.JobDir(k.JobID) && !running(k.JobID) {
+			out = append(out, k.JobID)
+		}
+	}
+	return out
+}
+
+// Discard removes the kept images of jobs no attempt will resume (worker.CopyKeeper).
+func (p *Pipeline) Discard(jobIDs []string, running func(jobID string) bool) {
+	for _, id := range jobIDs {
+		dir := p.JobDir(id)
+		if running(id) {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, markerFile)); err != nil {
+			continue // not a kept warm copy: nothing of ours to remove
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			p.log.Warn("could not remove a kept warm copy", "job", id, "dir", dir, "err", err)
+			continue
+		}
+		p.log.Info("removed a kept warm copy no attempt will resume", "job", id, "dir", dir)
+	}
+}

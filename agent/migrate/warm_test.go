@@ -3,6 +3,8 @@ package migrate_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -322,6 +324,18 @@ func TestWarmResume(t *testing.T) {
 	if resume.Rounds < 2 || len(dirEntries(t, f.p.JobDir(jobID))) == 0 || f.snapshots(0) != 0 {
 		t.Fatalf("after attempt 1: resume %+v, files %v, %d snapshots", resume, dirEntries(t, f.p.JobDir(jobID)), f.snapshots(0))
 	}
+	// The worker tells the controller which copies it keeps (not those of running jobs).
+	notRunning, runs := func(string) bool { return false }, func(id string) bool { return id == jobID }
+	if kept := f.p.KeptCopies(notRunning); len(kept) != 1 || kept[0] != jobID {
+		t.Errorf("kept copies %v, want [%s]", kept, jobID)
+	}
+	if kept := f.p.KeptCopies(runs); len(kept) != 0 {
+		t.Errorf("kept copies of a running job: %v", kept)
+	}
+	f.p.Discard([]string{jobID}, runs) // running: left alone
+	if len(dirEntries(t, f.p.JobDir(jobID))) == 0 {
+		t.Fatal("Discard removed the copy of a running job")
+	}
 
 	for _, tc := range []struct {
 		agent string
@@ -354,5 +368,28 @@ func TestWarmResume(t *testing.T) {
 			}
 		})
 		// agent-a's case runs first: agent-b's full copy replaces attempt 1's images.
+	}
+	if kept := f.p.KeptCopies(func(string) bool { return false }); len(kept) != 0 {
+		t.Errorf("a completed job's copy is still listed as kept: %v", kept)
+	}
+	// A copy the controller says no attempt will resume goes; a job directory that is not
+	// a kept copy stays.
+	other := f.p.JobDir("other-job")
+	if err := os.MkdirAll(other, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	f.p.Discard([]string{jobID, "other-job"}, func(string) bool { return false })
+	if len(dirEntries(t, f.p.JobDir(jobID))) == 0 || len(dirEntries(t, f.storage)) < 2 {
+		t.Errorf("Discard removed a completed job's disks or a directory without a marker")
+	}
+	if err := os.WriteFile(filepath.Join(other, "warm.json"), []byte(`{"job_id":"other-job"}`), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if kept := f.p.KeptCopies(func(string) bool { return false }); len(kept) != 1 || kept[0] != "other-job" {
+		t.Errorf("kept copies %v", kept)
+	}
+	f.p.Discard([]string{"other-job"}, func(string) bool { return false })
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Errorf("the discarded copy is still there: %v", err)
 	}
 }

@@ -78,3 +78,33 @@ func TestWarmCutoverReachesTheAgent(t *testing.T) {
 		return j.Status == proto.StatusCompleted && j.Warm.Phase == proto.WarmPhaseCutover && j.Warm.CutoverRequested
 	})
 }
+
+// keeper is an executor that keeps copies: one of a job the controller never heard of.
+type keeper struct {
+	*testExec
+	discarded chan []string
+}
+
+func (k *keeper) KeptCopies(running func(string) bool) []string { return []string{"gone-job"} }
+func (k *keeper) Discard(ids []string, running func(string) bool) {
+	select {
+	case k.discarded <- ids:
+	default:
+	}
+}
+
+// TestKeptCopiesDiscarded: the lease loop lists the executor's kept copies, and removes
+// those the controller says no attempt will resume.
+func TestKeptCopiesDiscarded(t *testing.T) {
+	cs := startCluster(t, 1, 2*time.Second)
+	k := &keeper{testExec: newExec(true), discarded: make(chan []string, 1)}
+	startWorker(t, "agent-k", urls(cs), 1, k)
+	select {
+	case ids := <-k.discarded:
+		if len(ids) != 1 || ids[0] != "gone-job" {
+			t.Fatalf("discarded %v", ids)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the copy of an unknown job was not discarded")
+	}
+}

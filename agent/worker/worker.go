@@ -280,6 +280,7 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 		req := proto.LeaseRequest{
 			Agent: w.cfg.Name, Capacity: capacity, Capabilities: caps,
 			RunningJobs: w.Running(), MaxJobs: w.cfg.MaxJobs, WaitSeconds: w.cfg.WaitSeconds,
+			WarmCopies: w.keptCopies(),
 		}
 		var resp proto.LeaseResponse
 		err := w.c.post(ctx, "/agent/v1/lease", req, &resp, time.Duration(w.cfg.WaitSeconds+10)*time.Second)
@@ -297,13 +298,13 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 200 * time.Millisecond
-		if resp.Lease == nil {
-			continue
+		if resp.Lease != nil {
+			// The fence clock starts now, not when the long-poll was sent: the grant may
+			// have come 20 s into the poll, and the leader's timer started at the grant.
+			// The 20% fence margin covers the response's flight time.
+			w.start(*resp.Lease, time.Now())
 		}
-		// The fence clock starts now, not when the long-poll was sent: the grant may have
-		// come 20 s into the poll, and the leader's timer started at the grant. The 20%
-		// fence margin covers the response's flight time.
-		w.start(*resp.Lease, time.Now())
+		w.discard(resp.Discard)
 	}
 }
 

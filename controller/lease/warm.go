@@ -7,6 +7,20 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 )
 
+// WarmDiscard says which of the warm copies an agent keeps no attempt will resume: the job
+// ended or is unknown, or its resume point names another agent (an attempt there copied
+// in full). A job whose resume point is this agent's may come back to it: kept.
+func (m *Manager) WarmDiscard(agent string, copies []string) []string {
+	var out []string
+	for _, id := range copies {
+		j, ok := m.st.Job(id)
+		if !ok || j.Status.Terminal() || j.WarmResume == nil || j.WarmResume.Agent != agent {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // Warm commits a warm job's report (its status and resume point) and renews the lease.
 // Like progress it is fenced by the lease token and the agent holding it; unlike progress
 // it is never throttled: the agent waits for it before going on (it is what the next
