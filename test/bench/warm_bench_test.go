@@ -16,7 +16,6 @@ import (
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 	"github.com/hypersdk/hypersdk/shared/vsphere"
-	"github.com/hypersdk/hypersdk/test/fakevddk"
 	"github.com/hypersdk/hypersdk/test/harness"
 )
 
@@ -37,22 +36,7 @@ func BenchmarkWarmDowntime4GiB(b *testing.B) {
 	sim := harness.StartSim(b, vcsim.Config{VMs: 1, DisksPerVM: 1, DiskSize: size, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5},
 		PowerOn: true, Username: "admin", Password: password, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	vm := sim.VMs[0]
-	libdir := fakevddk.Build(b, fakevddk.Standard)
-	cfg := fakevddk.ForSim(sim, "")
-	cfg.Password = password
-	fake := fakevddk.New(b, dir, cfg)
-
-	ctlConf := filepath.Join(dir, "controller.yaml")
-	if err := os.WriteFile(ctlConf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	ctl := harness.StartController(b, dir, "c1", nil, "--config", ctlConf, "--fast-raft")
-	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
-		var cl harness.ClusterView
-		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
-	})
-	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
-		"--max-jobs", "1", "--log-level", "warn", "--vddk-libdir", libdir)
+	ctl, agent, _ := startVDDKFleet(b, dir, sim, password)
 	harness.CleanupDomain(b, vm.Name)
 	harness.WaitFor(b, 30*time.Second, "agent advertises vddk", func() bool {
 		var ag proto.AgentInfo
