@@ -286,7 +286,7 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 		// Cleanup runs even when ctx is cancelled: it has its own deadline.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		j.keepDisks = j.keepForResume(ctx)
+		j.keepDisks = j.keepForResume(ctx, err)
 		j.cleanup(cctx, err != nil || ctx.Err() != nil)
 		result := "completed"
 		switch {

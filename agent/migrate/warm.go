@@ -267,14 +267,20 @@ func (j *job) record(ctx context.Context) error {
 
 // keepForResume says whether a warm attempt that did not complete leaves its images for
 // the next attempt: when it was stopped from outside (the agent shuts down, or lost its
-// lease) after a round was recorded, the next attempt may land here and go on from it. A
-// cancel or a failure of the job removes them like any other attempt's files.
-func (j *job) keepForResume(ctx context.Context) bool {
+// lease) or failed in a way another attempt may not (err is retryable) after a round was
+// recorded, the next attempt may land here and go on from it; if it does not, the
+// controller says so at a later lease request and the copy goes (Discard). A cancel or a
+// failure that is the job's own removes them like any other attempt's files.
+func (j *job) keepForResume(ctx context.Context, err error) bool {
 	if j.warm == nil || j.warm.rep == nil || j.warm.status.Rounds == 0 || j.domain != nil {
 		return false
 	}
 	cause := context.Cause(ctx)
-	return errors.Is(cause, worker.ErrShuttingDown) || errors.Is(cause, worker.ErrFenced) || errors.Is(cause, worker.ErrLeaseLost)
+	if errors.Is(cause, worker.ErrCancelRequested) {
+		return false
+	}
+	return errors.Is(cause, worker.ErrShuttingDown) || errors.Is(cause, worker.ErrFenced) || errors.Is(cause, worker.ErrLeaseLost) ||
+		(ctx.Err() == nil && errors.Is(err, worker.ErrRetryable))
 }
 
 // warmDefined records the downtime once the domain is defined.

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+
 	"github.com/hypersdk/hypersdk/agent/migrate"
 	"github.com/hypersdk/hypersdk/agent/worker"
 	"github.com/hypersdk/hypersdk/proto"
@@ -391,5 +394,39 @@ func TestWarmResume(t *testing.T) {
 	f.p.Discard([]string{"other-job"}, func(string) bool { return false })
 	if _, err := os.Stat(other); !os.IsNotExist(err) {
 		t.Errorf("the discarded copy is still there: %v", err)
+	}
+}
+
+// TestWarmKeepsCopyAfterRetryableFailure: a round that fails for a reason another attempt
+// may not meet (vCenter answering a fault) ends the attempt, retryable, with its snapshot
+// removed and the VM running, and keeps the images: the next attempt here resumes them.
+func TestWarmKeepsCopyAfterRetryableFailure(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: 16 * mib, PowerOn: true, WriteRate: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.75}}, fakevddk.Standard)
+	f.sim.Model().Service.AddFaultRule(&simulator.FaultInjectionRule{MethodName: "QueryChangedDiskAreas", ObjectType: "*", ObjectName: "*",
+		Probability: 1, MaxCount: 1, Enabled: true, Message: "host busy", Fault: &types.HostCommunication{}})
+	jobID := "job-warm-retry"
+	opts := proto.Options{Warm: true, PrecopyIntervalSeconds: 1}
+	rec := newWarmRecorder(f, "agent-a")
+	out := wait(t, f.runWarm(context.Background(), f.lease(jobID, 0, opts), rec), 2*time.Minute)
+	if out.err == nil || !errors.Is(out.err, worker.ErrRetryable) || !strings.Contains(out.err.Error(), "precopy") {
+		t.Fatalf("attempt 1: %v, want a retryable precopy failure", out.err)
+	}
+	if kept := f.p.KeptCopies(func(string) bool { return false }); len(kept) != 1 || f.snapshots(0) != 0 || f.powerState(0) != "poweredOn" {
+		t.Fatalf("after the failure: kept %v, %d snapshots, VM %s", kept, f.snapshots(0), f.powerState(0))
+	}
+	resume := rec.lastReport().resume
+	before := f.fake.ReadStats().BytesRead("")
+	l := f.lease(jobID, 0, opts)
+	l.Attempt, l.Warm, l.CutoverRequested = 2, &resume, true
+	rec2 := newWarmRecorder(f, "agent-a")
+	out = wait(t, f.runWarm(context.Background(), l, rec2), 2*time.Minute)
+	if out.err != nil {
+		t.Fatalf("attempt 2: %v", out.err)
+	}
+	sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
+	if read := f.fake.ReadStats().BytesRead(""); read-before > 6*mib || rec2.lastReport().status.FullCopy != "" {
+		t.Errorf("attempt 2 read %d bytes (full_copy %q): want a resume", read-before, rec2.lastReport().status.FullCopy)
 	}
 }
