@@ -27,6 +27,9 @@ func (j *job) precopy(ctx context.Context) error {
 		}
 	}
 	for {
+		if j.cutoverDue() {
+			return nil
+		}
 		next := w.lastRound.Add(w.interval)
 		if !w.cutoverAt.IsZero() && !w.cutoverAt.After(next) {
 			w.status.NextRoundAt = nil

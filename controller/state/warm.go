@@ -57,7 +57,16 @@ func (s *State) applyWarmReport(idx uint64, c WarmReport) any {
 	nj := *e.job
 	prev := nj.Warm
 	st := c.Status
-	st.CutoverRequested = st.CutoverRequested || (prev != nil && prev.CutoverRequested)
+	if prev != nil {
+		// A later attempt knows its own rounds only: what an earlier one saw stays.
+		st.CutoverRequested = st.CutoverRequested || prev.CutoverRequested
+		if st.LastRoundAt == nil {
+			st.LastRoundAt = prev.LastRoundAt
+		}
+		if st.CutoverStartedAt == nil {
+			st.CutoverStartedAt = prev.CutoverStartedAt
+		}
+	}
 	nj.Warm = &st
 	if c.Resume != nil {
 		r := *c.Resume
