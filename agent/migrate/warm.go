@@ -58,6 +58,9 @@ type warmRun struct {
 	lastRound time.Time
 	offAt     time.Time // the source's power-off (cutover)
 	resumed   bool      // this attempt went on from an earlier attempt's images
+	// converting: virt-v2v is rewriting the images in place, so they no longer hold the
+	// disks as of their change ids and no later attempt may resume from them.
+	converting bool
 }
 
 // warmDisk is one disk's image and the change id it holds the disk as of ("" before the
@@ -272,7 +275,7 @@ func (j *job) record(ctx context.Context) error {
 // controller says so at a later lease request and the copy goes (Discard). A cancel or a
 // failure that is the job's own removes them like any other attempt's files.
 func (j *job) keepForResume(ctx context.Context, err error) bool {
-	if j.warm == nil || j.warm.rep == nil || j.warm.status.Rounds == 0 || j.domain != nil {
+	if j.warm == nil || j.warm.rep == nil || j.warm.status.Rounds == 0 || j.warm.converting || j.domain != nil {
 		return false
 	}
 	cause := context.Cause(ctx)
@@ -298,6 +301,20 @@ func (j *job) warmDefined(ctx context.Context) {
 		j.log.Warn("could not record the downtime", "err", err)
 	}
 	// The images are the domain's disks now, not a copy to resume.
+	if err := os.Remove(filepath.Join(j.dir, markerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		j.log.Warn("could not remove the warm marker", "err", err)
+	}
+}
+
+// warmImagesConverting is called before guest conversion rewrites a warm job's images:
+// from here they are not the source's disks as of any change id, so the marker goes and
+// an attempt that stops now leaves nothing to resume (the next copies in full from the
+// powered-off VM).
+func (j *job) warmImagesConverting() {
+	if j.warm == nil {
+		return
+	}
+	j.warm.converting = true
 	if err := os.Remove(filepath.Join(j.dir, markerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		j.log.Warn("could not remove the warm marker", "err", err)
 	}

@@ -3,6 +3,7 @@ package migrate_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 	"github.com/hypersdk/hypersdk/shared/vsphere"
 	"github.com/hypersdk/hypersdk/test/fakevddk"
+	"github.com/hypersdk/hypersdk/test/harness"
 )
 
 // warmRecorder is the reporter of a warm job in a test: the cutover is asked by closing
@@ -38,7 +40,7 @@ type warmRecorder struct {
 type warmReport struct {
 	status    proto.WarmStatus
 	resume    proto.WarmResume
-	snapshots int // of the VM when the report was sent
+	snapshots []string // the VM's, by name, when the report was sent
 }
 
 var _ migrate.WarmReporter = (*warmRecorder)(nil)
@@ -52,7 +54,7 @@ func (r *warmRecorder) AgentName() string                 { return r.agent }
 func (r *warmRecorder) cutover()                          { r.cutOnce.Do(func() { close(r.cut) }) }
 
 func (r *warmRecorder) Warm(ctx context.Context, s proto.WarmStatus, res *proto.WarmResume) error {
-	rep := warmReport{status: s, resume: *res, snapshots: r.f.snapshots(0)}
+	rep := warmReport{status: s, resume: *res, snapshots: r.f.snapshotNames(0)}
 	r.mu.Lock()
 	r.reports = append(r.reports, rep)
 	f := r.onReport
@@ -78,15 +80,20 @@ func (r *warmRecorder) lastReport() warmReport {
 }
 
 // snapshots counts the VM's snapshots.
-func (f *fixture) snapshots(vm int) int {
+func (f *fixture) snapshots(vm int) int { return len(f.snapshotNames(vm)) }
+
+// snapshotNames lists the VM's snapshots.
+func (f *fixture) snapshotNames(vm int) []string {
 	f.t.Helper()
-	var n int
+	var names []string
 	f.withVM(vm, func(ctx context.Context, c *vsphere.Client, v *vsphere.VM) error {
 		s, err := c.SnapshotsNamed(ctx, v, "")
-		n = len(s)
+		for _, x := range s {
+			names = append(names, x.Name)
+		}
 		return err
 	})
-	return n
+	return names
 }
 
 // powerState reads the VM's power state.
@@ -168,13 +175,9 @@ func TestWarmMigration(t *testing.T) {
 			if last.Phase != proto.WarmPhaseDone || last.Rounds < 3 || last.DowntimeSeconds <= 0 || !last.CutoverRequested {
 				t.Errorf("last warm status %+v", last)
 			}
+			checkForkliftOrder(t, jobID, reports)
 			var sawCutover bool
 			for _, r := range reports {
-				// Forklift's order: the round's change ids are recorded while its snapshot
-				// still exists (then it goes, then the next one comes): never two at once.
-				if r.snapshots > 1 {
-					t.Errorf("%d snapshots at report %+v", r.snapshots, r.status)
-				}
 				sawCutover = sawCutover || r.status.Phase == proto.WarmPhaseCutover
 				for _, d := range r.resume.Disks {
 					if r.status.Rounds > 0 && d.ChangeID == "" {
@@ -203,6 +206,41 @@ func TestWarmMigration(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// checkForkliftOrder checks the order Forklift learnt from filesystem corruption (its PR
+// #1184): a round's change ids are recorded while the round's snapshot still exists and
+// before the next snapshot is taken (the report of round N sees only snapshot N), and the
+// old snapshot is removed before the next one is created (the report after it, between
+// rounds or at the start of the cutover, sees none). So there is never more than one
+// snapshot of ours, and the change ids recorded always belong to a snapshot that existed.
+func checkForkliftOrder(t *testing.T, jobID string, reports []warmReport) {
+	t.Helper()
+	seen := map[int]bool{}
+	var rounds, betweens int
+	for i, r := range reports {
+		st := r.status
+		switch {
+		case st.Phase == proto.WarmPhasePrecopy && st.Rounds > 0 && !seen[st.Rounds]:
+			// The first report of round N: its change ids, recorded with its snapshot there.
+			seen[st.Rounds] = true
+			rounds++
+			want := fmt.Sprintf("hypersdk-%s-%d", jobID, st.Rounds)
+			if len(r.snapshots) != 1 || r.snapshots[0] != want {
+				t.Errorf("report %d (round %d recorded): snapshots %q, want only %s", i, st.Rounds, r.snapshots, want)
+			}
+		case st.Phase == proto.WarmPhasePrecopy && st.Rounds > 0, st.Phase == proto.WarmPhaseCutover && st.CutoverStartedAt != nil && r.resume.PoweredOffAt == nil:
+			// Between rounds, and the cutover's start: the old snapshot is gone before
+			// the next is taken.
+			betweens++
+			if len(r.snapshots) != 0 {
+				t.Errorf("report %d (%s, round %d): snapshots %q, want none between rounds", i, st.Phase, st.Rounds, r.snapshots)
+			}
+		}
+	}
+	if rounds < 3 || betweens < 2 {
+		t.Errorf("%d round reports and %d between rounds: too few to judge the order", rounds, betweens)
 	}
 }
 
@@ -429,4 +467,101 @@ func TestWarmKeepsCopyAfterRetryableFailure(t *testing.T) {
 	if read := f.fake.ReadStats().BytesRead(""); read-before > 6*mib || rec2.lastReport().status.FullCopy != "" {
 		t.Errorf("attempt 2 read %d bytes (full_copy %q): want a resume", read-before, rec2.lastReport().status.FullCopy)
 	}
+}
+
+// TestWarmCutoverDefinesAsCold: after the cutover a warm job goes down the cold job's
+// path: guest conversion (here a stand-in virt-v2v-in-place: the real one is
+// TestGuestConversionNoOS and make test-guest), define, and the boot check when asked.
+// An attempt stopped while virt-v2v rewrites the images keeps nothing to resume from (the
+// images are no longer the disks as of their change ids).
+func TestWarmCutoverDefinesAsCold(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	slow := filepath.Join(dir, "slow")
+	v2v := filepath.Join(dir, "virt-v2v-in-place")
+	script := "#!/bin/sh\nif [ -e " + slow + " ]; then exec sleep 300; fi\necho '[   0.5] Converting the guest'\nexit 0\n"
+	if err := os.WriteFile(v2v, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := newVDDKFixture(t, vcsim.Config{VMs: 3, DiskSize: 16 * mib, PowerOn: true, WriteRate: 1, MemoryMB: 256, CPUs: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 1}}, fakevddk.Standard,
+		func(c *migrate.Config) { c.V2VInPlace = v2v })
+	past := time.Now().Add(-time.Minute)
+	noKept := func(t *testing.T) {
+		t.Helper()
+		if kept := f.p.KeptCopies(func(string) bool { return false }); len(kept) != 0 {
+			t.Errorf("warm copies kept for a resume: %v", kept)
+		}
+	}
+
+	t.Run("guest conversion", func(t *testing.T) {
+		rec := newWarmRecorder(f, "agent-a")
+		l := f.lease("job-warm-v2v", 0, proto.Options{Warm: true, CutoverAt: &past, GuestConversion: ptr(true)})
+		out := wait(t, f.runWarm(context.Background(), l, rec), 2*time.Minute)
+		if out.err != nil {
+			t.Fatal(out.err)
+		}
+		if c := out.res.Conversion; c == nil || !c.Converted || len(c.Steps) == 0 || out.res.Devices == nil || out.res.Devices.DiskBus != "virtio" {
+			t.Errorf("conversion %+v devices %+v, want converted, on virtio", out.res.Conversion, out.res.Devices)
+		}
+		stages := strings.Join(rec.stages(), ",")
+		if !strings.Contains(stages, "precopy,cutover,guest_conversion,defining") {
+			t.Errorf("stages %s", stages)
+		}
+		if last := rec.lastReport().status; last.Phase != proto.WarmPhaseDone || last.DowntimeSeconds <= 0 {
+			t.Errorf("warm status %+v", last)
+		}
+		noKept(t)
+	})
+
+	t.Run("stopped during guest conversion", func(t *testing.T) {
+		if err := os.WriteFile(slow, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(slow)
+		ctx, stop := context.WithCancelCause(context.Background())
+		defer stop(nil)
+		rec := newWarmRecorder(f, "agent-a")
+		rec.onUpdate = func(p proto.Progress) {
+			if p.Stage == proto.StageGuestConversion {
+				stop(worker.ErrShuttingDown) // as the agent does when it is asked to stop
+			}
+		}
+		jobID := "job-warm-v2v-stop"
+		l := f.lease(jobID, 1, proto.Options{Warm: true, CutoverAt: &past, GuestConversion: ptr(true)})
+		out := wait(t, f.runWarm(ctx, l, rec), 2*time.Minute)
+		if out.err == nil || !errors.Is(out.err, context.Canceled) {
+			t.Fatalf("Run: %v, want stopped", out.err)
+		}
+		if files := dirEntries(t, f.p.JobDir(jobID)); len(files) != 0 {
+			t.Errorf("files left of images virt-v2v was rewriting: %v", files)
+		}
+		noKept(t)
+		if n := f.snapshots(1); n != 0 {
+			t.Errorf("%d snapshots left", n)
+		}
+	})
+
+	t.Run("boot check", func(t *testing.T) {
+		harness.QemuCanReach(t, f.storage)
+		rec := newWarmRecorder(f, "agent-a")
+		l := f.lease("job-warm-boot", 2, proto.Options{Warm: true, CutoverAt: &past, VerifyBoot: true, BootTimeoutSeconds: 20,
+			NetworkMapping: map[string]string{"VM Network": "bridge:" + harness.Bridge(t)}})
+		out := wait(t, f.runWarm(context.Background(), l, rec), 5*time.Minute)
+		// The disk holds random bytes: the boot check runs and fails, as for a cold job.
+		if out.err == nil || !errors.Is(out.err, migrate.ErrBootCheck) || !strings.Contains(out.err.Error(), "is kept (stopped)") {
+			t.Fatalf("Run: %v, want the boot check to fail and keep the domain", out.err)
+		}
+		stages := strings.Join(rec.stages(), ",")
+		if !strings.Contains(stages, "precopy,cutover,defining,boot_check") {
+			t.Errorf("stages %s", stages)
+		}
+		if last := rec.lastReport().status; last.Phase != proto.WarmPhaseDone || last.DowntimeSeconds <= 0 {
+			t.Errorf("warm status %+v: the domain was defined", last)
+		}
+		if files := dirEntries(t, f.p.JobDir(l.JobID)); len(files) == 0 {
+			t.Error("the kept domain's disks are gone")
+		}
+		noKept(t)
+	})
 }
