@@ -100,6 +100,15 @@ func TestWarmJobThroughTheCluster(t *testing.T) {
 	if strings.Contains(string(m.Data), "warm_resume") {
 		t.Errorf("job_update shows the resume point: %s", m.Data)
 	}
+	// Every round is a job_update of its own.
+	if code := report(l.LeaseToken, proto.WarmStatus{Phase: proto.WarmPhasePrecopy, Rounds: 2, ChangedBytes: 3 << 20}); code != http.StatusOK {
+		t.Fatalf("warm report of round 2: %d", code)
+	}
+	ws.next(t, "job_update of round 2", func(m proto.WSMessage) bool {
+		var j proto.Job
+		_ = json.Unmarshal(m.Data, &j)
+		return m.Type == proto.WSJobUpdate && j.Definition.ID == "warm" && j.Warm != nil && j.Warm.Rounds == 2 && j.Warm.ChangedBytes == 3<<20
+	})
 
 	code, out := postOnce(t, follower.URL()+"/jobs/warm/cutover", nil)
 	if code != http.StatusOK || out["already_requested"] == true {
@@ -113,7 +122,7 @@ func TestWarmJobThroughTheCluster(t *testing.T) {
 		j, _ := follower.State.Job("warm")
 		return j.Warm != nil && j.Warm.CutoverRequested
 	})
-	if _, j := getJob(t, follower.URL(), "warm"); j.Warm == nil || !j.Warm.CutoverRequested || j.Warm.Rounds != 1 || j.WarmResume != nil {
+	if _, j := getJob(t, follower.URL(), "warm"); j.Warm == nil || !j.Warm.CutoverRequested || j.Warm.Rounds != 2 || j.WarmResume != nil {
 		t.Fatalf("job after the request: %+v resume %+v", j.Warm, j.WarmResume)
 	}
 	var hb proto.HeartbeatResponse

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/proto"
@@ -62,6 +63,15 @@ func TestWarmCommands(t *testing.T) {
 	if o := j.Definition.Options; !o.Warm || o.PrecopyIntervalSeconds != 90 || o.CutoverAt == nil || o.CutoverAt.Year() != 2030 {
 		t.Fatalf("options of the job submitted with --warm: %+v", o)
 	}
+	// A warm job's cutover defines and boot-checks as a cold job does: the flags combine.
+	r = hyperctl(t, env, jobJSON("DC0/vm/warm-boot"), "jobs", "submit", "-f", "-", "-o", "json", "--warm", "--verify-boot", "--boot-timeout", "2m")
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &sub) != nil {
+		t.Fatalf("submit --warm --verify-boot: %s", r)
+	}
+	j, _ = nodes[0].State.Job(sub.JobID)
+	if o := j.Definition.Options; !o.Warm || !o.VerifyBoot || o.BootTimeoutSeconds != 120 {
+		t.Fatalf("options of the job submitted with --warm --verify-boot: %+v", o)
+	}
 	https := fleettest.JobBody("DC0/vm/https")
 	https.Options.ConversionMethod = "https"
 	b, _ := json.Marshal(https)
@@ -86,5 +96,41 @@ func TestWarmCommands(t *testing.T) {
 	var out proto.CutoverResponse
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &out) != nil || !out.AlreadyRequested || out.JobID != warmID {
 		t.Fatalf("cutover json: %s", r)
+	}
+}
+
+// TestDescribeWarm: the Warm line of jobs get through a warm job's life.
+func TestDescribeWarm(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	recent := time.Now().Add(-90 * time.Second)
+	warm := proto.Options{Warm: true, PrecopyIntervalSeconds: 600}
+	atTime := proto.Options{Warm: true, CutoverAt: &at}
+	for _, tc := range []struct {
+		name string
+		opts proto.Options
+		w    *proto.WarmStatus
+		want []string
+	}{
+		{"cold", proto.Options{}, nil, nil},
+		{"pending", warm, nil, []string{"precopy every 10m00s, cutover on request"}},
+		{"between rounds", warm, &proto.WarmStatus{Phase: proto.WarmPhasePrecopy, Rounds: 3, LastRoundAt: &recent, ChangedBytes: 41 << 20, NextRoundAt: &at},
+			[]string{"precopy, 3 round(s)", "last round 1m30s ago: 41.0 MiB", "next round at 2030-01-02T03:04:05Z"}},
+		{"cutover at a time", atTime, &proto.WarmStatus{Phase: proto.WarmPhaseCutover, Rounds: 2}, []string{"cutover, 2 round(s)", "cutover at 2030-01-02T03:04:05Z"}},
+		{"done", warm, &proto.WarmStatus{Phase: proto.WarmPhaseDone, Rounds: 4, CutoverRequested: true, DowntimeSeconds: 0.86},
+			[]string{"done, 4 round(s)", "downtime 0.9s"}},
+		{"full copy", warm, &proto.WarmStatus{Phase: proto.WarmPhasePrecopy, Rounds: 1, FullCopy: "the earlier attempt's copy is on agent a1"},
+			[]string{"the earlier attempt's copy is on agent a1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := describeWarm(tc.opts, tc.w)
+			if tc.want == nil && got != "" {
+				t.Errorf("a cold job's warm line %q", got)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("%q lacks %q", got, w)
+				}
+			}
+		})
 	}
 }

@@ -33,7 +33,7 @@ func (c *Client) EnableChangeTracking(ctx context.Context, vm *VM) error {
 	snapshots := m.Snapshot != nil && len(m.Snapshot.RootSnapshotList) > 0
 	if snapshots {
 		return fmt.Errorf("%w: %s has snapshots and changed block tracking is off; vSphere enables tracking only on a VM "+
-			"without snapshots: delete its snapshots (or enable changeTrackingEnabled yourself) and retry", ErrChangeTracking, vm.Path)
+			"without snapshots: delete its snapshots and submit the job again (it then turns tracking on itself)", ErrChangeTracking, vm.Path)
 	}
 	on := true
 	task, err := vm.obj.Reconfigure(ctx, types.VirtualMachineConfigSpec{ChangeTrackingEnabled: &on})
