@@ -562,6 +562,9 @@ func TestWarmCutoverDefinesAsCold(t *testing.T) {
 		if files := dirEntries(t, f.p.JobDir(l.JobID)); len(files) == 0 {
 			t.Error("the kept domain's disks are gone")
 		}
+		if n := f.snapshots(2); n != 0 {
+			t.Errorf("%d snapshots left on the source", n)
+		}
 		noKept(t)
 	})
 }
