@@ -35,7 +35,7 @@ func TestEveryCommandTypeIsDispatched(t *testing.T) {
 // used to be answered with an error and skipped, so the follower's state silently diverged.
 // It now stops the node loudly before anything is applied.
 func TestUnknownCommandTypeStopsTheNode(t *testing.T) {
-	for _, ct := range []CommandType{0, 13, 19, 27, 200} {
+	for _, ct := range []CommandType{0, 14, 19, 27, 200} {
 		t.Run(fmt.Sprint(uint8(ct)), func(t *testing.T) {
 			a := newApplier(t)
 			a.ok(CmdSubmitJob, SubmitJob{Definition: def("j1")})
