@@ -117,6 +117,8 @@ func (j *job) warmPrepare(ctx context.Context) error {
 		return fmt.Errorf("a warm migration needs VDDK on the agent: %w", err)
 	}
 	j.method = method
+	// One cap for the whole job (options.max_mbps), every round's disks sharing it.
+	j.limiter = transfer.NewLimiter(transfer.BytesPerSecondFromMbps(opts.MaxMbps))
 	j.format = opts.OutputFormat
 	if j.format == "" {
 		j.format = transfer.FormatQcow2
