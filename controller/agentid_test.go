@@ -82,6 +82,7 @@ func TestAgentImpersonationRefused(t *testing.T) {
 		{"own credential, another agent's name", "/agent/v1/lease", leaseBody("kvm-real"), "", map[string]string{proto.AgentCredentialHeader: evilCred}, 403},
 		{"forged completion under the real name", "/agent/v1/complete", []byte(fmt.Sprintf(`{"agent":"kvm-real","job_id":%q,"attempt":1,"result":{"domain_name":"evil","libvirt_uri":"qemu+ssh://evil/system"}}`, jobID)), "", map[string]string{proto.AgentCredentialHeader: evilCred}, 403},
 		{"forged commit point under the real name", "/agent/v1/commit", []byte(fmt.Sprintf(`{"agent":"kvm-real","job_id":%q,"attempt":1,"domain":"evil"}`, jobID)), "", map[string]string{proto.AgentCredentialHeader: evilCred}, 403},
+		{"forged warm report under the real name", "/agent/v1/warm", []byte(fmt.Sprintf(`{"agent":"kvm-real","job_id":%q,"attempt":1,"status":{"phase":"done","rounds":1}}`, jobID)), "", map[string]string{proto.AgentCredentialHeader: evilCred}, 403},
 		{"viewer forgets an agent", "/agents/kvm-real/forget", nil, viewerTok, nil, 403},
 	}
 	for _, a := range attacks {

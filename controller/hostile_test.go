@@ -60,7 +60,8 @@ func TestHostileInput(t *testing.T) {
 		{"POST", "/webhooks"}, {"DELETE", "/webhooks/-1"}, {"DELETE", "/webhooks/99999999999999999999"},
 		{"POST", "/webhooks/test"}, {"POST", "/cluster/join"}, {"DELETE", "/cluster/nodes/%2e%2e"},
 		{"POST", "/agent/v1/heartbeat"}, {"POST", "/agent/v1/progress"}, {"POST", "/agent/v1/complete"},
-		{"POST", "/agent/v1/fail"}, {"POST", "/agent/v1/commit"}, {"PATCH", "/jobs/submit"}, {"GET", "/ws"},
+		{"POST", "/agent/v1/fail"}, {"POST", "/agent/v1/commit"}, {"POST", "/agent/v1/warm"}, {"POST", "/jobs/nope/cutover"},
+		{"PATCH", "/jobs/submit"}, {"GET", "/ws"},
 		{"POST", "/agent/v1/enroll"}, {"POST", "/agent/v1/rotate"}, {"POST", "/agents/%2e%2e/forget"},
 		{"POST", "/agents/" + strings.Repeat("n", 300) + "/rotate"},
 	}

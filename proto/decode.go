@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // DecodeStrict decodes exactly one JSON value with no unknown fields. allowEmpty makes an
@@ -36,6 +37,7 @@ func DecodeStrict(b []byte, v any, allowEmpty bool) error {
 func describeJSONError(err error) error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
+	var pe *time.ParseError
 	switch {
 	case errors.As(err, &se):
 		return fmt.Errorf("malformed JSON at byte %d: %v", se.Offset, se)
@@ -48,6 +50,10 @@ func describeJSONError(err error) error {
 			return fmt.Errorf("field %q has the wrong type", field)
 		}
 		return fmt.Errorf("field %q must be %s, not %s", field, jsonKind(te.Type.Kind().String()), te.Value)
+	case errors.As(err, &pe):
+		// encoding/json does not say which field a time came from; a job's only time is
+		// options.cutover_at.
+		return fmt.Errorf("a time (such as options.cutover_at) must be RFC 3339 like 2026-12-05T02:00:00Z, not %q", pe.Value)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("malformed JSON: unexpected end of input")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):

@@ -101,6 +101,12 @@ type Options struct {
 	// MaxMbps caps the job's disk copy, all its disks together, in megabits per second
 	// (1 Mbit/s = 125,000 bytes/s; 0: no cap beyond the agent's transfer.max_mbps).
 	MaxMbps int `json:"max_mbps,omitempty"`
+	// Warm copies the disks while the VM runs and stops it only for the cutover (see
+	// warm.go); PrecopyIntervalSeconds is the wait between rounds and CutoverAt (RFC 3339)
+	// when to cut over (else on POST /jobs/{id}/cutover).
+	Warm                   bool       `json:"warm,omitempty"`
+	PrecopyIntervalSeconds int        `json:"precopy_interval_seconds,omitempty"`
+	CutoverAt              *time.Time `json:"cutover_at,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
@@ -180,6 +186,11 @@ type Job struct {
 	// the job while this one is silent. Cleared when the attempt ends and the job waits
 	// for another.
 	Commit *JobCommit `json:"commit,omitempty"`
+	// Warm is a warm job's precopy and cutover (warm.go).
+	Warm *WarmStatus `json:"warm,omitempty"`
+	// WarmResume is where the last attempt left its warm copy: replicated state for the
+	// next attempt's lease, not shown (Redacted drops it).
+	WarmResume *WarmResume `json:"warm_resume,omitempty"`
 }
 
 // JobCommit is an attempt committed as the one that defines the job's domain: which
@@ -192,9 +203,10 @@ type JobCommit struct {
 	At         time.Time `json:"at"`
 }
 
-// Redacted returns a copy with the password masked.
+// Redacted returns a copy with the password masked and the agents' resume point left out.
 func (j Job) Redacted() Job {
 	j.Definition = j.Definition.Redacted()
+	j.WarmResume = nil
 	return j
 }
 

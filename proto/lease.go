@@ -61,6 +61,9 @@ type LeaseRequest struct {
 	Capabilities AgentCapabilities `json:"capabilities"`
 	// WaitSeconds bounds the long-poll (capped by the controller at 25 s).
 	WaitSeconds int `json:"wait_seconds,omitempty"`
+	// WarmCopies lists jobs whose warm images the agent keeps for a later attempt (not
+	// its running jobs): the answer's Discard says which no attempt will use.
+	WarmCopies []string `json:"warm_copies,omitempty"`
 }
 
 // Lease is a granted job. Definition includes the source password: it is the only
@@ -70,11 +73,18 @@ type Lease struct {
 	TTLSeconds float64       `json:"ttl_seconds"`
 	Definition JobDefinition `json:"definition"`
 	GrantedAt  time.Time     `json:"granted_at"`
+	// Warm is where the job's earlier attempt left its warm copy (nil: none, or not warm).
+	Warm *WarmResume `json:"warm,omitempty"`
+	// CutoverRequested: an operator asked a warm job's cutover before this attempt.
+	CutoverRequested bool `json:"cutover_requested,omitempty"`
 }
 
 // LeaseResponse answers a lease request: Lease is nil when the long-poll timed out.
 type LeaseResponse struct {
 	Lease *Lease `json:"lease"`
+	// Discard lists jobs of LeaseRequest.WarmCopies that no attempt will resume (the job
+	// ended, or its copy is now another agent's): the agent removes their images.
+	Discard []string `json:"discard,omitempty"`
 }
 
 // HeartbeatRequest renews every lease the agent holds.
@@ -85,10 +95,12 @@ type HeartbeatRequest struct {
 
 // HeartbeatResponse tells the agent which jobs to stop: Cancel (an operator cancelled
 // them: clean up and report cancelled) and Lost (the lease is no longer this agent's:
-// stop without reporting).
+// stop without reporting); and which warm jobs to cut over.
 type HeartbeatResponse struct {
-	Cancel     []LeaseToken `json:"cancel,omitempty"`
-	Lost       []LeaseToken `json:"lost,omitempty"`
+	Cancel []LeaseToken `json:"cancel,omitempty"`
+	Lost   []LeaseToken `json:"lost,omitempty"`
+	// Cutover lists warm jobs whose cutover an operator asked for.
+	Cutover    []LeaseToken `json:"cutover,omitempty"`
 	TTLSeconds float64      `json:"ttl_seconds"`
 }
 
@@ -188,6 +200,14 @@ func (r *LeaseRequest) Validate() error {
 	}
 	if r.MaxJobs < 0 || r.RunningJobs < 0 || r.WaitSeconds < 0 {
 		return invalid("max_jobs, running_jobs and wait_seconds must not be negative")
+	}
+	if len(r.WarmCopies) > MaxWarmCopies {
+		return invalid("warm_copies: at most %d", MaxWarmCopies)
+	}
+	for _, id := range r.WarmCopies {
+		if id == "" || len(id) > 256 {
+			return invalid("warm_copies: job ids of 1 to 256 bytes")
+		}
 	}
 	return nil
 }

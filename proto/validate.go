@@ -206,7 +206,7 @@ func (o *Options) Validate() error {
 	if len(o.TargetAgent) > MaxNodeNameLen {
 		return invalid("options.target_agent is longer than %d characters", MaxNodeNameLen)
 	}
-	return nil
+	return o.validateWarm()
 }
 
 // Validate checks a query.

@@ -28,6 +28,7 @@ const (
 var WebhookEvents = []string{
 	EventJobSubmitted, EventJobStarted, EventJobCompleted, EventJobFailed, EventJobCancelled,
 	EventJobProgress, EventScheduleTriggered, EventScheduleCompleted, EventScheduleFailed,
+	EventJobPrecopyRound, EventJobCutover,
 }
 
 // Headers of every delivery. A receiver drops a repeat by X-HyperSDK-Delivery (a new leader

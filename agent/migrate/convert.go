@@ -48,18 +48,7 @@ func (j *job) convert(ctx context.Context) error {
 	j.log.Info(msg, "bytes", total, "format", j.format, "dir", j.dir, "parallel_disks", min(len(disks), j.p.cfg.MaxParallelDisks))
 	j.report(proto.Progress{Stage: proto.StageConversion, TotalBytes: total, Message: msg})
 
-	bytesC := j.p.metrics.bytes.WithLabelValues(j.method)
-	rateG := j.p.metrics.rate.WithLabelValues(j.lease.JobID)
-	var counted int64 // bytes already added to the counter; the aggregator is serial
-	agg := transfer.NewAggregator(func(pr proto.Progress) {
-		if d := pr.CurrentBytes - counted; d > 0 {
-			bytesC.Add(float64(d))
-			counted = pr.CurrentBytes
-		}
-		rateG.Set(pr.BytesPerSecond)
-		pr.Message = msg
-		j.report(pr)
-	}, sizes, 0, msg)
+	agg := j.copyProgress(proto.StageConversion, msg, sizes)
 
 	started := time.Now()
 	var err error
@@ -86,6 +75,23 @@ func (j *job) convert(ctx context.Context) error {
 	j.report(proto.Progress{Stage: proto.StageConversion, PercentComplete: 100, CurrentBytes: total, TotalBytes: total,
 		BytesPerSecond: j.copyRate, Message: msg})
 	return nil
+}
+
+// copyProgress is the aggregated progress of a copy of disks of the given sizes: reported
+// as stage with msg, and counted in the transfer metrics.
+func (j *job) copyProgress(stage, msg string, sizes []int64) *transfer.Aggregator {
+	bytesC := j.p.metrics.bytes.WithLabelValues(j.method)
+	rateG := j.p.metrics.rate.WithLabelValues(j.lease.JobID)
+	var counted int64 // bytes already added to the counter; the aggregator is serial
+	return transfer.NewAggregator(func(pr proto.Progress) {
+		if d := pr.CurrentBytes - counted; d > 0 {
+			bytesC.Add(float64(d))
+			counted = pr.CurrentBytes
+		}
+		rateG.Set(pr.BytesPerSecond)
+		pr.Stage, pr.Message = stage, msg
+		j.report(pr)
+	}, sizes, 0, msg)
 }
 
 func (j *job) output(i int, agg *transfer.Aggregator) transfer.Output {
@@ -182,24 +188,10 @@ func (j *job) copyNFC(ctx context.Context, agg *transfer.Aggregator) (err error)
 // server's certificate by its SHA-1 thumbprint: the one this job's session verified (pinned
 // by source.thumbprint, or by the system roots), or the one it saw with source.insecure.
 func (j *job) copyVDDK(ctx context.Context, agg *transfer.Aggregator) error {
-	u := j.client.URL()
-	port := 0
-	if p := u.Port(); p != "" {
-		port, _ = strconv.Atoi(p)
-	}
-	host := u.Hostname()
-	snap := ""
-	if j.snapshot != nil {
-		snap = j.snapshot.Moref()
-	}
 	var warnMu sync.Mutex
 	warned := map[string]bool{}
 	return transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, j.info.Disks, func(ctx context.Context, i int, d vsphere.Disk) error {
-		res, err := j.p.xfer.VDDK(ctx, transfer.VDDKSource{
-			Server: host, Port: port, User: j.def.Source.Username, Password: j.def.Source.Password,
-			Thumbprint: j.client.ServerThumbprint(), Insecure: j.def.Source.Insecure,
-			VMMoref: j.info.Moref, File: d.File, Snapshot: snap, Libdir: j.p.cfg.VDDKLibDir,
-		}, j.output(i, agg))
+		res, err := j.p.xfer.VDDK(ctx, j.vddkSource(d.File, j.snapshot), j.output(i, agg))
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
 		}
@@ -213,4 +205,22 @@ func (j *job) copyVDDK(ctx context.Context, agg *transfer.Aggregator) error {
 		}
 		return nil
 	})
+}
+
+// vddkSource is a disk file of the VM read through VDDK at snap (nil: the disk as it is).
+func (j *job) vddkSource(file string, snap *vsphere.Snapshot) transfer.VDDKSource {
+	u := j.client.URL()
+	port := 0
+	if p := u.Port(); p != "" {
+		port, _ = strconv.Atoi(p)
+	}
+	src := transfer.VDDKSource{
+		Server: u.Hostname(), Port: port, User: j.def.Source.Username, Password: j.def.Source.Password,
+		Thumbprint: j.client.ServerThumbprint(), Insecure: j.def.Source.Insecure,
+		VMMoref: j.info.Moref, File: file, Libdir: j.p.cfg.VDDKLibDir,
+	}
+	if snap != nil {
+		src.Snapshot = snap.Moref()
+	}
+	return src
 }

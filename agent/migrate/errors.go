@@ -47,6 +47,7 @@ func classify(stage string, err error) error {
 		errors.Is(err, vsphere.ErrVMNotFound),
 		errors.Is(err, vsphere.ErrNotFound),
 		errors.Is(err, vsphere.ErrShutdownTimeout),
+		errors.Is(err, vsphere.ErrChangeTracking),
 		errors.Is(err, ErrPoweredOn),
 		errors.Is(err, ErrUnsupportedVM),
 		errors.Is(err, ErrGuestConversion),

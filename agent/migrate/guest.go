@@ -120,6 +120,7 @@ func (j *job) convertGuest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	j.warmImagesConverting()
 	xmlPath := filepath.Join(j.dir, "v2v-source.xml")
 	if err := os.WriteFile(xmlPath, []byte(xml), 0o600); err != nil {
 		return fmt.Errorf("%w: %v", ErrStorage, err)

@@ -185,6 +185,17 @@ func (f *fixture) run(l proto.Lease, r *recorder, timeout time.Duration) (*proto
 // vsphereInfo reads a simulated VM as the pipeline sees it.
 func (f *fixture) vsphereInfo(vm int) *vsphere.VMInfo {
 	f.t.Helper()
+	var info *vsphere.VMInfo
+	f.withVM(vm, func(ctx context.Context, c *vsphere.Client, v *vsphere.VM) (err error) {
+		info, err = c.VMInfo(ctx, v)
+		return err
+	})
+	return info
+}
+
+// withVM runs do with a vCenter session of the simulator and one of its VMs.
+func (f *fixture) withVM(vm int, do func(context.Context, *vsphere.Client, *vsphere.VM) error) {
+	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := vsphere.Connect(ctx, vsphere.Config{URL: f.sim.URL.String(), Username: f.sim.Username, Password: canaryPassword,
@@ -194,14 +205,12 @@ func (f *fixture) vsphereInfo(vm int) *vsphere.VMInfo {
 	}
 	defer c.Close(ctx)
 	v, err := c.FindVM(ctx, f.sim.VMs[vm].Path)
+	if err == nil {
+		err = do(ctx, c, v)
+	}
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	info, err := c.VMInfo(ctx, v)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return info
 }
 
 // domainXML reads a defined domain's persistent XML.

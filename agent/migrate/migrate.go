@@ -264,6 +264,10 @@ type job struct {
 	// did not boot: the error says so).
 	keep    bool
 	limiter *transfer.Limiter // options.max_mbps, shared by the job's disks (nil: no cap)
+	warm    *warmRun          // a warm job's rounds (nil: cold)
+	// keepDisks: the attempt did not complete but its images stay for the next attempt
+	// (a warm copy stopped from outside, see keepForResume).
+	keepDisks bool
 }
 
 // Run migrates the leased job's VM. On error and on cancel everything this attempt made
@@ -282,6 +286,7 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 		// Cleanup runs even when ctx is cancelled: it has its own deadline.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
+		j.keepDisks = j.keepForResume(ctx, err)
 		j.cleanup(cctx, err != nil || ctx.Err() != nil)
 		result := "completed"
 		switch {
@@ -309,11 +314,17 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 	if err := j.connect(ctx); err != nil {
 		return nil, classify(proto.StageConnecting, err)
 	}
-	if err := j.prepare(ctx); err != nil {
-		return nil, classify(proto.StagePreparing, err)
-	}
-	if err := j.convert(ctx); err != nil {
-		return nil, classify(proto.StageConversion, err)
+	if j.def.Options.Warm {
+		if err := j.warmCopy(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := j.prepare(ctx); err != nil {
+			return nil, classify(proto.StagePreparing, err)
+		}
+		if err := j.convert(ctx); err != nil {
+			return nil, classify(proto.StageConversion, err)
+		}
 	}
 	if err := j.convertGuest(ctx); err != nil {
 		return nil, classify(proto.StageGuestConversion, err)
@@ -327,6 +338,7 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 	if err != nil {
 		return nil, classify(proto.StageDefining, err)
 	}
+	j.warmDefined(ctx)
 	if j.def.Options.VerifyBoot {
 		if res.Boot, err = j.bootCheck(ctx); err != nil {
 			return nil, classify(proto.StageBootCheck, err)
@@ -380,7 +392,9 @@ func (j *job) cleanup(ctx context.Context, failed bool) {
 				j.log.Error("could not undefine the domain of the failed attempt", "domain", j.domain.name, "err", err)
 			}
 		}
-		if err := os.RemoveAll(j.dir); err != nil {
+		if j.keepDisks {
+			j.log.Info("the warm copy's images stay for the next attempt", "dir", j.dir, "rounds", j.warm.status.Rounds)
+		} else if err := os.RemoveAll(j.dir); err != nil {
 			j.log.Error("could not remove the job's files", "dir", j.dir, "err", err)
 		}
 	}

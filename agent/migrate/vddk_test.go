@@ -33,7 +33,7 @@ type vddkFixture struct {
 	fake *fakevddk.Fake
 }
 
-func newVDDKFixture(t *testing.T, simCfg vcsim.Config, v fakevddk.Variant) *vddkFixture {
+func newVDDKFixture(t *testing.T, simCfg vcsim.Config, v fakevddk.Variant, edit ...func(*migrate.Config)) *vddkFixture {
 	t.Helper()
 	libdir := fakevddk.Build(t, v)
 	dir := t.TempDir()
@@ -48,6 +48,9 @@ func newVDDKFixture(t *testing.T, simCfg vcsim.Config, v fakevddk.Variant) *vddk
 		// Parallel tests share this process: each reader gets its test's fake through
 		// the reader command, where the agent's readers inherit the agent's environment.
 		c.Transfer.VDDKReader = []string{"env", fakevddk.EnvVar + "=" + conf, exe, vddk.Subcommand}
+		for _, e := range edit {
+			e(c)
+		}
 	})
 	cfg := fakevddk.ForSim(vf.sim, "")
 	cfg.Password = canaryPassword

@@ -280,6 +280,7 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 		req := proto.LeaseRequest{
 			Agent: w.cfg.Name, Capacity: capacity, Capabilities: caps,
 			RunningJobs: w.Running(), MaxJobs: w.cfg.MaxJobs, WaitSeconds: w.cfg.WaitSeconds,
+			WarmCopies: w.keptCopies(),
 		}
 		var resp proto.LeaseResponse
 		err := w.c.post(ctx, "/agent/v1/lease", req, &resp, time.Duration(w.cfg.WaitSeconds+10)*time.Second)
@@ -297,13 +298,13 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 200 * time.Millisecond
-		if resp.Lease == nil {
-			continue
+		if resp.Lease != nil {
+			// The fence clock starts now, not when the long-poll was sent: the grant may
+			// have come 20 s into the poll, and the leader's timer started at the grant.
+			// The 20% fence margin covers the response's flight time.
+			w.start(*resp.Lease, time.Now())
 		}
-		// The fence clock starts now, not when the long-poll was sent: the grant may have
-		// come 20 s into the poll, and the leader's timer started at the grant. The 20%
-		// fence margin covers the response's flight time.
-		w.start(*resp.Lease, time.Now())
+		w.discard(resp.Discard)
 	}
 }
 
@@ -548,6 +549,11 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		for _, t := range resp.Cancel {
 			stop[t.JobID] = ErrCancelRequested
 		}
+		for _, t := range resp.Cutover {
+			if r, ok := w.jobs[t.JobID]; ok && r.lease.Attempt == t.Attempt {
+				r.rep.cutover()
+			}
+		}
 		for _, t := range toks {
 			r, ok := w.jobs[t.JobID]
 			if !ok || r.lease.Attempt != t.Attempt {
@@ -582,10 +588,14 @@ type reporter struct {
 	kick   chan struct{}
 	quit   chan struct{}
 	done   chan struct{}
+	// cut is closed when the controller asks for a warm job's cutover (warm.go).
+	cut     chan struct{}
+	cutOnce sync.Once
 }
 
 func newReporter(w *Worker, tok proto.LeaseToken, cancel context.CancelCauseFunc) *reporter {
-	r := &reporter{w: w, tok: tok, cancel: cancel, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	r := &reporter{w: w, tok: tok, cancel: cancel, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		cut: make(chan struct{})}
 	go r.loop()
 	return r
 }

@@ -24,9 +24,10 @@ func init() {
 		watchInterval = &pollInterval
 		verifyBoot    bool
 		bootTimeout   time.Duration
+		warm          warmFlags
 	)
 	register("jobs", "submit", &command{
-		usage: "-f FILE|- [--watch] [--verify-boot [--boot-timeout D]]",
+		usage: "-f FILE|- [--watch] [--verify-boot [--boot-timeout D]] [--warm [--precopy-interval D] [--cutover-at RFC3339]]",
 		help:  "submit one job, a list of jobs, or several YAML documents (JSON or YAML)",
 		flags: func(_ *app, fs *flag.FlagSet) {
 			fs.StringVar(&file, "f", "", "job definition file, JSON or YAML (- reads stdin)")
@@ -34,17 +35,24 @@ func init() {
 			fs.DurationVar(watchInterval, "poll", time.Second, "poll interval when /ws is unavailable")
 			fs.BoolVar(&verifyBoot, "verify-boot", false, "set options.verify_boot: start the migrated VM and wait for its login prompt")
 			fs.DurationVar(&bootTimeout, "boot-timeout", 0, "with --verify-boot: options.boot_timeout_seconds (default 5m)")
+			warm.register(fs)
 		},
 		run: func(a *app, args []string) error {
+			set, err := warm.options()
+			if err != nil {
+				return err
+			}
 			if bootTimeout != 0 && !verifyBoot {
 				return usagef("--boot-timeout goes with --verify-boot")
 			}
 			if bootTimeout < 0 || (bootTimeout > 0 && bootTimeout < time.Second) {
 				return usagef("--boot-timeout must be at least 1s")
 			}
-			var set map[string]any
 			if verifyBoot {
-				set = map[string]any{"verify_boot": true}
+				if set == nil {
+					set = map[string]any{}
+				}
+				set["verify_boot"] = true
 				if bootTimeout > 0 {
 					set["boot_timeout_seconds"] = int(bootTimeout / time.Second)
 				}
@@ -322,6 +330,7 @@ func printJob(a *app, j proto.Job) error {
 		"Finished", stamp(j.CompletedAt),
 		"Error", errText,
 		"Warnings", strings.Join(j.Warnings, "; "),
+		"Warm", describeWarm(d.Options, j.Warm),
 		"Result", result,
 	)
 }

@@ -63,6 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		guest      = fs.String("guest", "", "linux: every VM's first disk holds a bootable Debian 12 guest (a VMware-style install: open-vm-tools, /dev/sda1 in fstab, vmxnet3 NIC)")
 		guestImage = fs.String("guest-image", "", "raw image of the guest (default $HYPERSDK_GUEST_IMAGE, else /var/cache/hypersdk/guest/debian12.raw; scripts/guest-image.sh builds it)")
 		scsi       = fs.String("scsi-controller", "pvscsi", "the disks' controller: pvscsi | lsilogic")
+		writeRate  = fs.Float64("write-rate", 0, "`MiB/s` the guest of every powered-on VM keeps writing to its disks (64 KiB grains at random offsets), for warm migrations")
 		logLevel   = fs.String("log-level", "info", "debug | info | warn | error")
 		fillParsed vcsim.Fill
 	)
@@ -105,7 +106,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		PowerOn: *powerOn, CPUs: *cpus, MemoryMB: *memoryMB, Firmware: *firmware,
 		Username: *username, Password: *password, LeaseTimeout: *leaseTTL, LeaseHostStar: *leaseStar,
 		PrepareExports: *prepare, Guest: *guest, GuestImage: *guestImage, SCSIController: *scsi,
-		Logger: log,
+		WriteRate: *writeRate,
+		Logger:    log,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

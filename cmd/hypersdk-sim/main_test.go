@@ -216,6 +216,7 @@ func TestProgramRejectsBadFlags(t *testing.T) {
 		{[]string{"--fill", "random:2"}, "fraction"},
 		{[]string{"--username", "admin"}, "username and password"},
 		{[]string{"--firmware", "coreboot"}, "firmware"},
+		{[]string{"--write-rate", "-1"}, "write rate"},
 		{[]string{"--bogus"}, "flag provided but not defined"},
 		{[]string{"extra"}, "unexpected argument"},
 	}

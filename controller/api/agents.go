@@ -24,6 +24,8 @@ type Leases interface {
 	Fail(req proto.FailRequest) error
 	// Commit is the commit point: the attempt may define its domain once committed.
 	Commit(req proto.CommitRequest) (proto.CommitResponse, error)
+	Warm(req proto.WarmReport) error
+	WarmDiscard(agent string, copies []string) []string
 	// PendingReasons explains pending jobs from this node's view as of now (one per
 	// request: it costs O(agents) once, O(1) per job).
 	PendingReasons() func(*proto.Job) string
@@ -74,6 +76,7 @@ func (s *Server) SetAgents(cfg AgentsConfig) {
 	a.HandleFunc("/complete", s.handleComplete).Methods(http.MethodPost)
 	a.HandleFunc("/fail", s.handleFail).Methods(http.MethodPost)
 	a.HandleFunc("/commit", s.handleCommit).Methods(http.MethodPost)
+	a.HandleFunc("/warm", s.handleWarm).Methods(http.MethodPost)
 }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
@@ -121,7 +124,8 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 			}
 			return 0, nil, leaseErr(err)
 		}
-		return http.StatusOK, proto.LeaseResponse{Lease: l}, nil
+		// Answered after the grant: a copy this lease resumes is this agent's again.
+		return http.StatusOK, proto.LeaseResponse{Lease: l, Discard: s.agents.Leases.WarmDiscard(req.Agent, req.WarmCopies)}, nil
 	})
 }
 

@@ -171,6 +171,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/jobs/query", s.handleQuery).Methods(http.MethodPost)
 	r.HandleFunc("/jobs/cancel", s.handleCancel).Methods(http.MethodPost)
 	r.HandleFunc("/jobs/{id}", s.handleGetJob).Methods(http.MethodGet)
+	r.HandleFunc("/jobs/{id}/cutover", s.handleCutover).Methods(http.MethodPost)
 	r.HandleFunc("/cluster", s.handleCluster).Methods(http.MethodGet)
 	r.HandleFunc("/cluster/join", s.handleJoin).Methods(http.MethodPost)
 	r.HandleFunc("/cluster/nodes/{id}", s.handleRemoveNode).Methods(http.MethodDelete)

@@ -160,5 +160,7 @@ func (m *Manager) grant(j *proto.Job, agent string) (*proto.Lease, error) {
 	return &proto.Lease{
 		LeaseToken: proto.LeaseToken{JobID: tok.JobID, Attempt: tok.Attempt},
 		TTLSeconds: m.cfg.TTL.Seconds(), Definition: def, GrantedAt: at,
+		// A warm job's next attempt goes on from where the last one left its copy.
+		Warm: j.WarmResume, CutoverRequested: state.CutoverDue(j),
 	}, nil
 }

@@ -24,6 +24,8 @@ import (
 //     agent does (when none does, any agent takes it and fails it saying what is missing).
 //   - A job whose sealed password this controller cannot open is not handed out: the agent
 //     could only fail it with "bad credentials".
+//   - A warm job needs vddk like a job that demands it, and goes back to the agent holding
+//     its earlier attempt's copy when that agent asks.
 //   - Otherwise the oldest job goes to the agent with the most free storage, then memory,
 //     then the fewest running jobs, then the first name.
 
@@ -145,12 +147,25 @@ func (v *View) vcenterKey(j *proto.Job) string {
 }
 
 // demanded is the method a job insists on that some live agent has ("" for none: any
-// agent may take it).
+// agent may take it). A warm job insists on vddk: it reads changed blocks at snapshots.
 func (v *View) demanded(j *proto.Job) string {
-	if m := j.Definition.Options.ConversionMethod; m != "" && m != "auto" && v.methods[m] {
+	m := j.Definition.Options.ConversionMethod
+	if j.Definition.Options.Warm && (m == "" || m == "auto") {
+		m = "vddk"
+	}
+	if m != "" && m != "auto" && v.methods[m] {
 		return m
 	}
 	return ""
+}
+
+// resumeAgent is the agent holding the copy an earlier attempt of a warm job made: the
+// job goes there when that agent asks, so the copy is resumed instead of made again.
+func (v *View) resumeAgent(j *proto.Job) *Agent {
+	if r := j.WarmResume; r != nil && r.Agent != "" {
+		return v.byName[r.Agent]
+	}
+	return nil
 }
 
 // blockedJob is the rule that keeps a job from every agent ("" when none does). usable
@@ -215,10 +230,15 @@ func (v *View) Place(pending iter.Seq[*proto.Job]) []Grant {
 				pick = a
 			}
 		} else {
+			if a := v.resumeAgent(j); a != nil && a.Polls > 0 && v.refuses(j, t, a) == "" {
+				pick = a
+			}
 			for _, a := range v.agents {
+				if pick != nil {
+					break
+				}
 				if a.Polls > 0 && v.refuses(j, t, a) == "" {
 					pick = a
-					break
 				}
 			}
 		}

@@ -35,6 +35,14 @@ func method(m string) func(*proto.JobDefinition) {
 	return func(d *proto.JobDefinition) { d.Options.ConversionMethod = m }
 }
 
+func warm(d *proto.JobDefinition) { d.Options.Warm = true }
+
+// resumable is j with an earlier attempt's warm copy on agent.
+func resumable(j *proto.Job, agent string) *proto.Job {
+	j.WarmResume = &proto.WarmResume{Agent: agent, Rounds: 1}
+	return j
+}
+
 // polling is an agent with one waiting poll and room for max jobs.
 func polling(name string, storage, memory uint64, running, max int, methods ...string) Agent {
 	return Agent{Name: name, Alive: true, Polls: 1, Running: running, MaxJobs: max, StorageFree: storage, MemoryFree: memory, Methods: methods}
@@ -136,6 +144,18 @@ func TestPlacement(t *testing.T) {
 			agents: []Agent{polling("a", gib, gib, 0, 2, "https"), polling("b", 0, 0, 0, 2, "vddk")},
 			jobs:   []*proto.Job{pjob("j1", "vc", method("auto"))},
 			grants: []string{"j1→a"}},
+		{name: "a warm job needs vddk, auto or not",
+			agents: []Agent{polling("https-only", 99*gib, gib, 0, 2, "https"), polling("vddk", gib, gib, 0, 2, "vddk")},
+			jobs:   []*proto.Job{pjob("w1", "vc", warm), pjob("w2", "vc", warm, method("auto"))},
+			grants: []string{"w1→vddk"}, reasons: map[string]string{"w2": ""}},
+		{name: "a warm job goes back to the agent holding its copy when it asks",
+			agents: []Agent{polling("better", 99*gib, gib, 0, 2, "vddk"), polling("holder", gib, gib, 0, 2, "vddk")},
+			jobs:   []*proto.Job{resumable(pjob("w1", "vc", warm), "holder"), pjob("w2", "vc", warm)},
+			grants: []string{"w1→holder", "w2→better"}},
+		{name: "the holder not asking: the warm job goes elsewhere (a full copy)",
+			agents: []Agent{polling("better", 99*gib, gib, 0, 2, "vddk"), {Name: "holder", Alive: true, MaxJobs: 2, Methods: []string{"vddk"}}},
+			jobs:   []*proto.Job{resumable(pjob("w1", "vc", warm), "holder")},
+			grants: []string{"w1→better"}},
 		{name: "a password this controller cannot open is never granted",
 			agents:   []Agent{polling("a", gib, gib, 0, 2)},
 			jobs:     []*proto.Job{pjob("sealed", "vc"), pjob("clear", "vc")},

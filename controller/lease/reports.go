@@ -28,6 +28,9 @@ func (m *Manager) Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse
 		if j.CancelRequested {
 			resp.Cancel = append(resp.Cancel, t)
 		}
+		if j.Warm != nil && j.Warm.CutoverRequested && j.Warm.Phase == proto.WarmPhasePrecopy {
+			resp.Cutover = append(resp.Cutover, t)
+		}
 	}
 	return resp, nil
 }

@@ -50,6 +50,10 @@ func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known b
 		return decoded(body, func(c FailReport) any { return s.applyFail(idx, c) }), true
 	case CmdLeaseCommit:
 		return decoded(body, func(c LeaseCommit) any { return s.applyLeaseCommit(idx, c) }), true
+	case CmdWarmReport:
+		return decoded(body, func(c WarmReport) any { return s.applyWarmReport(idx, c) }), true
+	case CmdCutover:
+		return decoded(body, func(c CutoverRequest) any { return s.applyCutover(idx, c) }), true
 	case CmdRegisterNode:
 		return decoded(body, s.applyRegisterNode), true
 	case CmdRemoveNode:
@@ -142,6 +146,9 @@ func (s *State) applySubmit(idx uint64, defs []proto.JobDefinition) any {
 			Progress:    proto.Progress{Stage: proto.StageQueued},
 			SubmittedAt: d.CreatedAt,
 			UpdatedAt:   d.CreatedAt,
+		}
+		if d.Options.Warm {
+			j.Warm = &proto.WarmStatus{Phase: proto.WarmPhasePrecopy}
 		}
 		s.insert(j)
 		created = append(created, j)

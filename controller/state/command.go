@@ -25,7 +25,9 @@ const (
 	CmdRegisterNode CommandType = 8
 	CmdRemoveNode   CommandType = 9
 	CmdSubmitBatch  CommandType = 10
-	// 11-12: warm migration (issue 15).
+	// 11-12: warm migrations (warm.go).
+	CmdWarmReport CommandType = 11
+	CmdCutover    CommandType = 12
 	// CmdLeaseCommit is the commit point (commit.go): the attempt that may define the domain.
 	CmdLeaseCommit CommandType = 13
 	// 20-29: schedules (schedule.go) and webhooks (webhook.go).
@@ -46,7 +48,8 @@ const (
 var commandNames = map[CommandType]string{
 	CmdSubmitJob: "submit_job", CmdCancelJobs: "cancel_jobs", CmdLeaseGrant: "lease_grant", CmdLeaseExpire: "lease_expire",
 	CmdProgress: "progress", CmdComplete: "complete", CmdFail: "fail", CmdRegisterNode: "register_node",
-	CmdRemoveNode: "remove_node", CmdSubmitBatch: "submit_batch", CmdLeaseCommit: "lease_commit",
+	CmdRemoveNode: "remove_node", CmdSubmitBatch: "submit_batch", CmdWarmReport: "warm_report", CmdCutover: "cutover",
+	CmdLeaseCommit:    "lease_commit",
 	CmdScheduleUpsert: "schedule_upsert", CmdScheduleDelete: "schedule_delete", CmdScheduleFired: "schedule_fired",
 	CmdWebhookAdd: "webhook_add", CmdWebhookDelete: "webhook_delete", CmdWebhookDelivered: "webhook_delivered",
 	CmdWebhookSeed: "webhook_seed",

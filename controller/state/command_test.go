@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// allCommandTypes lists every command type ever defined (1–10, 13, 20–26, 40–43). A new type is added
+// allCommandTypes lists every command type ever defined (1–13, 20–26, 40–43). A new type is added
 // here with its command.
 var allCommandTypes = []CommandType{
 	CmdSubmitJob, CmdCancelJobs, CmdLeaseGrant, CmdLeaseExpire, CmdProgress, CmdComplete, CmdFail,
-	CmdRegisterNode, CmdRemoveNode, CmdSubmitBatch, CmdLeaseCommit,
+	CmdRegisterNode, CmdRemoveNode, CmdSubmitBatch, CmdWarmReport, CmdCutover, CmdLeaseCommit,
 	CmdScheduleUpsert, CmdScheduleDelete, CmdScheduleFired, CmdWebhookAdd, CmdWebhookDelete, CmdWebhookDelivered, CmdWebhookSeed,
 	CmdAgentEnroll, CmdAgentForget, CmdAgentRotate, CmdAgentRotateRequest,
 }
@@ -35,7 +35,7 @@ func TestEveryCommandTypeIsDispatched(t *testing.T) {
 // used to be answered with an error and skipped, so the follower's state silently diverged.
 // It now stops the node loudly before anything is applied.
 func TestUnknownCommandTypeStopsTheNode(t *testing.T) {
-	for _, ct := range []CommandType{0, 11, 19, 27, 200} {
+	for _, ct := range []CommandType{0, 14, 19, 27, 200} {
 		t.Run(fmt.Sprint(uint8(ct)), func(t *testing.T) {
 			a := newApplier(t)
 			a.ok(CmdSubmitJob, SubmitJob{Definition: def("j1")})

@@ -165,7 +165,8 @@ func (s *State) applyWebhookDelivered(c WebhookDelivered) any {
 // webhookEventName maps a state event to the webhook event it triggers ("" for none).
 func webhookEventName(ev Event) string {
 	switch ev.Kind {
-	case EventJobSubmitted, EventJobStarted, EventJobCompleted, EventJobFailed, EventJobCancelled, EventJobProgress:
+	case EventJobSubmitted, EventJobStarted, EventJobCompleted, EventJobFailed, EventJobCancelled, EventJobProgress,
+		EventJobPrecopyRound, EventJobCutover:
 		return string(ev.Kind)
 	case EventScheduleTriggered:
 		return proto.EventScheduleTriggered

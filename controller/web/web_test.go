@@ -293,6 +293,25 @@ func TestDashboardLive(t *testing.T) {
 	}
 	t.Logf("screenshot: %s (%d bytes)", out, len(png))
 
+	// A warm job: its rounds, then its downtime, on its row.
+	warm := fleettest.JobBody("DC0/vm/db-warm-1")
+	// kvm-ui-2: a warm job needs vddk, which only kvm-ui-2 has.
+	warm.Options.TargetAgent, warm.Options.Warm = "kvm-ui-2", true
+	wsub := submitOnce(t, cl, warm)
+	wagent := fleettest.NewAgent("kvm-ui-2", follower.URL())
+	wl := wagent.Lease(t, 10*time.Second)
+	if wl.JobID != wsub.JobID {
+		t.Fatalf("leased %s, want the warm job %s", wl.JobID, wsub.JobID)
+	}
+	next := time.Now().Add(50 * time.Minute)
+	wagent.Warm(t, wl, proto.WarmStatus{Phase: proto.WarmPhasePrecopy, Rounds: 3, ChangedBytes: 41 << 20, NextRoundAt: &next})
+	wrow := `document.querySelector('tr[data-job-id=` + jsString(wsub.JobID) + `] .warm')`
+	waitJS(t, ctx, 10*time.Second, "the warm job's rounds", wrow+`?.textContent.startsWith('warm · 3 rounds · last 41.0 MiB · next in 49m')`)
+	wagent.Warm(t, wl, proto.WarmStatus{Phase: proto.WarmPhaseDone, Rounds: 3, ChangedBytes: 2 << 20, DowntimeSeconds: 0.94})
+	wagent.Complete(t, wl, &proto.JobResult{DomainName: "db-warm-1"})
+	waitJS(t, ctx, 10*time.Second, "the warm job's downtime", wrow+`?.textContent === 'warm · 3 rounds · last 2.0 MiB · downtime 0.9 s'`)
+	waitJS(t, ctx, 10*time.Second, "no warm line on a cold job", row+`?.querySelector('.warm')?.hidden === true`)
+
 	agent.Complete(t, lease, &proto.JobResult{DomainName: "dashboard-web-1"})
 	waitJS(t, ctx, 10*time.Second, "the job completed", row+`?.querySelector('.status')?.textContent === 'completed'`)
 	if errs := jsErrors(); len(errs) > 0 {

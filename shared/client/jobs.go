@@ -50,3 +50,9 @@ func (c *Client) CancelJobs(ctx context.Context, req proto.CancelRequest) (proto
 	var out proto.CancelResponse
 	return out, c.post(ctx, "/jobs/cancel", req, &out)
 }
+
+// Cutover calls POST /jobs/{id}/cutover: a warm job stops precopying and cuts over.
+func (c *Client) Cutover(ctx context.Context, id string) (proto.CutoverResponse, error) {
+	var out proto.CutoverResponse
+	return out, c.post(ctx, "/jobs/"+pathEscape(id)+"/cutover", struct{}{}, &out)
+}

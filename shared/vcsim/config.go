@@ -152,6 +152,12 @@ type Config struct {
 	QemuImg string
 	// Logger receives the simulator's own log lines; default slog.Default().
 	Logger *slog.Logger
+	// WriteRate, in MiB/s, makes the guest of every powered-on VM write its disks (see
+	// writer.go); 0: guests write nothing.
+	WriteRate float64
+	// ChangedAreasPerCall is the most areas one QueryChangedDiskAreas answer holds
+	// (default 1024); the caller pages through the rest.
+	ChangedAreasPerCall int
 }
 
 // GuestLinux is the bootable guest Config.Guest can put on the first disk.
@@ -228,6 +234,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.ChangedAreasPerCall == 0 {
+		c.ChangedAreasPerCall = 1024
+	}
 
 	switch {
 	case c.VMs < 0 || c.VMs > 10000:
@@ -255,6 +264,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, configErr("guest %q is not linux", c.Guest)
 	case c.Guest == GuestLinux && c.GuestImage == "":
 		return c, configErr("guest linux needs its image (build it with scripts/guest-image.sh)")
+	case c.WriteRate < 0 || c.WriteRate > 4096:
+		return c, configErr("write rate must be between 0 and 4096 MiB/s")
+	case c.ChangedAreasPerCall < 1:
+		return c, configErr("changed areas per call must be at least 1")
 	}
 	switch c.Fill.Mode {
 	case FillNone, FillZero, FillRandom:

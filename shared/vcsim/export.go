@@ -95,6 +95,9 @@ func (s *Sim) exportDisks(vm *simulator.VirtualMachine) ([]exportDisk, error) {
 		if !ok {
 			return nil, fmt.Errorf("disk %d has a %T backing; only flat disks can be exported here", disk.Key, disk.Backing)
 		}
+		if backing.Parent != nil {
+			return nil, fmt.Errorf("disk %d is a snapshot delta: the simulator exports VMs without snapshots only", disk.Key)
+		}
 		var p object.DatastorePath
 		if !p.FromString(backing.FileName) {
 			return nil, fmt.Errorf("disk %d: bad backing file name %q", disk.Key, backing.FileName)
@@ -446,6 +449,9 @@ func (v *simVM) ShutdownGuest(ctx *simulator.Context, req *types.ShutdownGuest) 
 	hung := v.sim.ignoreShutdown[v.Self.Value]
 	v.sim.mu.Unlock()
 	if !hung {
+		if v.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+			v.stopGuest() // the guest's last write is on disk before it is off
+		}
 		return v.VirtualMachine.ShutdownGuest(ctx, req)
 	}
 	body := new(methods.ShutdownGuestBody)

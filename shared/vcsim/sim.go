@@ -18,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -80,6 +81,8 @@ type Sim struct {
 
 	streams *streamCache
 	leases  leaseTable
+	// chains are the disks of VMs with snapshots, change tracking or a guest writer.
+	chains chainTable
 
 	// bg is cancelled by Close; background work (stream conversions) runs under it.
 	bg     context.Context
@@ -90,7 +93,8 @@ type Sim struct {
 	guestSize int64
 
 	mu             sync.Mutex
-	ignoreShutdown map[string]bool // VM moref → guest ignores ShutdownGuest
+	ignoreShutdown map[string]bool      // VM moref → guest ignores ShutdownGuest
+	poweredOff     map[string]time.Time // VM moref → last power-off (PoweredOffAt)
 
 	closeOnce sync.Once
 	tmpDir    string
@@ -143,6 +147,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sim, err error) {
 	s.Thumbprint = soap.ThumbprintSHA1(s.server.Certificate())
 
 	if err := s.build(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startWriters(); err != nil {
 		return nil, err
 	}
 	if cfg.PrepareExports && s.startBackground() {
@@ -460,6 +467,7 @@ func (s *Sim) Close() {
 			s.server.Close()
 		}
 		s.bgWait.Wait()
+		s.closeChains()
 		s.leases.closeAll()
 		if s.model != nil {
 			s.model.Remove()
@@ -486,21 +494,37 @@ func (s *Sim) SetGuestIgnoresShutdown(name string, ignore bool) error {
 
 // dispatch is the simulator's per-call handler hook. The simulator prefers an object from the
 // caller's session registry over the one the hook returns, so the hook installs a wrapper
-// there: simVM adds ExportVm (which the simulator lacks) and the hung-guest knob, and inherits
-// everything else. The global registry keeps the original objects, because the simulator
-// type-asserts them to *simulator.VirtualMachine everywhere.
+// there: simVM adds ExportVm (which the simulator lacks), the hung-guest knob, disks with
+// real snapshots, change tracking and the guest writer, and inherits everything else;
+// simSnapshot consolidates disks when a snapshot goes. The global registry keeps the
+// original objects, because the simulator type-asserts them to *simulator.VirtualMachine
+// everywhere.
 func (s *Sim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
-	if m.This.Type != "VirtualMachine" || ctx.Session == nil {
+	if ctx.Session == nil {
 		return nil, nil
 	}
-	_, wrapped := ctx.Session.Registry.Get(m.This).(*simVM)
-	vm, exists := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
-	switch {
-	case wrapped && !exists:
-		// The VM was destroyed: drop the wrapper so the session sees ManagedObjectNotFound.
-		ctx.Session.Registry.Remove(ctx, m.This)
-	case !wrapped && exists && (m.Name == "ExportVm" || m.Name == "ShutdownGuest"):
-		ctx.Session.Put(&simVM{VirtualMachine: vm, sim: s})
+	// A wrapper is replaced when it wraps another object than the registry's: sessions of
+	// in-process clients outlive a simulator in the same process, and morefs repeat.
+	switch m.This.Type {
+	case "VirtualMachine":
+		w, _ := ctx.Session.Registry.Get(m.This).(*simVM)
+		vm, exists := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
+		switch {
+		case w != nil && !exists:
+			// The VM was destroyed: drop the wrapper so the session sees ManagedObjectNotFound.
+			ctx.Session.Registry.Remove(ctx, m.This)
+		case exists && (w == nil || w.VirtualMachine != vm || w.sim != s):
+			ctx.Session.Put(&simVM{VirtualMachine: vm, sim: s})
+		}
+	case "VirtualMachineSnapshot":
+		w, _ := ctx.Session.Registry.Get(m.This).(*simSnapshot)
+		snap, exists := ctx.Map.Get(m.This).(*simulator.VirtualMachineSnapshot)
+		switch {
+		case w != nil && !exists:
+			ctx.Session.Registry.Remove(ctx, m.This)
+		case exists && (w == nil || w.VirtualMachineSnapshot != snap || w.sim != s):
+			ctx.Session.Put(&simSnapshot{VirtualMachineSnapshot: snap, sim: s})
+		}
 	}
 	return nil, nil
 }

@@ -154,6 +154,8 @@ type VMInfo struct {
 	Disks          []Disk `json:"disks"`
 	NICs           []NIC  `json:"nics"`
 	HasSnapshots   bool   `json:"has_snapshots"`
+	// ChangeTracking: changed-block tracking is on (config.changeTrackingEnabled).
+	ChangeTracking bool   `json:"change_tracking"`
 	Host           string `json:"host"`
 	Datacenter     string `json:"datacenter"`
 	// DatacenterPath is the datacenter's inventory path without the leading "/"
@@ -221,6 +223,7 @@ func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
 		GuestOS:        m.Config.GuestFullName,
 		GuestID:        m.Config.GuestId,
 		HasSnapshots:   m.Snapshot != nil && len(m.Snapshot.RootSnapshotList) > 0,
+		ChangeTracking: m.Config.ChangeTrackingEnabled != nil && *m.Config.ChangeTrackingEnabled,
 	}
 	if n := m.Config.Hardware.NumCoresPerSocket; n != nil && *n > 0 {
 		info.CoresPerSocket = *n

@@ -33,27 +33,12 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 	sim := harness.StartSim(b, vcsim.Config{VMs: 1, DisksPerVM: 1, DiskSize: 1 << 30, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5},
 		Username: "admin", Password: password, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	vm := sim.VMs[0]
-	libdir := fakevddk.Build(b, fakevddk.Standard)
-	cfg := fakevddk.ForSim(sim, "")
-	cfg.Password = password
-	fake := fakevddk.New(b, dir, cfg)
+	ctl, agent, fake := startVDDKFleet(b, dir, sim, password)
 	data, err := fakevddk.DataRanges(vm.Disks[0].FlatPath)
 	if err != nil {
 		b.Fatal(err)
 	}
 	allocated := fakevddk.AllocatedBytes(data, 64<<10, vm.Disks[0].Capacity)
-
-	ctlConf := filepath.Join(dir, "controller.yaml")
-	if err := os.WriteFile(ctlConf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	ctl := harness.StartController(b, dir, "c1", nil, "--config", ctlConf, "--fast-raft")
-	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
-		var cl harness.ClusterView
-		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
-	})
-	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
-		"--max-jobs", "1", "--log-level", "warn", "--vddk-libdir", libdir)
 	harness.CleanupDomain(b, vm.Name)
 	proxy := startCountingProxy(b, sim.URL.Host)
 
@@ -111,6 +96,28 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		b.ReportMetric(float64(readH)/(1<<20), "https-server-sent-MiB")
 		b.Logf("rounds: vddk (fake) %v, https %v; read: vddk %d, https %d, allocated %d bytes", tV, tH, readV, readH, allocated)
 	}
+}
+
+// startVDDKFleet starts a controller (60 s leases) and one agent (one job at a time)
+// whose VDDK is the fake, serving sim's disks.
+func startVDDKFleet(b *testing.B, dir string, sim *vcsim.Sim, password string) (*harness.Controller, *harness.Agent, *fakevddk.Fake) {
+	b.Helper()
+	libdir := fakevddk.Build(b, fakevddk.Standard)
+	cfg := fakevddk.ForSim(sim, "")
+	cfg.Password = password
+	fake := fakevddk.New(b, dir, cfg)
+	ctlConf := filepath.Join(dir, "controller.yaml")
+	if err := os.WriteFile(ctlConf, []byte("agents:\n  lease_ttl: 60s\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ctl := harness.StartController(b, dir, "c1", nil, "--config", ctlConf, "--fast-raft")
+	harness.WaitFor(b, 20*time.Second, "controller leads", func() bool {
+		var cl harness.ClusterView
+		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
+	})
+	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
+		"--max-jobs", "1", "--log-level", "warn", "--vddk-libdir", libdir)
+	return ctl, agent, fake
 }
 
 // countingProxy forwards TCP to a target and counts the bytes the target sends.

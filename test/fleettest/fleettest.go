@@ -200,6 +200,14 @@ func (a *Agent) Fail(t testing.TB, l *proto.Lease, msg string) {
 	}
 }
 
+// Warm reports a warm job's status, as the agent does after each round.
+func (a *Agent) Warm(t testing.TB, l *proto.Lease, st proto.WarmStatus) {
+	t.Helper()
+	if code, err := a.post("/agent/v1/warm", proto.WarmReport{LeaseToken: l.LeaseToken, Agent: a.Name, Status: st}, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("warm report of %s: %d %v", l.JobID, code, err)
+	}
+}
+
 // JobBody is a valid job definition; the password is a canary tests look for in output.
 func JobBody(vmPath string) proto.JobDefinition {
 	return proto.JobDefinition{

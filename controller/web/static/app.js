@@ -172,6 +172,20 @@
     return all.slice(0, MAX_JOB_ROWS);
   }
 
+  // A warm job's precopy rounds, the bytes of the last one, the next round, the downtime.
+  function warmText(j) {
+    const w = j.warm;
+    if (!w) return '';
+    const parts = [`${w.rounds} round${w.rounds === 1 ? '' : 's'}`];
+    if (w.changed_bytes > 0) parts.push('last ' + bytes(w.changed_bytes));
+    if (w.phase === 'precopy' && w.next_round_at && j.status === 'running') {
+      parts.push('next in ' + duration((Date.parse(w.next_round_at) - Date.now()) / 1000));
+    }
+    if (w.cutover_requested && w.phase === 'precopy') parts.push('cutover requested');
+    if (w.downtime_seconds > 0) parts.push('downtime ' + w.downtime_seconds.toFixed(1) + ' s');
+    return 'warm · ' + parts.join(' · ');
+  }
+
   function jobRow(id) {
     const tbody = $('#jobs-table tbody');
     let tr = tbody.querySelector(`tr[data-job-id="${CSS.escape(id)}"]`);
@@ -180,7 +194,7 @@
     tr = el('tr', { 'data-job-id': id },
       el('td', { class: 'vm' }, el('div', { class: 'vm-path' }), el('div', { class: 'sub job-id' })),
       el('td', {}, el('span', { class: 'badge status' })),
-      el('td', { class: 'stage' }),
+      el('td', { class: 'stage' }, el('div', { class: 'stage-text' }), el('div', { class: 'sub warm', hidden: '' })),
       el('td', { class: 'progress-col' },
         el('div', { class: 'bar', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100' }, fill),
         el('span', { class: 'pct' })),
@@ -213,8 +227,13 @@
       badge.className = 'badge status st-' + j.status;
       let stage = j.status === 'pending' ? (j.pending_reason || 'queued') : (p.stage || '');
       if (j.status === 'failed' && j.error) stage = j.error;
-      setText($('.stage', tr), stage);
-      $('.stage', tr).title = stage;
+      setText($('.stage-text', tr), stage);
+      $('.stage-text', tr).title = stage;
+      const warm = $('.warm', tr);
+      const wt = warmText(j);
+      setText(warm, wt);
+      warm.title = wt;
+      warm.hidden = !wt;
       const bar = $('.bar', tr);
       bar.setAttribute('aria-valuenow', pct.toFixed(1));
       bar.className = 'bar st-' + j.status;

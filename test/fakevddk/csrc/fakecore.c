@@ -102,21 +102,64 @@ void fake_stat(const struct fake_config *c, const char *fmt, ...) {
   close(fd);
 }
 
-int fake_resolve(const struct fake_config *c, const char *dspath, char *flat, size_t flatlen, uint64_t *sectors,
-                 char *err, size_t errlen) {
-  /* "[LocalDS_0] vm-1/vm-1.vmdk" */
-  if (dspath[0] != '[') {
-    set_err(err, errlen, "not a datastore path: %s", dspath);
+/* parse_descriptor reads one text descriptor: its single extent (file name, kind, size in
+ * sectors) and the parent hint of a snapshot delta ("" for a base disk). */
+static int parse_descriptor(const char *desc, char *file, size_t filelen, char *kind, size_t kindlen, char *parent,
+                            size_t parentlen, uint64_t *sectors, char *err, size_t errlen) {
+  FILE *f = fopen(desc, "r");
+  if (f == NULL) {
+    set_err(err, errlen, "%s: %s", desc, strerror(errno));
     return -1;
   }
-  const char *close = strchr(dspath, ']');
-  if (close == NULL) {
+  char line[4096];
+  int found = 0;
+  parent[0] = 0;
+  while (fgets(line, sizeof line, f) != NULL) {
+    unsigned long long n;
+    char k[32], name[2048];
+    if (sscanf(line, "RW %llu %31s \"%2047[^\"]\"", &n, k, name) == 3) {
+      if (found) {
+        fclose(f);
+        set_err(err, errlen, "%s: more than one extent (the fake serves one)", desc);
+        return -1;
+      }
+      found = 1;
+      *sectors = n;
+      copy(file, filelen, name);
+      copy(kind, kindlen, k);
+    } else if (sscanf(line, "parentFileNameHint=\"%2047[^\"]\"", name) == 1) {
+      copy(parent, parentlen, name);
+    }
+  }
+  fclose(f);
+  if (!found) {
+    set_err(err, errlen, "%s: no extent line in the descriptor", desc);
+    return -1;
+  }
+  return 0;
+}
+
+static void dir_join(char *out, size_t n, const char *path_in_dir, const char *name) {
+  if (name[0] == '/') {
+    copy(out, n, name);
+    return;
+  }
+  const char *slash = strrchr(path_in_dir, '/');
+  snprintf(out, n, "%.*s/%s", (int)(slash - path_in_dir), path_in_dir, name);
+}
+
+int fake_open_chain(const struct fake_config *c, const char *dspath, struct fake_chain *ch, uint64_t *sectors,
+                    char *err, size_t errlen) {
+  ch->n = 0;
+  /* "[LocalDS_0] vm-1/vm-1.vmdk" */
+  const char *close_br = dspath[0] == '[' ? strchr(dspath, ']') : NULL;
+  if (close_br == NULL) {
     set_err(err, errlen, "not a datastore path: %s", dspath);
     return -1;
   }
   char name[256];
-  snprintf(name, sizeof name, "%.*s", (int)(close - dspath - 1), dspath + 1);
-  const char *rel = close + 1;
+  snprintf(name, sizeof name, "%.*s", (int)(close_br - dspath - 1), dspath + 1);
+  const char *rel = close_br + 1;
   while (*rel == ' ') rel++;
   const char *dir = NULL;
   for (int i = 0; i < c->n_ds; i++)
@@ -125,36 +168,126 @@ int fake_resolve(const struct fake_config *c, const char *dspath, char *flat, si
     set_err(err, errlen, "datastore %s not found", name);
     return -1;
   }
-  char desc[8192];
+  char desc[4096];
   snprintf(desc, sizeof desc, "%s/%s", dir, rel);
-  FILE *f = fopen(desc, "r");
-  if (f == NULL) {
-    set_err(err, errlen, "%s: %s", dspath, strerror(errno));
-    return -1;
+  for (;;) {
+    if (ch->n == FAKE_MAX_CHAIN) {
+      set_err(err, errlen, "%s: more than %d snapshot levels", dspath, FAKE_MAX_CHAIN);
+      goto fail;
+    }
+    char file[2048], kind[32], parent[2048];
+    uint64_t n;
+    if (parse_descriptor(desc, file, sizeof file, kind, sizeof kind, parent, sizeof parent, &n, err, errlen) < 0)
+      goto fail;
+    if (ch->n == 0) *sectors = n;
+    int i = ch->n;
+    dir_join(ch->extent[i], sizeof ch->extent[i], desc, file);
+    ch->delta[i] = strcmp(kind, "VMFSSPARSE") == 0;
+    if (ch->delta[i] != (parent[0] != 0)) {
+      set_err(err, errlen, "%s: a %s extent %s a parent", desc, kind, parent[0] ? "with" : "without");
+      goto fail;
+    }
+    ch->fd[i] = open(ch->extent[i], O_RDONLY | O_CLOEXEC);
+    if (ch->fd[i] < 0) {
+      set_err(err, errlen, "%s: %s", ch->extent[i], strerror(errno));
+      goto fail;
+    }
+    ch->n++;
+    if (!ch->delta[i]) return 0;
+    char next[4096];
+    dir_join(next, sizeof next, desc, parent);
+    copy(desc, sizeof desc, next);
   }
-  /* The extent line: RW <sectors> VMFS|FLAT "<file>" [offset]. One extent only. */
-  char line[4096];
-  int found = 0;
-  while (fgets(line, sizeof line, f) != NULL) {
-    unsigned long long n;
-    char kind[32], file[2048];
-    if (sscanf(line, "RW %llu %31s \"%2047[^\"]\"", &n, kind, file) == 3) {
-      if (found) {
-        fclose(f);
-        set_err(err, errlen, "%s: more than one extent (the fake serves one)", dspath);
-        return -1;
+fail:
+  fake_close_chain(ch);
+  return -1;
+}
+
+void fake_close_chain(struct fake_chain *ch) {
+  for (int i = 0; i < ch->n; i++) close(ch->fd[i]);
+  ch->n = 0;
+}
+
+/* holds reports whether file i of the chain holds the grain at off (a base holds all). */
+static int holds(const struct fake_chain *ch, int i, uint64_t grain_off) {
+  if (!ch->delta[i]) return 1;
+  off_t d = lseek(ch->fd[i], (off_t)grain_off, SEEK_DATA);
+  if (d < 0) return errno == ENXIO ? 0 : -1;
+  return (uint64_t)d == grain_off;
+}
+
+int fake_read_chain(const struct fake_chain *ch, uint8_t *buf, uint64_t len, uint64_t off) {
+  uint64_t done = 0;
+  while (done < len) {
+    uint64_t pos = off + done, g = pos / FAKE_GRAIN * FAKE_GRAIN;
+    uint64_t seg = g + FAKE_GRAIN - pos;
+    if (seg > len - done) seg = len - done;
+    int i = 0;
+    for (; i < ch->n; i++) {
+      int h = holds(ch, i, g);
+      if (h < 0) return -1;
+      if (h) break;
+    }
+    if (i == ch->n) {
+      errno = EIO;
+      return -1;
+    }
+    uint64_t got = 0;
+    while (got < seg) {
+      ssize_t r = pread(ch->fd[i], buf + done + got, seg - got, (off_t)(pos + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return -1;
+      if (r == 0) { /* past the end of a short extent: zeros */
+        memset(buf + done + got, 0, seg - got);
+        break;
       }
-      found = 1;
-      *sectors = n;
-      const char *slash = strrchr(desc, '/');
-      snprintf(flat, flatlen, "%.*s/%s", (int)(slash - desc), desc, file);
+      got += (uint64_t)r;
+    }
+    done += seg;
+  }
+  return 0;
+}
+
+static int block_cmp(const void *a, const void *b) {
+  const VixDiskLibBlock *x = a, *y = b;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+int fake_allocated_chain(const struct fake_chain *ch, uint64_t start, uint64_t end, uint64_t chunk, uint64_t limit,
+                         VixDiskLibBlock **out, uint32_t *n) {
+  VixDiskLibBlock *all = NULL;
+  size_t count = 0;
+  for (int i = 0; i < ch->n; i++) {
+    VixDiskLibBlock *b = NULL;
+    uint32_t m = 0;
+    if (fake_allocated(ch->fd[i], start, end, chunk, limit, &b, &m) < 0) {
+      free(all);
+      return -1;
+    }
+    VixDiskLibBlock *na = realloc(all, (count + m + 1) * sizeof *all);
+    if (na == NULL) {
+      free(b);
+      free(all);
+      return -1;
+    }
+    all = na;
+    memcpy(all + count, b, m * sizeof *b);
+    count += m;
+    free(b);
+  }
+  if (all == NULL && (all = malloc(sizeof *all)) == NULL) return -1;
+  qsort(all, count, sizeof *all, block_cmp);
+  size_t k = 0;
+  for (size_t i = 0; i < count; i++) {
+    if (k > 0 && all[k - 1].offset + all[k - 1].length >= all[i].offset) {
+      uint64_t e = all[i].offset + all[i].length;
+      if (e > all[k - 1].offset + all[k - 1].length) all[k - 1].length = e - all[k - 1].offset;
+    } else {
+      all[k++] = all[i];
     }
   }
-  fclose(f);
-  if (!found) {
-    set_err(err, errlen, "%s: no extent line in the descriptor", dspath);
-    return -1;
-  }
+  *out = all;
+  *n = (uint32_t)k;
   return 0;
 }
 

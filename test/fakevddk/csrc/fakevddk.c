@@ -40,8 +40,8 @@ struct conn {
 struct handle {
   unsigned magic;
   struct conn *conn;
-  int fd;
-  char flat[4096];
+  struct fake_chain chain; /* the disk and its snapshot parents */
+  const char *flat;        /* the extent of the disk opened (chain.extent[0]) */
   uint64_t sectors;
   const char *mode;
   int in_use; /* atomic: a handle serves one thread at a time */
@@ -266,7 +266,7 @@ EXPORT VixError VixDiskLib_Open(const VixDiskLibConnection connection, const cha
     goto out;
   }
   char err[512];
-  if (fake_resolve(&cfg, path, h->flat, sizeof h->flat, &h->sectors, err, sizeof err) < 0) {
+  if (fake_open_chain(&cfg, path, &h->chain, &h->sectors, err, sizeof err) < 0) {
     say(warn_fn, "VixDiskLib: Open: %s\n", err);
     fake_stat(&cfg, "call=Open result=not-found path=%s", path);
     free(h);
@@ -274,18 +274,12 @@ EXPORT VixError VixDiskLib_Open(const VixDiskLibConnection connection, const cha
     rc = VIX_E_FILE_NOT_FOUND;
     goto out;
   }
-  h->fd = open(h->flat, O_RDONLY | O_CLOEXEC);
-  if (h->fd < 0) {
-    say(warn_fn, "VixDiskLib: Open %s: %s\n", h->flat, strerror(errno));
-    free(h);
-    h = NULL;
-    rc = VIX_E_FILE_NOT_FOUND;
-    goto out;
-  }
+  h->flat = h->chain.extent[0];
   h->magic = HANDLE_MAGIC;
   h->conn = c;
   h->mode = mode;
-  fake_stat(&cfg, "call=Open path=%s flat=%s flags=%u mode=%s", path, h->flat, flags, mode);
+  fake_stat(&cfg, "call=Open path=%s flat=%s chain=%d snapshot=%s flags=%u mode=%s", path, h->flat, h->chain.n,
+            c->snapshot ? c->snapshot : "-", flags, mode);
   *out = h;
 out:
   leave(&open_close_busy);
@@ -301,7 +295,7 @@ EXPORT VixError VixDiskLib_Close(VixDiskLibHandle handle) {
     fake_stat(&cfg, "call=Close refused=concurrent-open-close");
     return VIX_E_OBJECT_IS_BUSY;
   }
-  close(h->fd);
+  fake_close_chain(&h->chain);
   h->magic = 0;
   free(h);
   fake_stat(&cfg, "call=Close");
@@ -380,15 +374,9 @@ EXPORT VixError VixDiskLib_Read(VixDiskLibHandle handle, uint64_t start, uint64_
     rc = VIX_E_HOST_CONNECTION_LOST;
     goto out;
   }
-  uint64_t done = 0;
-  while (done < len) {
-    ssize_t r = pread(h->fd, buf + done, len - done, (off_t)(start * VIXDISKLIB_SECTOR_SIZE + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      rc = VIX_E_FAIL;
-      goto out;
-    }
-    done += (uint64_t)r;
+  if (fake_read_chain(&h->chain, buf, len, start * VIXDISKLIB_SECTOR_SIZE) < 0) {
+    rc = VIX_E_FAIL;
+    goto out;
   }
   uint64_t total = __atomic_add_fetch(&bytes_read, len, __ATOMIC_SEQ_CST);
   fake_stat(&cfg, "call=Read flat=%s off=%llu len=%llu", h->flat, (unsigned long long)(start * 512),
@@ -421,7 +409,7 @@ EXPORT VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle, uint64_
   VixDiskLibBlock *b = NULL;
   uint32_t count = 0;
   VixError rc = VIX_OK;
-  if (fake_allocated(h->fd, start, start + n, chunk, h->sectors, &b, &count) < 0) {
+  if (fake_allocated_chain(&h->chain, start, start + n, chunk, h->sectors, &b, &count) < 0) {
     rc = VIX_E_FAIL;
     goto out;
   }
