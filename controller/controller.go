@@ -173,7 +173,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 		MaxAttempts: cfg.Cluster.MaxAttempts, DisableMetrics: !cfg.MetricsEnabled(), Logger: log,
 		Tokens: cfg.Auth.Tokens, RateLimit: cfg.API.RateLimit, Secrets: c.secrets,
 		ForwardScheme: c.scheme, ForwardTLS: c.peerTLS, Outbound: cfg.OutboundPolicy(),
-		Advertise: c.apiAddr, AllowedHosts: cfg.API.AllowedHosts,
+		Advertise: c.apiAddr, AllowedHosts: cfg.API.AllowedHosts, SavedNodes: c.savedNodes,
 	}, c.State, c.Node, c.Metrics)
 	if err != nil {
 		return nil, err
@@ -472,6 +472,27 @@ func (m metricsSource) Raft() (bool, uint64, uint64, uint64) {
 	return m.c.Node.IsLeader(), commit, applied, m.c.Node.LastIndex()
 }
 
+func (m metricsSource) RaftHealth() metrics.RaftHealth {
+	n := m.c.Node
+	sync := n.Sync()
+	h := metrics.RaftHealth{CatchingUp: !sync.CaughtUp, Lag: sync.Lag, LeaderContactSeconds: -1}
+	now := time.Now()
+	if peers, ok := n.Peers(); ok {
+		h.LeaderContactSeconds = 0
+		h.Peers = make([]metrics.RaftPeer, 0, len(peers))
+		for _, p := range peers {
+			rp := metrics.RaftPeer{ID: p.ID, Reachable: p.Reachable, LastContactSeconds: -1}
+			if !p.LastContact.IsZero() {
+				rp.LastContactSeconds = max(0, now.Sub(p.LastContact).Seconds())
+			}
+			h.Peers = append(h.Peers, rp)
+		}
+	} else if !sync.LastContact.IsZero() {
+		h.LeaderContactSeconds = now.Sub(sync.LastContact).Seconds()
+	}
+	return h
+}
+
 // Config returns the configuration the controller runs with.
 func (c *Controller) Config() Config { return c.cfg }
 
@@ -484,6 +505,11 @@ func (c *Controller) knownControllers() []state.NodeInfo {
 	if nodes := c.State.Nodes(); len(nodes) > 0 {
 		return nodes
 	}
+	return c.savedNodes()
+}
+
+// savedNodes are the controllers as this node last saved them.
+func (c *Controller) savedNodes() []state.NodeInfo {
 	b, err := os.ReadFile(filepath.Join(c.cfg.DataDir(), knownControllersFile))
 	if err != nil {
 		return nil

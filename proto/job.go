@@ -294,7 +294,18 @@ type MessageResponse struct {
 // HealthResponse answers GET /health.
 type HealthResponse struct {
 	Status string `json:"status"`
+	// Lag and Reason (catching_up only): how many committed entries this controller has
+	// not applied yet, and why it does not serve reads.
+	Lag    uint64 `json:"lag,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
+
+// Health statuses: ok (200), catching_up (503: the controller's state trails the leader's
+// and its reads answer 503 until it catches up).
+const (
+	HealthOK         = "ok"
+	HealthCatchingUp = "catching_up"
+)
 
 // StatusResponse answers GET /status.
 type StatusResponse struct {

@@ -27,6 +27,7 @@ type fakeRaft struct {
 	id      string
 	leader  string // "" when none is known
 	servers []cluster.Server
+	behind  string // why the node is not caught up ("" when it is)
 }
 
 func (f *fakeRaft) ID() string { return f.id }
@@ -52,6 +53,18 @@ func (f *fakeRaft) State() string {
 	return "Follower"
 }
 func (f *fakeRaft) Indexes() (uint64, uint64) { return 7, 7 }
+func (f *fakeRaft) LastIndex() uint64         { return 7 }
+
+// Sync: the stand-in is caught up unless a test says otherwise.
+func (f *fakeRaft) Sync() cluster.SyncStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.behind != "" {
+		return cluster.SyncStatus{Reason: f.behind, Lag: 42}
+	}
+	return cluster.SyncStatus{CaughtUp: true}
+}
+func (f *fakeRaft) Peers() ([]cluster.PeerStatus, bool) { return nil, false }
 func (f *fakeRaft) Apply(cmd []byte) (any, error) {
 	if !f.IsLeader() {
 		return nil, cluster.ErrNotLeader

@@ -20,10 +20,6 @@ func newUUID() string { return uuid.NewString() }
 // jobIDPattern: ids chosen by clients (for idempotent retries) must be safe in URLs and logs.
 var jobIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, proto.HealthResponse{Status: "ok"})
-}
-
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.Status())
 }

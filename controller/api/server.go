@@ -38,6 +38,8 @@ type Store interface {
 	Schedules() []proto.Schedule
 	ScheduleStats() proto.ScheduleStats
 	Webhooks() []proto.Webhook
+	// AppliedIndex is the raft index of the last command the state applied.
+	AppliedIndex() uint64
 }
 
 // Raft is the controller's raft node as the API uses it (controller/cluster.Node): who
@@ -48,6 +50,11 @@ type Raft interface {
 	Leader() (id, raftAddr string)
 	State() string
 	Indexes() (commit, applied uint64)
+	LastIndex() uint64
+	// Sync says whether this node's state may answer reads (caught up with the leader).
+	Sync() cluster.SyncStatus
+	// Peers is every member as the leader sees it (ok false on a follower).
+	Peers() (peers []cluster.PeerStatus, ok bool)
 	Apply(cmd []byte) (any, error)
 	Servers() ([]cluster.Server, error)
 	Join(id, raftAddr string) error
@@ -87,7 +94,11 @@ type Config struct {
 	// further names a Host header may carry in no-token mode (browser.go).
 	Advertise    string
 	AllowedHosts []string
-	Logger       *slog.Logger
+	// SavedNodes are the controllers' addresses this node saved to its data dir, shown by
+	// GET /cluster for members the replicated state does not name yet (after a restart,
+	// until the log is replayed). Nil: none.
+	SavedNodes func() []state.NodeInfo
+	Logger     *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -164,7 +175,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 func (s *Server) routes() {
 	r := s.router
-	r.Use(s.recoverMiddleware, s.instrument, s.guardBrowsers, s.authMiddleware, s.rateLimitMiddleware)
+	r.Use(s.recoverMiddleware, s.instrument, s.guardBrowsers, s.authMiddleware, s.rateLimitMiddleware, s.freshReads)
 	r.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/status", s.handleStatus).Methods(http.MethodGet)
 	r.HandleFunc("/jobs/submit", s.handleSubmit).Methods(http.MethodPost)
@@ -418,6 +429,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, body []byte, appl
 		}
 		if lt.self {
 			code, v, err := apply()
+			s.markApplied(w)
 			// Not leader: the entry was never enqueued, so it is safe to find the new leader
 			// and send it there. Leadership lost mid-commit is not retried here: the entry
 			// may be committed, and the client decides (a submit answer names the job id
@@ -476,14 +488,22 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, lt
 		return errors.As(err, &op) && op.Op == "dial", err
 	}
 	defer resp.Body.Close()
-	for _, h := range []string{"Content-Type", "Retry-After"} {
+	// Read the answer before waiting: the leader's connection is not held meanwhile.
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return false, err
+	}
+	for _, h := range []string{"Content-Type", "Retry-After", appliedIndexHeader} {
 		if v := resp.Header.Get(h); v != "" {
 			w.Header().Set(h, v)
 		}
 	}
+	if v := resp.Header.Get(appliedIndexHeader); v != "" {
+		s.waitApplied(r.Context(), v)
+	}
 	w.Header().Set("X-Hypersdk-Leader", lt.id)
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	_, _ = w.Write(answer)
 	s.metrics.Forwarded.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
 	return false, nil
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -54,6 +55,13 @@ type Config struct {
 	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
 	ApplyTimeout       time.Duration
+	// MaxStaleness: a follower that has not heard from a leader for longer answers reads
+	// 503 (sync.go). MaxLag: a follower more entries than this behind the leader is
+	// catching up again. PeerTimeout: the leader shows a member unreachable when it has not
+	// answered for longer.
+	MaxStaleness time.Duration
+	MaxLag       uint64
+	PeerTimeout  time.Duration
 	// NoSync skips fsync of the log (tests only: faster, loses durability on power loss).
 	NoSync bool
 
@@ -74,6 +82,9 @@ func DefaultConfig() Config {
 		SnapshotInterval:   30 * time.Second,
 		TrailingLogs:       10240,
 		ApplyTimeout:       10 * time.Second,
+		MaxStaleness:       5 * time.Second,
+		MaxLag:             4096,
+		PeerTimeout:        2 * time.Second,
 	}
 }
 
@@ -114,6 +125,17 @@ func (c *Config) fill() {
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = d.ApplyTimeout
 	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = d.MaxStaleness
+	}
+	if c.MaxLag == 0 {
+		c.MaxLag = d.MaxLag
+	}
+	if c.PeerTimeout == 0 {
+		// Two heartbeat timeouts: the leader heartbeats every tenth of one, so a live
+		// member misses twenty in a row before it is shown unreachable.
+		c.PeerTimeout = 2 * c.HeartbeatTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -130,7 +152,14 @@ type Node struct {
 	state     *state.State
 	store     *raftboltdb.BoltStore
 	transport *raft.NetworkTransport
+	obs       *observedTransport
+	logs      raft.LogStore
 	notifyCh  chan bool
+
+	// established is set while this node leads with its leadership established.
+	established atomic.Bool
+	syncMu      sync.Mutex
+	sync        syncTracker
 
 	mu          sync.Mutex
 	leaderFns   []func(ctx context.Context)
@@ -191,6 +220,7 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
+	n.logs = logs
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
 		n.closeStores()
@@ -219,7 +249,8 @@ func Open(cfg Config, st *state.State) (*Node, error) {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: read raft state: %w", err)
 	}
-	n.raft, err = raft.NewRaft(rc, state.FSM{State: st}, logs, n.store, snaps, n.transport)
+	n.obs = newObservedTransport(n.transport)
+	n.raft, err = raft.NewRaft(rc, state.FSM{State: st}, logs, n.store, snaps, n.obs)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
@@ -244,7 +275,9 @@ func (n *Node) closeStores() {
 	if n.store != nil {
 		n.store.Close()
 	}
-	if n.transport != nil {
+	if n.obs != nil {
+		n.obs.Close()
+	} else if n.transport != nil {
 		n.transport.Close()
 	}
 }
@@ -512,6 +545,7 @@ func (n *Node) establishLeadership(stop <-chan struct{}) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.leaderStop, n.leaderCtx = cancel, ctx
+	n.established.Store(true)
 	n.log.Info("leadership established; starting leader work")
 	for _, fn := range n.leaderFns {
 		n.leaderWG.Add(1)
@@ -527,6 +561,7 @@ func (n *Node) revokeLeadership() {
 	n.mu.Lock()
 	stop := n.leaderStop
 	n.leaderStop, n.leaderCtx = nil, nil
+	n.established.Store(false)
 	n.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -547,7 +582,7 @@ func (n *Node) Close() error {
 	close(n.done)
 	<-n.monitorDone
 	err := n.raft.Shutdown().Error()
-	n.transport.Close()
+	n.obs.Close()
 	if cerr := n.store.Close(); err == nil {
 		err = cerr
 	}

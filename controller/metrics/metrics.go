@@ -23,6 +23,30 @@ type Source interface {
 	ActiveWorkers() int
 	// Raft returns the raft role (1 = leader), commit index, applied index, last log index.
 	Raft() (leader bool, commit, applied, last uint64)
+	// RaftHealth is the cluster's health as this controller sees it.
+	RaftHealth() RaftHealth
+}
+
+// RaftHealth is what the raft metrics beyond the indexes show.
+type RaftHealth struct {
+	// Peers is every member as the leader sees it: set on the leader only, the one node
+	// that hears from all of them.
+	Peers []RaftPeer
+	// LeaderContactSeconds is how long ago a follower last heard from a leader (0 on the
+	// leader, -1 when it never has).
+	LeaderContactSeconds float64
+	// CatchingUp: this node's reads answer 503 until it has caught up; Lag is how many
+	// committed entries it has not applied.
+	CatchingUp bool
+	Lag        uint64
+}
+
+// RaftPeer is one member as the leader sees it.
+type RaftPeer struct {
+	ID        string
+	Reachable bool
+	// LastContactSeconds is how long ago it last answered (-1: never).
+	LastContactSeconds float64
 }
 
 // Metrics is a controller's registry and the instruments handlers update.
@@ -87,13 +111,24 @@ var (
 	descRaftCommit = prometheus.NewDesc("hypersdk_raft_commit_index", "Raft commit index", nil, nil)
 	descRaftApply  = prometheus.NewDesc("hypersdk_raft_applied_index", "Raft applied index", nil, nil)
 	descRaftLast   = prometheus.NewDesc("hypersdk_raft_last_index", "Raft last log index", nil, nil)
+	descRaftPeers  = prometheus.NewDesc("hypersdk_raft_peers",
+		"Raft members by state as the leader sees them: reachable (answered within seconds, the leader included) or unreachable; exported by the leader only", []string{"state"}, nil)
+	descRaftPeerContact = prometheus.NewDesc("hypersdk_raft_peer_last_contact_seconds",
+		"Seconds since the member last answered the leader; exported by the leader only", []string{"peer"}, nil)
+	descRaftLeaderContact = prometheus.NewDesc("hypersdk_raft_leader_last_contact_seconds",
+		"Seconds since this controller last heard from a leader (0 on the leader, -1 never)", nil, nil)
+	descRaftCatchingUp = prometheus.NewDesc("hypersdk_raft_catching_up",
+		"1 while this controller has not caught up with the leader (its reads answer 503)", nil, nil)
+	descRaftLag = prometheus.NewDesc("hypersdk_raft_lag_entries",
+		"Entries the leader has committed that this controller has not applied", nil, nil)
 )
 
 // stateCollector reads gauges from the state at scrape time: no bookkeeping on the hot path.
 type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descJobs, descWorkers, descRaftLeader, descRaftCommit, descRaftApply, descRaftLast} {
+	for _, d := range []*prometheus.Desc{descJobs, descWorkers, descRaftLeader, descRaftCommit, descRaftApply, descRaftLast,
+		descRaftPeers, descRaftPeerContact, descRaftLeaderContact, descRaftCatchingUp, descRaftLag} {
 		ch <- d
 	}
 }
@@ -113,4 +148,31 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRaftCommit, prometheus.GaugeValue, float64(commit))
 	ch <- prometheus.MustNewConstMetric(descRaftApply, prometheus.GaugeValue, float64(applied))
 	ch <- prometheus.MustNewConstMetric(descRaftLast, prometheus.GaugeValue, float64(last))
+
+	h := c.src.RaftHealth()
+	if h.Peers != nil {
+		var up, down float64
+		for _, p := range h.Peers {
+			if p.Reachable {
+				up++
+			} else {
+				down++
+			}
+			if p.LastContactSeconds >= 0 {
+				ch <- prometheus.MustNewConstMetric(descRaftPeerContact, prometheus.GaugeValue, p.LastContactSeconds, p.ID)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descRaftPeers, prometheus.GaugeValue, up, "reachable")
+		ch <- prometheus.MustNewConstMetric(descRaftPeers, prometheus.GaugeValue, down, "unreachable")
+	}
+	ch <- prometheus.MustNewConstMetric(descRaftLeaderContact, prometheus.GaugeValue, h.LeaderContactSeconds)
+	ch <- prometheus.MustNewConstMetric(descRaftCatchingUp, prometheus.GaugeValue, boolGauge(h.CatchingUp))
+	ch <- prometheus.MustNewConstMetric(descRaftLag, prometheus.GaugeValue, float64(h.Lag))
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
