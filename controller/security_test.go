@@ -140,6 +140,8 @@ func TestRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// /health answers 200 once the node serves its state (a new node leads first).
+	controller.WaitFor(t, 10*time.Second, "the node leads", func() bool { return c.Node.Sync().CaughtUp })
 	var got429 bool
 	for i := 0; i < 20 && !got429; i++ {
 		resp, err := http.Get(c.URL() + "/status")

@@ -685,3 +685,37 @@ func TestAgentIdentityCommands(t *testing.T) {
 		t.Fatalf("forgotten agent's heartbeat: %d %v, want 401", code, err)
 	}
 }
+
+// TestSubmitWatchThroughFollower: `jobs submit -f job.yaml --watch` with a follower as the
+// only server follows the job to its end, 6 times of 6 (issue 17: 6 of 6 printed
+// "job … submitted", then "job … not found (HTTP 404)" and exit 1, so a script resubmitted
+// and the VM was migrated twice). An agent on the leader completes each job.
+func TestSubmitWatchThroughFollower(t *testing.T) {
+	nodes := controller.StartTestCluster(t, 3)
+	leader := controller.Leader(nodes)
+	var follower *controller.Controller
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	env := map[string]string{"HYPERSDK_SERVER": follower.URL()}
+	agent := fleettest.NewAgent("kvm-watch", leader.URL())
+	for i := 0; i < 6; i++ {
+		file := writeFile(t, "job.yaml", strings.Replace(jobYAML, "web-1", fmt.Sprintf("watch-%d", i), 1))
+		done := make(chan result, 1)
+		go func() { done <- hyperctl(t, env, "", "jobs", "submit", "-f", file, "--watch") }()
+		l := agent.Lease(t, 20*time.Second)
+		agent.Complete(t, l, &proto.JobResult{DomainName: fmt.Sprintf("watch-%d", i)})
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("try %d: watch did not end", i+1)
+		}
+		if r.code != 0 || !strings.Contains(r.stdout, "completed") {
+			t.Fatalf("try %d of 6 through follower %s: %s", i+1, follower.Node.ID(), r)
+		}
+	}
+}

@@ -156,8 +156,10 @@ type Node struct {
 	logs      raft.LogStore
 	notifyCh  chan bool
 
-	// established is set while this node leads with its leadership established.
+	// established is set while this node leads with its leadership established;
+	// leaderSince is when it last became leader (unix nanoseconds).
 	established atomic.Bool
+	leaderSince atomic.Int64
 	syncMu      sync.Mutex
 	sync        syncTracker
 
@@ -481,6 +483,7 @@ func (n *Node) monitorLeadership() {
 		case isLeader := <-n.notifyCh:
 			endTerm()
 			if isLeader {
+				n.leaderSince.Store(time.Now().UnixNano())
 				stop, stopped = make(chan struct{}), make(chan struct{})
 				go func(stop <-chan struct{}, stopped chan<- struct{}) {
 					defer close(stopped)

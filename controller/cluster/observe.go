@@ -54,6 +54,13 @@ func (o *observedTransport) relay() {
 			if ae, ok := rpc.Command.(*raft.AppendEntriesRequest); ok {
 				o.mu.Lock()
 				o.leaderCommit = max(o.leaderCommit, ae.LeaderCommitIndex)
+				// Hearing from a leader is contact too: should this node lead next, it
+				// knows when it last heard from the member that led before it.
+				if id := raft.ServerID(ae.ID); id != "" {
+					r := o.peers[id]
+					r.lastContact = o.now()
+					o.peers[id] = r
+				}
 				o.mu.Unlock()
 			}
 			select {

@@ -37,7 +37,8 @@ type SyncStatus struct {
 type PeerStatus struct {
 	ID string
 	// Reachable: the member answered the leader within Config.PeerTimeout (the leader
-	// itself always is).
+	// itself always is; a member not heard from yet counts from the start of the term, so
+	// an election does not show every member unreachable for a moment).
 	Reachable bool
 	// LastContact is when it last answered an AppendEntries (zero: never, this term or
 	// before).
@@ -174,16 +175,25 @@ func (n *Node) Peers() (peers []PeerStatus, ok bool) {
 	}
 	last := n.raft.LastIndex()
 	now := time.Now()
+	since := time.Unix(0, n.leaderSince.Load())
 	for _, s := range servers {
 		p := PeerStatus{ID: s.ID}
 		if s.ID == n.cfg.NodeID {
 			p.Reachable, p.LastContact, p.LastLogIndex = true, now, last
-		} else if r, seen := n.obs.peer(raft.ServerID(s.ID)); seen {
-			p.LastContact, p.LastLogIndex = r.lastContact, r.lastLog
-			p.Reachable = now.Sub(r.lastContact) <= n.cfg.PeerTimeout
-			if last > r.lastLog {
-				p.Lag = last - r.lastLog
-			}
+			peers = append(peers, p)
+			continue
+		}
+		r, _ := n.obs.peer(raft.ServerID(s.ID))
+		p.LastContact, p.LastLogIndex = r.lastContact, r.lastLog
+		heard := r.lastContact
+		if since.After(heard) {
+			heard = since
+		}
+		p.Reachable = now.Sub(heard) <= n.cfg.PeerTimeout
+		if last > r.lastLog && r.lastLog > 0 {
+			p.Lag = last - r.lastLog
+		} else if r.lastLog == 0 {
+			p.Lag = last
 		}
 		peers = append(peers, p)
 	}
