@@ -135,4 +135,3 @@ func TestSIGKILLedControllerShownUnreachable(t *testing.T) {
 		})
 	}
 }
-
