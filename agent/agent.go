@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,7 +55,10 @@ type Config struct {
 	VirtProbeFile string `yaml:"virt_probe_file"`
 	// CredentialFile keeps the agent's own credential, enrolled with the join token on
 	// first contact (default <storage_dir>/.agent-credential, mode 0600).
-	CredentialFile string         `yaml:"credential_file"`
+	CredentialFile string `yaml:"credential_file"`
+	// MinFreeStorage is the free space of the storage dir below which the agent counts as
+	// unhealthy and takes no work (default 1 GiB).
+	MinFreeStorage uint64         `yaml:"min_free_storage"`
 	Transfer       TransferConfig `yaml:"transfer"`
 	Gossip         GossipConfig   `yaml:"gossip"`
 	Log            LogConfig      `yaml:"log"`
@@ -162,6 +167,7 @@ type Agent struct {
 	Prober   *capacity.Prober
 	Member   *membership.Membership
 	Worker   *worker.Worker
+	workerMu sync.Mutex // Worker is set after the prober, which asks it, starts
 	Registry *prometheus.Registry
 	http     *http.Server
 	apiAddr  string
@@ -188,6 +194,15 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	a := &Agent{cfg: cfg, log: log, Registry: reg}
 	vddkProbe := transfer.New(transfer.Config{Logger: log})
 	pc := capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, VDDKLibDir: cfg.VDDKDir(), Logger: log,
+		MinFreeStorage: cfg.MinFreeStorage,
+		// The worker knows whether a controller answers (its lease requests); it starts
+		// after the prober, so the check asks it once it exists.
+		Controllers: func() error {
+			if w := a.worker(); w != nil {
+				return w.ControllersError()
+			}
+			return nil
+		},
 		VDDKProbe: func(ctx context.Context, dir string) (bool, string) {
 			p := vddkProbe.ProbeVDDK(ctx, dir)
 			return p.Available, p.Reason
@@ -242,7 +257,7 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		}
 		a.attemptLog, attemptLog = f, f
 	}
-	a.Worker, err = worker.New(worker.Config{
+	wk, err := worker.New(worker.Config{
 		Name: cfg.Name, Controllers: cfg.Controllers, Token: cfg.JoinToken, MaxJobs: cfg.MaxJobs,
 		CredentialFile: cfg.credentialFile(),
 		ShutdownGrace:  cfg.ShutdownGrace, Logger: log,
@@ -260,13 +275,13 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		a.Member.Shutdown()
 		return nil, err
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &workerCollector{w: a.Worker, max: cfg.MaxJobs})
+	a.workerMu.Lock()
+	a.Worker = wk
+	a.workerMu.Unlock()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &workerCollector{w: a.Worker, max: cfg.MaxJobs}, &healthCollector{p: a.Prober})
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"status":"ok","name":%q,"running_jobs":%d}`+"\n", cfg.Name, a.Worker.Running())
-	})
+	mux.HandleFunc("GET /health", a.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -305,6 +320,36 @@ func twoDigits(v float64) uint64 {
 	}
 	q := math.Pow(10, math.Floor(math.Log10(v))-1)
 	return uint64(math.Round(v/q) * q)
+}
+
+// worker is the lease worker once New has made it (nil before).
+func (a *Agent) worker() *worker.Worker {
+	a.workerMu.Lock()
+	defer a.workerMu.Unlock()
+	return a.Worker
+}
+
+// AgentHealth is the body of the agent's GET /health.
+type AgentHealth struct {
+	Status       string   `json:"status"` // ok or unhealthy
+	Name         string   `json:"name"`
+	RunningJobs  int      `json:"running_jobs"`
+	FailedChecks []string `json:"failed_checks,omitempty"`
+	Reasons      []string `json:"reasons,omitempty"`
+}
+
+// handleHealth answers 200 when every self-check passes, else 503 with the failed checks
+// and why: a load balancer or monitor sees a host that takes no work as down.
+func (a *Agent) handleHealth(w http.ResponseWriter, r *http.Request) {
+	c, _, _ := a.Prober.Probe(r.Context())
+	h := AgentHealth{Status: "ok", Name: a.cfg.Name, RunningJobs: a.Worker.Running(), FailedChecks: c.FailedChecks, Reasons: c.Reasons}
+	code := http.StatusOK
+	if !c.Healthy {
+		h.Status, code = "unhealthy", http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(h)
 }
 
 // APIAddr is where /health and /metrics are served.
@@ -356,4 +401,26 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.CounterValue, float64(n), result)
 	}
 	ch <- prometheus.MustNewConstMetric(descHB, prometheus.CounterValue, float64(s.Heartbeat))
+}
+
+var descCheck = prometheus.NewDesc("hypersdk_agent_health_check",
+	"1 when the agent's self-check passes, 0 when it fails (libvirt, storage_writable, storage_room, qemu_img, controllers)", []string{"check"}, nil)
+
+// healthCollector exports the self-checks at scrape time (the probe's own caches bound
+// the cost).
+type healthCollector struct{ p *capacity.Prober }
+
+func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descCheck }
+
+func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
+	cp, _, _ := c.p.Probe(context.Background())
+	for _, check := range proto.HealthChecks() {
+		ok := 1.0
+		for _, f := range cp.FailedChecks {
+			if f == check {
+				ok = 0
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descCheck, prometheus.GaugeValue, ok, check)
+	}
 }

@@ -39,6 +39,12 @@ type AgentCapacity struct {
 	// copying speaks to controllers older than these fields exactly as before.
 	TransferRateBytesPerSecond uint64 `json:"transfer_rate_bytes_per_second,omitempty"`
 	TransferCapBytesPerSecond  uint64 `json:"transfer_cap_bytes_per_second,omitempty"`
+	// Healthy: every self-check of the agent passed (health.go); FailedChecks names the
+	// checks that did not (HealthCheck*), Reasons says why and what to do. Placement keeps
+	// jobs away from an agent with a failed check.
+	Healthy      bool     `json:"healthy"`
+	FailedChecks []string `json:"failed_checks,omitempty"`
+	Reasons      []string `json:"reasons,omitempty"`
 }
 
 // AgentCapabilities is what an agent's host can do: the tools found and the transfer
@@ -154,7 +160,8 @@ func (m NodeMeta) Validate() error {
 //	format byte (1) | role byte | flags uvarint | name | api | version | cpus | mem total |
 //	mem free | storage free | storage total | running | max | qemu-img version | libvirt uri |
 //	methods (count, items) | nbdkit plugins (count, items) |
-//	guest flags uvarint | virtualization type | cpu | reason | transfer rate | transfer cap
+//	guest flags uvarint | virtualization type | cpu | reason | transfer rate | transfer cap |
+//	failed health checks uvarint
 //
 // Strings are uvarint length + bytes, numbers uvarint. The lists get what remains of the 512
 // bytes once the trailers (guest: at most guestTrailerMax bytes; transfer: at most
@@ -251,6 +258,8 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	// The transfer trailer comes last (it was added after the guest trailer) and is
 	// reserved whole: two numbers.
 	trailer := encodeTransferTrailer(m.Capacity)
+	// The failed health checks follow it (added later still): one bit per check.
+	trailer = binary.AppendUvarint(trailer, healthBits(m.Capacity.FailedChecks))
 	end := NodeMetaMaxSize - len(trailer)
 	// Room for the guest trailer is reserved before the lists: its essentials (type, CPU)
 	// and the start of the reason, but never so much that the methods and the transfer
@@ -486,6 +495,9 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 	}
 	m.Capacity.TransferRateBytesPerSecond = r.uvarint()
 	m.Capacity.TransferCapBytesPerSecond = r.uvarint()
+	// Absent (an older agent): no check failed.
+	m.Capacity.FailedChecks, m.Capacity.Reasons = checksFromBits(r.uvarint())
+	m.Capacity.Healthy = len(m.Capacity.FailedChecks) == 0
 	if r.err != nil {
 		return NodeMeta{}, r.err
 	}

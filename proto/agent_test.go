@@ -101,7 +101,8 @@ func TestNodeMetaSize(t *testing.T) {
 			want := tc.meta.Capacity
 			want.TransferRateBytesPerSecond = min(want.TransferRateBytesPerSecond, MaxMetaTransferRate)
 			want.TransferCapBytesPerSecond = min(want.TransferCapBytesPerSecond, MaxMetaTransferRate)
-			if got.Name != tc.meta.Name || got.Capacity != want || got.RunningJobs != tc.meta.RunningJobs {
+			want.Healthy = true // no failed check
+			if got.Name != tc.meta.Name || !reflect.DeepEqual(got.Capacity, want) || got.RunningJobs != tc.meta.RunningJobs {
 				t.Fatalf("identity or capacity lost: %+v", got)
 			}
 			if got.Capabilities.VDDK != tc.meta.Capabilities.VDDK || got.Leaving != tc.meta.Leaving {
@@ -132,7 +133,11 @@ func TestNodeMetaRoundTrip(t *testing.T) {
 	m := NodeMeta{
 		Role: RoleAgent, Name: "kvm-01", APIAddr: "10.1.2.3:9090", Version: "v0.3.0",
 		Capacity: AgentCapacity{CPUs: 16, MemoryTotalBytes: 64 << 30, MemoryFreeBytes: 40 << 30, StorageFreeBytes: 2 << 40, StorageTotalBytes: 4 << 40,
-			TransferRateBytesPerSecond: 230 << 20, TransferCapBytesPerSecond: 125_000_000},
+			TransferRateBytesPerSecond: 230 << 20, TransferCapBytesPerSecond: 125_000_000,
+			// The gossip metadata carries which checks failed; the reasons it decodes to are
+			// the generic ones (the agent's /health has the precise text).
+			FailedChecks: []string{HealthCheckLibvirt, HealthCheckControllers},
+			Reasons:      []string{HealthReason(HealthCheckLibvirt), HealthReason(HealthCheckControllers)}},
 		RunningJobs: 2, MaxJobs: 4,
 		Capabilities: AgentCapabilities{QemuImg: true, QemuImgVersion: "7.2.22", Nbdkit: true,
 			NbdkitPlugins: []string{"curl", "file", "ssh"}, Nbdcopy: true, LibvirtURI: "qemu:///system",

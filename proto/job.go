@@ -167,20 +167,23 @@ type JobResult struct {
 
 // Job is the job status document of the API (GET /jobs/{id}, query results, job_update).
 type Job struct {
-	Definition      JobDefinition `json:"definition"`
-	Status          JobStatus     `json:"status"`
-	Progress        Progress      `json:"progress"`
-	SubmittedAt     time.Time     `json:"submitted_at"`
-	StartedAt       *time.Time    `json:"started_at"`
-	CompletedAt     *time.Time    `json:"completed_at,omitempty"`
-	UpdatedAt       time.Time     `json:"updated_at"`
-	Error           *string       `json:"error"`
-	Agent           string        `json:"agent,omitempty"`
-	Attempt         int           `json:"attempt"`
-	CancelRequested bool          `json:"cancel_requested,omitempty"`
-	PendingReason   string        `json:"pending_reason,omitempty"`
-	Warnings        []string      `json:"warnings,omitempty"`
-	Result          *JobResult    `json:"result,omitempty"`
+	Definition  JobDefinition `json:"definition"`
+	Status      JobStatus     `json:"status"`
+	Progress    Progress      `json:"progress"`
+	SubmittedAt time.Time     `json:"submitted_at"`
+	StartedAt   *time.Time    `json:"started_at"`
+	CompletedAt *time.Time    `json:"completed_at,omitempty"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	Error       *string       `json:"error"`
+	Agent       string        `json:"agent,omitempty"`
+	Attempt     int           `json:"attempt"`
+	// FailedAgents are the agents earlier attempts ended on without success: placement
+	// gives the next attempt to another agent while one may take it.
+	FailedAgents    []string   `json:"failed_agents,omitempty"`
+	CancelRequested bool       `json:"cancel_requested,omitempty"`
+	PendingReason   string     `json:"pending_reason,omitempty"`
+	Warnings        []string   `json:"warnings,omitempty"`
+	Result          *JobResult `json:"result,omitempty"`
 	// Commit is set once the leader has committed the current attempt as the one that
 	// defines the job's domain (the commit point): from then on no other attempt takes
 	// the job while this one is silent. Cleared when the attempt ends and the job waits

@@ -52,6 +52,12 @@ type Config struct {
 	// installed, rarely). LibvirtTTL is shorter because libvirtd restarts.
 	ToolsTTL   time.Duration
 	LibvirtTTL time.Duration
+	// MinFreeStorage is the free space below which the storage dir fails its health check
+	// (default 1 GiB: no disk of a real VM fits in less).
+	MinFreeStorage uint64
+	// Controllers reports whether a controller answers the agent (nil: not checked); the
+	// worker knows, from its lease requests.
+	Controllers func() error
 	// CommandTimeout bounds every external command: a hung virsh (libvirtd stuck on a
 	// lock) must not stall the agent's metadata refresh.
 	CommandTimeout time.Duration
@@ -67,6 +73,7 @@ func DefaultConfig() Config {
 		ToolsTTL:       10 * time.Minute,
 		LibvirtTTL:     30 * time.Second,
 		CommandTimeout: 5 * time.Second,
+		MinFreeStorage: 1 << 30,
 	}
 }
 
@@ -90,6 +97,9 @@ func (c Config) withDefaults() Config {
 	if c.CommandTimeout <= 0 {
 		c.CommandTimeout = d.CommandTimeout
 	}
+	if c.MinFreeStorage == 0 {
+		c.MinFreeStorage = d.MinFreeStorage
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -107,6 +117,10 @@ type Prober struct {
 	toolsAt     time.Time
 	reachable   bool
 	reachableAt time.Time
+	libvirtErr  error
+	writable    error // the storage dir's last write test (nil: it wrote)
+	writableAt  time.Time
+	unhealthy   string // the last failed checks logged, so changes are logged once
 }
 
 // tools is the cached part of the capabilities.
@@ -126,11 +140,14 @@ func New(cfg Config) *Prober {
 	return &Prober{cfg: cfg.withDefaults()}
 }
 
-// Probe returns the current capacity and capabilities. The error reports a capacity part
-// that could not be measured (its fields are zero); the capabilities are always returned.
+// Probe returns the current capacity, with the health checks' verdict (health.go), and
+// capabilities. The error reports a capacity part that could not be measured (its fields
+// are zero); the capabilities are always returned.
 func (p *Prober) Probe(ctx context.Context) (proto.AgentCapacity, proto.AgentCapabilities, error) {
 	c, err := p.Capacity()
-	return c, p.Capabilities(ctx), err
+	caps := p.Capabilities(ctx)
+	p.checkHealth(&c, caps, err)
+	return c, caps, err
 }
 
 // Capacity reads CPUs, memory and the storage dir's filesystem now.
@@ -165,7 +182,7 @@ func (p *Prober) Capabilities(ctx context.Context) proto.AgentCapabilities {
 	if p.reachableAt.IsZero() || now.Sub(p.reachableAt) >= p.cfg.LibvirtTTL {
 		was, first := p.reachable, p.reachableAt.IsZero()
 		err := p.pingLibvirt(ctx)
-		p.reachable, p.reachableAt = err == nil, time.Now()
+		p.reachable, p.reachableAt, p.libvirtErr = err == nil, time.Now(), err
 		// Log transitions only: a host without libvirtd would otherwise log every TTL.
 		if err != nil && (was || first) {
 			p.cfg.Logger.Warn("libvirt unreachable", "uri", p.cfg.LibvirtURI, "err", err)
@@ -192,7 +209,7 @@ func (p *Prober) Capabilities(ctx context.Context) proto.AgentCapabilities {
 // SIGHUP).
 func (p *Prober) Invalidate() {
 	p.mu.Lock()
-	p.toolsAt, p.reachableAt = time.Time{}, time.Time{}
+	p.toolsAt, p.reachableAt, p.writableAt = time.Time{}, time.Time{}, time.Time{}
 	p.mu.Unlock()
 }
 

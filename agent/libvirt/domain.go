@@ -146,7 +146,7 @@ func Connect(ctx context.Context, uri string) (*lv.Connect, error) {
 	select {
 	case r := <-ch:
 		if r.err != nil {
-			return nil, fmt.Errorf("%w: cannot connect to %s (is libvirtd running? start it, e.g. with scripts/host-setup.sh): %s",
+			return nil, fmt.Errorf("%w: cannot connect to %s (is libvirtd running? start it: systemctl start libvirtd): %s",
 				ErrLibvirtUnreachable, uri, lvMessage(r.err))
 		}
 		return r.c, nil

@@ -466,7 +466,7 @@ func TestStartAfterOnTestDriver(t *testing.T) {
 func TestConnectUnreachable(t *testing.T) {
 	uri := "qemu+unix:///system?socket=/nonexistent/hsx/libvirt-sock"
 	_, err := Connect(context.Background(), uri)
-	if !errors.Is(err, ErrLibvirtUnreachable) || !strings.Contains(err.Error(), uri) || !strings.Contains(err.Error(), "host-setup.sh") {
+	if !errors.Is(err, ErrLibvirtUnreachable) || !strings.Contains(err.Error(), uri) || !strings.Contains(err.Error(), "systemctl start libvirtd") {
 		t.Fatalf("err = %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

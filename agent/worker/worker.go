@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,7 +96,13 @@ type Config struct {
 	// one when it has returned (its processes stopped, its cleanup done): the record an
 	// audit, or a test, needs to show that no job ran on two agents at once.
 	AttemptLog io.Writer
-	Logger     *slog.Logger
+	// ControllerGrace is how long lease requests may fail before ControllersError says no
+	// controller answers (default 10 s: a leader election is not an outage).
+	ControllerGrace time.Duration
+	// UnhealthyWait is how long the lease loop waits before probing again while a health
+	// check other than the controllers' fails (default 2 s).
+	UnhealthyWait time.Duration
+	Logger        *slog.Logger
 }
 
 func (c *Config) fill() error {
@@ -113,6 +120,12 @@ func (c *Config) fill() error {
 	}
 	if c.WaitSeconds <= 0 {
 		c.WaitSeconds = 20
+	}
+	if c.ControllerGrace <= 0 {
+		c.ControllerGrace = 10 * time.Second
+	}
+	if c.UnhealthyWait <= 0 {
+		c.UnhealthyWait = 2 * time.Second
 	}
 	if c.Probe == nil {
 		c.Probe = func() (proto.AgentCapacity, proto.AgentCapabilities) {
@@ -154,6 +167,12 @@ type Worker struct {
 	wg   sync.WaitGroup
 
 	stats Stats
+
+	// leaseFailSince is when lease requests started failing (zero: the last one was
+	// answered), leaseErr the last failure.
+	leaseMu        sync.Mutex
+	leaseFailSince time.Time
+	leaseErr       error
 
 	attemptMu sync.Mutex // one line per Write to AttemptLog
 }
@@ -277,6 +296,17 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 			continue
 		}
 		capacity, caps := w.cfg.Probe()
+		if blocking := hostProblems(capacity); blocking != "" {
+			// Ask for no work this host cannot do: a broken libvirt used to lease a job,
+			// copy every disk, then fail at define (issue 17). The controllers check is
+			// not blocking: a lease request is how the agent finds a controller again.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(w.cfg.UnhealthyWait):
+			}
+			continue
+		}
 		req := proto.LeaseRequest{
 			Agent: w.cfg.Name, Capacity: capacity, Capabilities: caps,
 			RunningJobs: w.Running(), MaxJobs: w.cfg.MaxJobs, WaitSeconds: w.cfg.WaitSeconds,
@@ -289,6 +319,7 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 				return
 			}
 			w.log.Warn("lease request failed", "err", err)
+			w.noteLease(err)
 			select {
 			case <-ctx.Done():
 				return
@@ -298,6 +329,7 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 200 * time.Millisecond
+		w.noteLease(nil)
 		if resp.Lease != nil {
 			// The fence clock starts now, not when the long-poll was sent: the grant may
 			// have come 20 s into the poll, and the leader's timer started at the grant.
@@ -306,6 +338,42 @@ func (w *Worker) leaseLoop(ctx context.Context) {
 		}
 		w.discard(resp.Discard)
 	}
+}
+
+// hostProblems names the failed health checks that keep this host from work ("" when
+// none does).
+func hostProblems(c proto.AgentCapacity) string {
+	var out []string
+	for _, f := range c.FailedChecks {
+		if f != proto.HealthCheckControllers {
+			out = append(out, f)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+func (w *Worker) noteLease(err error) {
+	w.leaseMu.Lock()
+	defer w.leaseMu.Unlock()
+	w.leaseErr = err
+	switch {
+	case err == nil:
+		w.leaseFailSince = time.Time{}
+	case w.leaseFailSince.IsZero():
+		w.leaseFailSince = time.Now()
+	}
+}
+
+// ControllersError says why no controller answers the agent's lease requests, once they
+// have failed for longer than ControllerGrace (nil while one answers).
+func (w *Worker) ControllersError() error {
+	w.leaseMu.Lock()
+	defer w.leaseMu.Unlock()
+	if w.leaseFailSince.IsZero() || time.Since(w.leaseFailSince) < w.cfg.ControllerGrace {
+		return nil
+	}
+	return fmt.Errorf("lease requests to %s have failed for %s: %w", strings.Join(w.cfg.Controllers, ", "),
+		time.Since(w.leaseFailSince).Round(time.Second), w.leaseErr)
 }
 
 func (w *Worker) start(l proto.Lease, received time.Time) {

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -348,6 +349,24 @@ func (m *Manager) PendingReasons() func(*proto.Job) string {
 	}
 }
 
+// unhealthy is what keeps an agent from work among its failed self-checks: all but the
+// controllers' (an agent that polls this leader reaches it; one that cannot poll gets no
+// job anyway).
+func unhealthy(c proto.AgentCapacity) string {
+	var r []string
+	for i, f := range c.FailedChecks {
+		if f == proto.HealthCheckControllers {
+			continue
+		}
+		if i < len(c.Reasons) {
+			r = append(r, c.Reasons[i])
+		} else {
+			r = append(r, f)
+		}
+	}
+	return strings.Join(r, "; ")
+}
+
 // input is placement's input: the gossip view of agents merged with the waiting polls
 // (which count as alive and carry the freshest capacity), the state's running counts.
 func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) error) Input {
@@ -356,7 +375,8 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 	if m.fleet != nil {
 		for _, a := range m.fleet.List() {
 			byName[a.Name] = &Agent{Name: a.Name, Alive: a.State.Member(), State: a.State, Running: a.RunningJobs, MaxJobs: a.MaxJobs,
-				StorageFree: a.Capacity.StorageFreeBytes, MemoryFree: a.Capacity.MemoryFreeBytes, Methods: a.Capabilities.Methods}
+				StorageFree: a.Capacity.StorageFreeBytes, MemoryFree: a.Capacity.MemoryFreeBytes, Methods: a.Capabilities.Methods,
+				Unhealthy: unhealthy(a.Capacity)}
 			order = append(order, a.Name)
 		}
 	}
@@ -373,6 +393,7 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 		}
 		a.Alive, a.MaxJobs, a.Polls = true, max, a.Polls+1
 		a.StorageFree, a.MemoryFree, a.Methods = r.Capacity.StorageFreeBytes, r.Capacity.MemoryFreeBytes, r.Capabilities.Methods
+		a.Unhealthy = unhealthy(r.Capacity)
 	}
 	// Copies, not calls into the state: the broker places while it walks the pending jobs
 	// under the state's read lock, and a second read lock there would wait behind a

@@ -26,6 +26,10 @@ import (
 //     could only fail it with "bad credentials".
 //   - A warm job needs vddk like a job that demands it, and goes back to the agent holding
 //     its earlier attempt's copy when that agent asks.
+//   - An agent whose self-checks fail (libvirt unreachable, storage not writable or full,
+//     no qemu-img) gets no job.
+//   - A job's next attempt goes to another agent than the ones its earlier attempts ended
+//     on, while another agent that may take it is alive (a warm job's copy holder first).
 //   - Otherwise the oldest job goes to the agent with the most free storage, then memory,
 //     then the fewest running jobs, then the first name.
 
@@ -42,6 +46,9 @@ type Agent struct {
 	Running, MaxJobs        int
 	StorageFree, MemoryFree uint64
 	Methods                 []string
+	// Unhealthy says which self-check of the agent failed ("" when none that matters to
+	// placement did).
+	Unhealthy string
 }
 
 func (a *Agent) full() bool { return a.MaxJobs > 0 && a.Running >= a.MaxJobs }
@@ -186,6 +193,8 @@ func (v *View) refuses(j *proto.Job, t string, a *Agent) string {
 		return fmt.Sprintf("only target agent %q may run it", t)
 	case !a.Alive:
 		return fmt.Sprintf("agent %q is not alive", a.Name)
+	case a.Unhealthy != "":
+		return fmt.Sprintf("agent %q is unhealthy: %s", a.Name, a.Unhealthy)
 	case a.full():
 		return fmt.Sprintf("agent %q is busy (%d/%d jobs)", a.Name, a.Running, a.MaxJobs)
 	}
@@ -230,16 +239,12 @@ func (v *View) Place(pending iter.Seq[*proto.Job]) []Grant {
 				pick = a
 			}
 		} else {
+			// A warm job's copy holder first; otherwise another agent than those its
+			// earlier attempts ended on.
 			if a := v.resumeAgent(j); a != nil && a.Polls > 0 && v.refuses(j, t, a) == "" {
 				pick = a
-			}
-			for _, a := range v.agents {
-				if pick != nil {
-					break
-				}
-				if a.Polls > 0 && v.refuses(j, t, a) == "" {
-					pick = a
-				}
+			} else {
+				pick = v.pickAnother(j)
 			}
 		}
 		if pick == nil || v.usable(j) != "" {
@@ -255,6 +260,32 @@ func (v *View) Place(pending iter.Seq[*proto.Job]) []Grant {
 		grants = append(grants, Grant{Job: j, Agent: pick.Name})
 	}
 	return grants
+}
+
+// pickAnother is the best polling agent for job j (no target): one its earlier attempts did
+// not end on, else, when no other agent that may take it is alive (it would poll soon),
+// one they did end on. nil: none now.
+func (v *View) pickAnother(j *proto.Job) *Agent {
+	var again *Agent
+	otherLater := false
+	for _, a := range v.agents {
+		if v.refuses(j, "", a) != "" {
+			continue
+		}
+		tried := slices.Contains(j.FailedAgents, a.Name)
+		switch {
+		case !tried && a.Polls > 0:
+			return a
+		case !tried:
+			otherLater = true
+		case a.Polls > 0 && again == nil:
+			again = a
+		}
+	}
+	if otherLater {
+		return nil
+	}
+	return again
 }
 
 // Reason explains why a pending job is not running, by the rules Place applies: "" when

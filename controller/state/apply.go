@@ -274,6 +274,9 @@ func (s *State) applyLeaseGrant(idx uint64, c LeaseGrant) any {
 func endAttempt(nj *proto.Job, reason string, retry bool, at time.Time, warnings []string) EventKind {
 	nj.UpdatedAt = at
 	nj.Warnings = appendWarnings(nj.Warnings, warnings)
+	if nj.Agent != "" && !nj.CancelRequested && !slices.Contains(nj.FailedAgents, nj.Agent) {
+		nj.FailedAgents = append(slices.Clone(nj.FailedAgents), nj.Agent)
+	}
 	max := nj.Definition.Options.MaxAttempts
 	if max <= 0 {
 		max = DefaultMaxAttempts
