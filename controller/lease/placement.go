@@ -340,6 +340,15 @@ func (v *View) noAgentReason(j *proto.Job, m string) string {
 		}
 	}
 	if m == "" {
+		// An unhealthy agent is named: "busy" would hide a host that needs an operator.
+		for _, a := range v.agents {
+			if a.Alive && a.Unhealthy != "" && v.alive == 1 {
+				return v.refuses(j, "", a)
+			}
+			if a.Alive && a.Unhealthy != "" {
+				return fmt.Sprintf("all %d alive agents are busy or unhealthy (%s)", v.alive, v.refuses(j, "", a))
+			}
+		}
 		return fmt.Sprintf("all %d alive agents are busy", v.alive)
 	}
 	with := 0

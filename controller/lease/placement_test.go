@@ -48,6 +48,18 @@ func polling(name string, storage, memory uint64, running, max int, methods ...s
 	return Agent{Name: name, Alive: true, Polls: 1, Running: running, MaxJobs: max, StorageFree: storage, MemoryFree: memory, Methods: methods}
 }
 
+// sick is a with a failed libvirt self-check.
+func sick(a Agent) Agent {
+	a.Unhealthy = proto.HealthReason(proto.HealthCheckLibvirt)
+	return a
+}
+
+// failedOn is j after attempts that ended on agents.
+func failedOn(j *proto.Job, agents ...string) *proto.Job {
+	j.FailedAgents, j.Attempt = agents, len(agents)
+	return j
+}
+
 func seq(jobs []*proto.Job) func(func(*proto.Job) bool) {
 	return func(yield func(*proto.Job) bool) {
 		for _, j := range jobs {
@@ -166,6 +178,27 @@ func TestPlacement(t *testing.T) {
 			agents:  []Agent{{Name: "dead", MaxJobs: 2}},
 			jobs:    []*proto.Job{pjob("j1", "vc")},
 			reasons: map[string]string{"j1": "no agent is alive in the fleet"}},
+		{name: "an unhealthy agent gets no job, however much room it has",
+			agents:  []Agent{sick(polling("big", 99*gib, 99*gib, 0, 4)), polling("small", gib, gib, 3, 4)},
+			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("j2", "vc")},
+			grants:  []string{"j1→small"},
+			reasons: map[string]string{"j2": `all 2 alive agents are busy or unhealthy (agent "big" is unhealthy: libvirt`}},
+		{name: "only unhealthy agents: the job waits, saying why",
+			agents:  []Agent{sick(polling("big", 99*gib, 99*gib, 0, 4))},
+			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("t1", "vc", target("big"))},
+			reasons: map[string]string{"j1": `agent "big" is unhealthy: libvirt is not reachable`, "t1": `agent "big" is unhealthy`}},
+		{name: "a next attempt goes to another agent than the one that failed it",
+			agents: []Agent{polling("big", 99*gib, gib, 0, 4), polling("small", gib, gib, 0, 4)},
+			jobs:   []*proto.Job{failedOn(pjob("j1", "vc"), "big"), pjob("j2", "vc")},
+			grants: []string{"j1→small", "j2→big"}},
+		{name: "a next attempt waits for the other agent's poll",
+			agents:  []Agent{polling("big", 99*gib, gib, 0, 4), {Name: "small", Alive: true, MaxJobs: 4}},
+			jobs:    []*proto.Job{failedOn(pjob("j1", "vc"), "big")},
+			reasons: map[string]string{"j1": ""}},
+		{name: "a next attempt goes back when no other agent may take it",
+			agents: []Agent{polling("big", 99*gib, gib, 0, 4), {Name: "small", Alive: true, Running: 1, MaxJobs: 1}, sick(polling("sick", gib, gib, 0, 4))},
+			jobs:   []*proto.Job{failedOn(pjob("j1", "vc"), "big")},
+			grants: []string{"j1→big"}},
 		{name: "alive agents with room but not polling: nothing granted, nothing to explain",
 			agents:  []Agent{{Name: "idle", Alive: true, MaxJobs: 2}},
 			jobs:    []*proto.Job{pjob("j1", "vc")},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -67,59 +68,61 @@ func TestLifecycle(t *testing.T) {
 		wantErr error
 		status  proto.JobStatus
 		attempt int
+		// failedOn: the job's FailedAgents after the step (checked when set).
+		failedOn []string
 	}
 	cases := []struct {
 		name  string
 		steps []step
 	}{
 		{"complete", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdProgress, ProgressReport{LeaseToken: tok("a", 1), Progress: proto.Progress{Stage: "conversion", PercentComplete: 50}}, nil, proto.StatusRunning, 1},
-			{CmdComplete, CompleteReport{LeaseToken: tok("a", 1), At: t0}, nil, proto.StatusCompleted, 1},
-			{CmdComplete, CompleteReport{LeaseToken: tok("a", 1), At: t0}, ErrStaleLease, proto.StatusCompleted, 1},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdProgress, ProgressReport{LeaseToken: tok("a", 1), Progress: proto.Progress{Stage: "conversion", PercentComplete: 50}}, nil, proto.StatusRunning, 1, nil},
+			{CmdComplete, CompleteReport{LeaseToken: tok("a", 1), At: t0}, nil, proto.StatusCompleted, 1, nil},
+			{CmdComplete, CompleteReport{LeaseToken: tok("a", 1), At: t0}, ErrStaleLease, proto.StatusCompleted, 1, nil},
 		}},
 		{"grant must be next attempt", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent1", t0}, ErrStaleLease, proto.StatusPending, 0},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0}, ErrStaleLease, proto.StatusRunning, 1},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent1", t0}, ErrStaleLease, proto.StatusPending, 0, nil},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0}, ErrStaleLease, proto.StatusRunning, 1, nil},
 		}},
 		{"expire requeues then fails after max attempts", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "agent1 stopped renewing", At: t0}, nil, proto.StatusPending, 1},
-			{CmdProgress, ProgressReport{LeaseToken: tok("a", 1)}, ErrStaleLease, proto.StatusPending, 1},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0}, nil, proto.StatusRunning, 2},
-			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "late", At: t0}, ErrStaleLease, proto.StatusRunning, 2},
-			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 2), Reason: "x", At: t0}, nil, proto.StatusPending, 2},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 3), "agent1", t0}, nil, proto.StatusRunning, 3},
-			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 3), Reason: "x", At: t0}, nil, proto.StatusFailed, 3},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "agent1 stopped renewing", At: t0}, nil, proto.StatusPending, 1, []string{"agent1"}},
+			{CmdProgress, ProgressReport{LeaseToken: tok("a", 1)}, ErrStaleLease, proto.StatusPending, 1, nil},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0}, nil, proto.StatusRunning, 2, []string{"agent1"}},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "late", At: t0}, ErrStaleLease, proto.StatusRunning, 2, nil},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 2), Reason: "x", At: t0}, nil, proto.StatusPending, 2, []string{"agent1", "agent2"}},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 3), "agent1", t0}, nil, proto.StatusRunning, 3, nil},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 3), Reason: "x", At: t0}, nil, proto.StatusFailed, 3, []string{"agent1", "agent2"}},
 		}},
 		{"fail final and retryable", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "transfer reset", Retryable: true}, nil, proto.StatusPending, 1},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent1", t0}, nil, proto.StatusRunning, 2},
-			{CmdFail, FailReport{LeaseToken: tok("a", 2), Error: "VM not found"}, nil, proto.StatusFailed, 2},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "transfer reset", Retryable: true}, nil, proto.StatusPending, 1, []string{"agent1"}},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent1", t0}, nil, proto.StatusRunning, 2, nil},
+			{CmdFail, FailReport{LeaseToken: tok("a", 2), Error: "VM not found"}, nil, proto.StatusFailed, 2, nil},
 		}},
 		{"cancel pending", []step{
-			{CmdCancelJobs, CancelJobs{JobIDs: []string{"a"}}, nil, proto.StatusCancelled, 0},
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, ErrStaleLease, proto.StatusCancelled, 0},
+			{CmdCancelJobs, CancelJobs{JobIDs: []string{"a"}}, nil, proto.StatusCancelled, 0, nil},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, ErrStaleLease, proto.StatusCancelled, 0, nil},
 		}},
 		{"cancel running waits for the agent", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdCancelJobs, CancelJobs{JobIDs: []string{"a"}}, nil, proto.StatusRunning, 1},
-			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "cancelled", Cancelled: true}, nil, proto.StatusCancelled, 1},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdCancelJobs, CancelJobs{JobIDs: []string{"a"}}, nil, proto.StatusRunning, 1, nil},
+			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "cancelled", Cancelled: true}, nil, proto.StatusCancelled, 1, nil},
 		}},
 		{"cancel running then lease expires", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdCancelJobs, CancelJobs{Status: proto.StatusRunning}, nil, proto.StatusRunning, 1},
-			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "x", At: t0}, nil, proto.StatusCancelled, 1},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdCancelJobs, CancelJobs{Status: proto.StatusRunning}, nil, proto.StatusRunning, 1, nil},
+			{CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "x", At: t0}, nil, proto.StatusCancelled, 1, nil},
 		}},
 		{"unasked cancel ack is a failure", []step{
-			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1},
-			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "stopped", Cancelled: true}, nil, proto.StatusFailed, 1},
+			{CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0}, nil, proto.StatusRunning, 1, nil},
+			{CmdFail, FailReport{LeaseToken: tok("a", 1), Error: "stopped", Cancelled: true}, nil, proto.StatusFailed, 1, nil},
 		}},
 		{"unknown job", []step{
-			{CmdProgress, ProgressReport{LeaseToken: tok("zz", 1)}, ErrNotFound, proto.StatusPending, 0},
-			{CmdLeaseGrant, LeaseGrant{tok("zz", 1), "agent1", t0}, ErrNotFound, proto.StatusPending, 0},
+			{CmdProgress, ProgressReport{LeaseToken: tok("zz", 1)}, ErrNotFound, proto.StatusPending, 0, nil},
+			{CmdLeaseGrant, LeaseGrant{tok("zz", 1), "agent1", t0}, ErrNotFound, proto.StatusPending, 0, nil},
 		}},
 	}
 	for _, tc := range cases {
@@ -135,6 +138,9 @@ func TestLifecycle(t *testing.T) {
 				j := a.job("a")
 				if j.Status != st.status || j.Attempt != st.attempt {
 					t.Fatalf("step %d %s: job is %s attempt %d, want %s attempt %d", i, st.ct, j.Status, j.Attempt, st.status, st.attempt)
+				}
+				if st.failedOn != nil && !slices.Equal(j.FailedAgents, st.failedOn) {
+					t.Fatalf("step %d %s: failed agents %v, want %v", i, st.ct, j.FailedAgents, st.failedOn)
 				}
 			}
 		})
