@@ -83,6 +83,29 @@ type AgentInfo struct {
 	// LastSeen is the last time the answering controller had evidence the agent was alive.
 	LastSeen time.Time `json:"last_seen"`
 	Version  string    `json:"version,omitempty"`
+	// Cordon is the operator's "cordoned" or "draining" (hyperctl agents cordon|drain),
+	// replicated: every controller shows it ("" when the agent takes work).
+	Cordon string `json:"cordon,omitempty"`
+}
+
+// AgentControlRequest is the optional body of POST /agents/{name}/cordon|drain|uncordon.
+type AgentControlRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// Validate implements the API's request check.
+func (r *AgentControlRequest) Validate() error {
+	if len(r.Reason) > 256 {
+		return invalid("reason is longer than 256 bytes")
+	}
+	return nil
+}
+
+// AgentControlResponse answers a cordon, drain or uncordon.
+type AgentControlResponse struct {
+	Agent   string `json:"agent"`
+	Cordon  string `json:"cordon"` // "cordoned", "draining" or "" (uncordoned)
+	Message string `json:"message"`
 }
 
 // AgentsResponse answers GET /agents.

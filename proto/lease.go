@@ -100,7 +100,10 @@ type HeartbeatResponse struct {
 	Cancel []LeaseToken `json:"cancel,omitempty"`
 	Lost   []LeaseToken `json:"lost,omitempty"`
 	// Cutover lists warm jobs whose cutover an operator asked for.
-	Cutover    []LeaseToken `json:"cutover,omitempty"`
+	Cutover []LeaseToken `json:"cutover,omitempty"`
+	// HandBack: the agent is being drained (hyperctl agents drain): stop these jobs,
+	// clean up and report them retryable, so another agent runs them.
+	HandBack   []LeaseToken `json:"hand_back,omitempty"`
 	TTLSeconds float64      `json:"ttl_seconds"`
 }
 

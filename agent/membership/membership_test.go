@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
@@ -56,7 +57,7 @@ func TestAgentAdvertisesHost(t *testing.T) {
 	}, "controller does not see the agent")
 
 	meta := agent.Meta()
-	if seen.Node.Capacity != meta.Capacity || seen.Node.MaxJobs != 3 || seen.Node.APIAddr != "127.0.0.1:9090" || seen.Node.Version != "v-test" {
+	if !reflect.DeepEqual(seen.Node.Capacity, meta.Capacity) || seen.Node.MaxJobs != 3 || seen.Node.APIAddr != "127.0.0.1:9090" || seen.Node.Version != "v-test" {
 		t.Fatalf("controller sees %+v, agent advertises %+v", seen.Node, meta)
 	}
 	c := seen.Node.Capacity

@@ -29,6 +29,8 @@ var (
 	ErrFenced = errors.New("lease not renewed within its TTL; stopped by self-fencing")
 	// ErrShuttingDown: the agent stops; the job is handed back for another agent.
 	ErrShuttingDown = errors.New("agent shutting down")
+	// ErrDrained: an operator drains this agent; the job is handed back to run elsewhere.
+	ErrDrained = errors.New("agent drained")
 	// ErrRetryable wraps executor errors worth another attempt (possibly elsewhere).
 	ErrRetryable = errors.New("retryable")
 	// ErrNotCommitted: the leader did not commit the attempt (Reporter.Commit): it must
@@ -458,6 +460,11 @@ func (w *Worker) runJob(ctx context.Context, r *running) {
 			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: fmt.Sprintf("agent %s shut down during the job", w.cfg.Name), Retryable: true, Warnings: warnings}, nil, w.reportDeadline())
 		log.Info("job handed back (shutdown)")
 		w.count(func(s *Stats) { s.HandedBack++ })
+	case "drained":
+		rerr = w.c.postRetry(context.Background(), "/agent/v1/fail",
+			proto.FailRequest{LeaseToken: tok, Agent: w.cfg.Name, Error: fmt.Sprintf("agent %s is drained: job handed back", w.cfg.Name), Retryable: true, Warnings: warnings}, nil, w.reportDeadline())
+		log.Info("job handed back (agent drained)")
+		w.count(func(s *Stats) { s.HandedBack++ })
 	default:
 		if err == nil {
 			err = ctx.Err()
@@ -501,6 +508,8 @@ func outcome(err, ctxErr, cause error) string {
 		return "cancelled"
 	case errors.Is(cause, ErrShuttingDown):
 		return "shutting_down"
+	case errors.Is(cause, ErrDrained):
+		return "drained"
 	}
 	return "failed"
 }
@@ -613,6 +622,9 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		stop := map[string]error{}
 		for _, t := range resp.Lost {
 			stop[t.JobID] = ErrLeaseLost
+		}
+		for _, t := range resp.HandBack {
+			stop[t.JobID] = ErrDrained
 		}
 		for _, t := range resp.Cancel {
 			stop[t.JobID] = ErrCancelRequested

@@ -14,6 +14,42 @@ func init() {
 	register("agents", "enrolled", &command{help: "agents enrolled with their own credential", run: (*app).agentsEnrolled})
 	register("agents", "forget", &command{usage: "NAME", help: "drop an agent's credential (a replaced host may then enrol under NAME)", run: (*app).agentsForget})
 	register("agents", "rotate", &command{usage: "NAME", help: "make an agent replace its credential on its next call", run: (*app).agentsRotate})
+	for _, c := range []struct{ action, help string }{
+		{"cordon", "keep an agent from new jobs (replicated); its running jobs finish"},
+		{"drain", "cordon an agent and hand its running jobs back to run elsewhere (those not yet at their commit point)"},
+		{"uncordon", "let a cordoned or drained agent take jobs again"},
+	} {
+		action := c.action
+		register("agents", action, &command{usage: "NAME", help: c.help,
+			run: func(a *app, args []string) error { return a.agentControl(action, args) }})
+	}
+}
+
+func (a *app) agentControl(action string, args []string) error {
+	if err := needArgs(args, 1, "one agent NAME"); err != nil {
+		return err
+	}
+	res, err := a.client.AgentControl(a.ctx, args[0], action, "")
+	if err != nil {
+		return err
+	}
+	if a.jsonOut() {
+		return a.printJSON(res)
+	}
+	fmt.Fprintln(a.stdout, res.Message)
+	return nil
+}
+
+// agentHealth is "ok", or "UNHEALTHY: the failed checks", plus the cordon.
+func agentHealth(ag proto.AgentInfo) string {
+	h := "ok"
+	if len(ag.Capacity.FailedChecks) > 0 {
+		h = "UNHEALTHY: " + strings.Join(ag.Capacity.FailedChecks, ",")
+	}
+	if ag.Cordon != "" {
+		h += " (" + ag.Cordon + ")"
+	}
+	return h
 }
 
 func (a *app) agentsEnrolled(args []string) error {
@@ -76,10 +112,10 @@ func (a *app) agentsList(args []string) error {
 		return nil
 	}
 	sort.Slice(res.Agents, func(i, j int) bool { return res.Agents[i].Name < res.Agents[j].Name })
-	t := a.table("NAME", "STATE", "CPUS", "MEMORY USED", "STORAGE FREE", "JOBS", "METHODS", "LAST SEEN")
+	t := a.table("NAME", "STATE", "HEALTH", "CPUS", "MEMORY USED", "STORAGE FREE", "JOBS", "METHODS", "LAST SEEN")
 	for _, ag := range res.Agents {
 		c := ag.Capacity
-		t.row(ag.Name, ag.State, c.CPUs, memUsed(c), humanBytes(c.StorageFreeBytes),
+		t.row(ag.Name, ag.State, agentHealth(ag), c.CPUs, memUsed(c), humanBytes(c.StorageFreeBytes),
 			fmt.Sprintf("%d/%d", ag.RunningJobs, ag.MaxJobs), strings.Join(ag.Capabilities.Methods, ","), ago(ag.LastSeen))
 	}
 	return t.flush()
@@ -137,6 +173,8 @@ func (a *app) agentsGet(args []string) error {
 	return fields(a.stdout,
 		"Name", ag.Name,
 		"State", string(ag.State),
+		"Health", agentHealth(ag),
+		"Problems", strings.Join(ag.Capacity.Reasons, "; "),
 		"Gossip address", ag.Address,
 		"API address", ag.APIAddr,
 		"Version", ag.Version,

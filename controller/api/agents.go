@@ -66,6 +66,7 @@ func (s *Server) SetAgents(cfg AgentsConfig) {
 	r.HandleFunc("/agents/{name}", s.handleAgent).Methods(http.MethodGet)
 	r.HandleFunc("/agents/{name}/forget", s.handleForget).Methods(http.MethodPost)
 	r.HandleFunc("/agents/{name}/rotate", s.handleRotateRequest).Methods(http.MethodPost)
+	r.HandleFunc("/agents/{name}/{action:cordon|uncordon|drain}", s.handleAgentControl).Methods(http.MethodPost)
 	a := r.PathPrefix("/agent/v1").Subrouter()
 	a.Use(s.agentAuth)
 	a.HandleFunc("/enroll", s.handleEnroll).Methods(http.MethodPost)
@@ -84,6 +85,9 @@ func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
 	if s.agents.Fleet != nil {
 		resp.Agents = append(resp.Agents, s.agents.Fleet.List()...)
 	}
+	for i := range resp.Agents {
+		resp.Agents[i].Cordon = s.cordonOf(resp.Agents[i].Name)
+	}
 	resp.Total = len(resp.Agents)
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -92,6 +96,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	name := mux.Vars(r)["name"]
 	if s.agents.Fleet != nil {
 		if a, ok := s.agents.Fleet.Get(name); ok {
+			a.Cordon = s.cordonOf(name)
 			writeJSON(w, http.StatusOK, a)
 			return
 		}

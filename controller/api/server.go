@@ -40,6 +40,9 @@ type Store interface {
 	Webhooks() []proto.Webhook
 	// AppliedIndex is the raft index of the last command the state applied.
 	AppliedIndex() uint64
+	// AgentControlOf and AgentEverSeen: the operator's cordons (cordon.go).
+	AgentControlOf(agent string) (state.AgentControl, bool)
+	AgentEverSeen(agent string) bool
 }
 
 // Raft is the controller's raft node as the API uses it (controller/cluster.Node): who

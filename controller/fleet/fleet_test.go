@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -166,7 +167,7 @@ func TestFleetFollowsAgents(t *testing.T) {
 	for i, want := range []string{"kvm01", "kvm02", "kvm03"} {
 		got := list[i]
 		meta := agents[want].Meta()
-		if got.Name != want || got.Capacity != meta.Capacity || got.MaxJobs != meta.MaxJobs ||
+		if got.Name != want || !reflect.DeepEqual(got.Capacity, meta.Capacity) || got.MaxJobs != meta.MaxJobs ||
 			got.Address != agents[want].Node().Addr() || got.Version != "v-test" {
 			t.Fatalf("agent %d = %+v, want name %s capacity %+v", i, got, want, meta.Capacity)
 		}

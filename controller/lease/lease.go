@@ -217,7 +217,7 @@ func (m *Manager) poke() {
 
 func (m *Manager) onEvent(ev state.Event) {
 	switch ev.Kind {
-	case state.EventJobSubmitted, state.EventJobRequeued, state.EventRestored:
+	case state.EventJobSubmitted, state.EventJobRequeued, state.EventRestored, state.EventAgentControl:
 		m.poke()
 	case state.EventJobCompleted, state.EventJobFailed, state.EventJobCancelled:
 		id := ev.Job.Definition.ID
@@ -367,6 +367,13 @@ func unhealthy(c proto.AgentCapacity) string {
 	return strings.Join(r, "; ")
 }
 
+func cordonWord(action string) string {
+	if action == state.AgentDrain {
+		return "draining"
+	}
+	return "cordoned"
+}
+
 // input is placement's input: the gossip view of agents merged with the waiting polls
 // (which count as alive and carry the freshest capacity), the state's running counts.
 func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) error) Input {
@@ -406,6 +413,9 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 		// with a poll, the state's count is the one placement keeps up to date.
 		if n := m.st.RunningOn(name); n > a.Running || a.Polls > 0 {
 			a.Running = n
+		}
+		if c, ok := m.st.AgentControlOf(name); ok {
+			a.Cordoned = cordonWord(c.Action)
 		}
 		in.Agents = append(in.Agents, *a)
 	}

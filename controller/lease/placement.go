@@ -26,6 +26,7 @@ import (
 //     could only fail it with "bad credentials".
 //   - A warm job needs vddk like a job that demands it, and goes back to the agent holding
 //     its earlier attempt's copy when that agent asks.
+//   - A cordoned or draining agent (hyperctl agents cordon|drain) gets no job.
 //   - An agent whose self-checks fail (libvirt unreachable, storage not writable or full,
 //     no qemu-img) gets no job.
 //   - A job's next attempt goes to another agent than the ones its earlier attempts ended
@@ -49,6 +50,8 @@ type Agent struct {
 	// Unhealthy says which self-check of the agent failed ("" when none that matters to
 	// placement did).
 	Unhealthy string
+	// Cordoned is the operator's cordon or drain ("cordoned", "draining"; "" when none).
+	Cordoned string
 }
 
 func (a *Agent) full() bool { return a.MaxJobs > 0 && a.Running >= a.MaxJobs }
@@ -193,6 +196,8 @@ func (v *View) refuses(j *proto.Job, t string, a *Agent) string {
 		return fmt.Sprintf("only target agent %q may run it", t)
 	case !a.Alive:
 		return fmt.Sprintf("agent %q is not alive", a.Name)
+	case a.Cordoned != "":
+		return fmt.Sprintf("agent %q is %s (hyperctl agents uncordon %s)", a.Name, a.Cordoned, a.Name)
 	case a.Unhealthy != "":
 		return fmt.Sprintf("agent %q is unhealthy: %s", a.Name, a.Unhealthy)
 	case a.full():
@@ -340,14 +345,16 @@ func (v *View) noAgentReason(j *proto.Job, m string) string {
 		}
 	}
 	if m == "" {
-		// An unhealthy agent is named: "busy" would hide a host that needs an operator.
+		// An unhealthy or cordoned agent is named: "busy" would hide a host that needs
+		// an operator.
 		for _, a := range v.agents {
-			if a.Alive && a.Unhealthy != "" && v.alive == 1 {
+			if !a.Alive || a.Unhealthy == "" && a.Cordoned == "" {
+				continue
+			}
+			if v.alive == 1 {
 				return v.refuses(j, "", a)
 			}
-			if a.Alive && a.Unhealthy != "" {
-				return fmt.Sprintf("all %d alive agents are busy or unhealthy (%s)", v.alive, v.refuses(j, "", a))
-			}
+			return fmt.Sprintf("all %d alive agents are busy or kept from work (%s)", v.alive, v.refuses(j, "", a))
 		}
 		return fmt.Sprintf("all %d alive agents are busy", v.alive)
 	}

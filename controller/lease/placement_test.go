@@ -54,6 +54,11 @@ func sick(a Agent) Agent {
 	return a
 }
 
+func cordoned(a Agent, how string) Agent {
+	a.Cordoned = how
+	return a
+}
+
 // failedOn is j after attempts that ended on agents.
 func failedOn(j *proto.Job, agents ...string) *proto.Job {
 	j.FailedAgents, j.Attempt = agents, len(agents)
@@ -182,7 +187,7 @@ func TestPlacement(t *testing.T) {
 			agents:  []Agent{sick(polling("big", 99*gib, 99*gib, 0, 4)), polling("small", gib, gib, 3, 4)},
 			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("j2", "vc")},
 			grants:  []string{"j1→small"},
-			reasons: map[string]string{"j2": `all 2 alive agents are busy or unhealthy (agent "big" is unhealthy: libvirt`}},
+			reasons: map[string]string{"j2": `all 2 alive agents are busy or kept from work (agent "big" is unhealthy: libvirt`}},
 		{name: "only unhealthy agents: the job waits, saying why",
 			agents:  []Agent{sick(polling("big", 99*gib, 99*gib, 0, 4))},
 			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("t1", "vc", target("big"))},
@@ -199,6 +204,15 @@ func TestPlacement(t *testing.T) {
 			agents: []Agent{polling("big", 99*gib, gib, 0, 4), {Name: "small", Alive: true, Running: 1, MaxJobs: 1}, sick(polling("sick", gib, gib, 0, 4))},
 			jobs:   []*proto.Job{failedOn(pjob("j1", "vc"), "big")},
 			grants: []string{"j1→big"}},
+		{name: "a cordoned agent gets no job",
+			agents:  []Agent{cordoned(polling("big", 99*gib, 99*gib, 0, 4), "cordoned"), polling("small", gib, gib, 0, 4)},
+			jobs:    []*proto.Job{pjob("j1", "vc"), pjob("t1", "vc", target("big"))},
+			grants:  []string{"j1→small"},
+			reasons: map[string]string{"t1": `agent "big" is cordoned (hyperctl agents uncordon big)`}},
+		{name: "a draining agent gets no job",
+			agents:  []Agent{cordoned(polling("big", 99*gib, 99*gib, 0, 4), "draining")},
+			jobs:    []*proto.Job{pjob("j1", "vc")},
+			reasons: map[string]string{"j1": `agent "big" is draining`}},
 		{name: "alive agents with room but not polling: nothing granted, nothing to explain",
 			agents:  []Agent{{Name: "idle", Alive: true, MaxJobs: 2}},
 			jobs:    []*proto.Job{pjob("j1", "vc")},

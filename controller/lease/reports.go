@@ -18,6 +18,8 @@ func (m *Manager) Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse
 	if !m.leading {
 		return resp, ErrNotLeader
 	}
+	ctl, _ := m.st.AgentControlOf(req.Agent)
+	draining := ctl.Action == state.AgentDrain
 	for _, t := range req.Leases {
 		j, ok := m.st.Job(t.JobID)
 		if !ok || j.Status != proto.StatusRunning || j.Attempt != t.Attempt || j.Agent != req.Agent {
@@ -25,14 +27,30 @@ func (m *Manager) Heartbeat(req proto.HeartbeatRequest) (proto.HeartbeatResponse
 			continue
 		}
 		m.arm(j)
-		if j.CancelRequested {
+		switch {
+		case j.CancelRequested:
 			resp.Cancel = append(resp.Cancel, t)
+		case draining && j.Commit == nil && handBackSafe(j.Progress.Stage):
+			resp.HandBack = append(resp.HandBack, t)
 		}
 		if j.Warm != nil && j.Warm.CutoverRequested && j.Warm.Phase == proto.WarmPhasePrecopy {
 			resp.Cutover = append(resp.Cutover, t)
 		}
 	}
 	return resp, nil
+}
+
+// handBackSafe says whether a drained agent's job may be stopped and run elsewhere at its
+// stage: before its commit point (Job.Commit, checked by the caller) and before it defines
+// its domain, the work is only disk copies the agent deletes; from there on the job
+// finishes where it is (a hand-back would leave a domain on the drained host and define
+// another elsewhere).
+func handBackSafe(stage string) bool {
+	switch stage {
+	case proto.StageDefining, proto.StageBootCheck, proto.StageCompleted:
+		return false
+	}
+	return true
 }
 
 // checkOwner verifies a report comes from the agent holding the lease (a token alone

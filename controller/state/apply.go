@@ -80,6 +80,8 @@ func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known b
 		return decoded(body, s.applyAgentRotate), true
 	case CmdAgentRotateRequest:
 		return decoded(body, s.applyAgentRotateRequest), true
+	case CmdAgentControl:
+		return decoded(body, func(c AgentControl) any { return s.applyAgentControl(idx, c) }), true
 	}
 	return nil, false
 }

@@ -33,6 +33,8 @@ type snapshotHeader struct {
 	SW *swSnapshot `json:"sw,omitempty"`
 	// Agents: enrolled agent identities (absent in snapshots written before them).
 	Agents []AgentIdentity `json:"agents,omitempty"`
+	// AgentControls: cordoned and draining agents (absent in older snapshots).
+	AgentControls []AgentControl `json:"agent_controls,omitempty"`
 }
 
 type snapshotJob struct {
@@ -65,6 +67,7 @@ func (f FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	// Sorted: snapshots of equal states are equal bytes (the round-trip tests compare them).
 	slices.SortFunc(snap.header.Agents, func(a, b AgentIdentity) int { return strings.Compare(a.Name, b.Name) })
+	snap.header.AgentControls = s.agentControlsLocked()
 	s.all.Ascend(func(e *entry) bool {
 		snap.jobs = append(snap.jobs, snapshotJob{Seq: e.seq, Job: e.job})
 		return true
@@ -127,6 +130,9 @@ func (f FSM) Restore(rc io.ReadCloser) error {
 		s.nodes[n.ID] = n
 	}
 	s.restoreAgentsLocked(h.Agents)
+	for _, c := range h.AgentControls {
+		s.agentCtl[c.Agent] = c
+	}
 	s.sw.restoreLocked(h.SW, func(id string) bool {
 		e, ok := s.jobs[id]
 		return !ok || e.job.Status.Terminal()

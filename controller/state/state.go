@@ -46,6 +46,8 @@ type State struct {
 	runningVC map[string]int
 	nextSeq   uint64
 	nodes     map[string]NodeInfo
+	// agentCtl holds the cordoned and draining agents (agentctl.go).
+	agentCtl map[string]AgentControl
 	// strs interns the strings jobs repeat (vCenter, user, types, agent names): JSON
 	// decoding allocates each copy anew, which at 100k jobs is megabytes of duplicates.
 	strs map[string]string
@@ -81,6 +83,7 @@ func (s *State) reset() {
 	s.runningVC = make(map[string]int)
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
+	s.agentCtl = make(map[string]AgentControl)
 	s.strs = make(map[string]string)
 	s.agentIDs = make(map[string]*AgentIdentity)
 	s.agentByCred = make(map[string]string)

@@ -50,3 +50,9 @@ func (c *Client) RotateAgent(ctx context.Context, name string) (proto.MessageRes
 	var out proto.MessageResponse
 	return out, c.post(ctx, "/agents/"+pathEscape(name)+"/rotate", nil, &out)
 }
+
+// AgentControl cordons, drains or uncordons an agent (action: cordon, drain, uncordon).
+func (c *Client) AgentControl(ctx context.Context, name, action, reason string) (proto.AgentControlResponse, error) {
+	var out proto.AgentControlResponse
+	return out, c.post(ctx, "/agents/"+pathEscape(name)+"/"+action, proto.AgentControlRequest{Reason: reason}, &out)
+}

@@ -1,0 +1,87 @@
+package state
+
+import (
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Agent controls: an operator's cordon, drain and uncordon of an agent, replicated so
+// every controller (and the next leader) keeps an agent out of work. Commands 30-39.
+
+const (
+	// CmdAgentControl sets or clears an agent's cordon (AgentControl).
+	CmdAgentControl CommandType = 30
+)
+
+func init() { commandNames[CmdAgentControl] = "agent_control" }
+
+// EventAgentControl: an agent was cordoned, drained or uncordoned (no job changed).
+const EventAgentControl EventKind = "agent.control"
+
+// Agent control actions.
+const (
+	AgentCordon   = "cordon"   // no new jobs; running ones finish
+	AgentDrain    = "drain"    // no new jobs; running ones are handed back at a safe point
+	AgentUncordon = "uncordon" // back to work
+)
+
+// AgentControl is the command, and the stored control of one agent.
+type AgentControl struct {
+	Agent  string    `json:"agent"`
+	Action string    `json:"action"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+func (s *State) applyAgentControl(idx uint64, c AgentControl) any {
+	if c.Agent == "" {
+		return fmt.Errorf("%w: agent control without an agent", ErrBadCommand)
+	}
+	s.mu.Lock()
+	switch c.Action {
+	case AgentCordon, AgentDrain:
+		s.agentCtl[c.Agent] = c
+	case AgentUncordon:
+		delete(s.agentCtl, c.Agent)
+	default:
+		s.mu.Unlock()
+		return fmt.Errorf("%w: agent control action %q", ErrBadCommand, c.Action)
+	}
+	s.mu.Unlock()
+	s.events.publish(Event{Kind: EventAgentControl, Index: idx})
+	return nil
+}
+
+// AgentControlOf returns the agent's cordon or drain (ok false: it takes work).
+func (s *State) AgentControlOf(agent string) (AgentControl, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.agentCtl[agent]
+	return c, ok
+}
+
+// AgentControls returns every cordoned or draining agent, by name.
+func (s *State) AgentControls() []AgentControl {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.agentControlsLocked()
+}
+
+func (s *State) agentControlsLocked() []AgentControl {
+	out := make([]AgentControl, 0, len(s.agentCtl))
+	for _, c := range s.agentCtl {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Agent < out[j].Agent })
+	return out
+}
+
+// AgentEverSeen reports whether any job ran (or runs) on the agent.
+func (s *State) AgentEverSeen(agent string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.byAgent[agent]
+	_, ctl := s.agentCtl[agent]
+	return ok || ctl
+}
