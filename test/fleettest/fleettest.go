@@ -225,3 +225,36 @@ const CanaryPassword = "canary-Pa55w0rd"
 func (a *Agent) Heartbeat() (int, error) {
 	return a.post("/agent/v1/heartbeat", proto.HeartbeatRequest{Agent: a.Name}, nil)
 }
+
+// TryLease is one long-poll of up to wait: the lease, or nil when none was granted.
+func (a *Agent) TryLease(wait time.Duration) (*proto.Lease, error) {
+	var res proto.LeaseResponse
+	_, err := a.post("/agent/v1/lease", proto.LeaseRequest{
+		Agent: a.Name, MaxJobs: 4, WaitSeconds: max(1, int(wait/time.Second)),
+		Capacity:     proto.AgentCapacity{CPUs: 4, MemoryTotalBytes: 16 << 30, MemoryFreeBytes: 8 << 30, StorageFreeBytes: 500 << 30, Healthy: true},
+		Capabilities: proto.AgentCapabilities{QemuImg: true, Nbdkit: true, Methods: []string{"https", "nfc"}},
+	}, &res)
+	return res.Lease, err
+}
+
+// Renew heartbeats for leases and returns the controller's answer.
+func (a *Agent) Renew(t testing.TB, leases ...*proto.Lease) proto.HeartbeatResponse {
+	t.Helper()
+	req := proto.HeartbeatRequest{Agent: a.Name}
+	for _, l := range leases {
+		req.Leases = append(req.Leases, l.LeaseToken)
+	}
+	var res proto.HeartbeatResponse
+	if _, err := a.post("/agent/v1/heartbeat", req, &res); err != nil {
+		t.Fatalf("heartbeat of %s: %v", a.Name, err)
+	}
+	return res
+}
+
+// FailRetryable reports a failed attempt the job may retry (a hand-back).
+func (a *Agent) FailRetryable(t testing.TB, l *proto.Lease, msg string) {
+	t.Helper()
+	if _, err := a.post("/agent/v1/fail", proto.FailRequest{LeaseToken: l.LeaseToken, Agent: a.Name, Error: msg, Retryable: true}, nil); err != nil {
+		t.Fatalf("fail %s: %v", l.JobID, err)
+	}
+}
