@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,6 +158,18 @@ func StartAgent(t testing.TB, dir, name string, cs []*Controller, extra ...strin
 // processes it starts).
 func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controller, extra ...string) *Agent {
 	t.Helper()
+	return startAgent(t, env, dir, name, cs, http.StatusOK, extra...)
+}
+
+// StartUnhealthyAgent is StartAgent for an agent a test breaks on purpose (extra flags win
+// over the harness's): it waits for /health to answer 503 instead of 200.
+func StartUnhealthyAgent(t testing.TB, dir, name string, cs []*Controller, extra ...string) *Agent {
+	t.Helper()
+	return startAgent(t, nil, dir, name, cs, http.StatusServiceUnavailable, extra...)
+}
+
+func startAgent(t testing.TB, env []string, dir, name string, cs []*Controller, health int, extra ...string) *Agent {
+	t.Helper()
 	var urls, gossip []string
 	for _, c := range cs {
 		urls = append(urls, c.URL())
@@ -175,8 +188,8 @@ func StartAgentEnv(t testing.TB, env []string, dir, name string, cs []*Controlle
 		env = append(env[:len(env):len(env)], "SSL_CERT_FILE="+cs[0].CAFile)
 	}
 	a.Proc = StartWithEnv(t, Bin(t, "hypersdk-agent"), name, dir, env, args...)
-	WaitFor(t, 30*time.Second, "agent "+name+" serves /health", func() bool {
-		return GetJSON("http://"+a.APIAddr+"/health", nil) == 200
+	WaitFor(t, 30*time.Second, fmt.Sprintf("agent %s answers /health %d", name, health), func() bool {
+		return GetJSON("http://"+a.APIAddr+"/health", nil) == health
 	})
 	return a
 }
