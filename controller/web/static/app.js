@@ -346,7 +346,9 @@
     svg.setAttribute('class', 'spark');
     svg.setAttribute('preserveAspectRatio', 'none');
     card = el('article', { class: 'agent-card', 'data-agent': name },
-      el('header', {}, el('h3', { class: 'agent-name', text: name }), el('span', { class: 'badge agent-state' })),
+      el('header', {}, el('h3', { class: 'agent-name', text: name }), el('span', { class: 'badge agent-state' }),
+        el('span', { class: 'badge agent-health' }), el('span', { class: 'badge agent-cordon' })),
+      el('p', { class: 'problems' }),
       el('div', { class: 'facts' },
         el('div', {}, el('span', { class: 'k', text: 'CPUs' }), el('span', { class: 'v cpus' })),
         el('div', {}, el('span', { class: 'k', text: 'Jobs' }), el('span', { class: 'v jobs' })),
@@ -379,6 +381,22 @@
       const st = $('.agent-state', card);
       setText(st, a.state);
       st.className = 'badge agent-state ag-' + a.state;
+      // The agent's self-checks and the operator's cordon: a host that takes no work
+      // must not look like one that does (issue 17).
+      const failed = c.failed_checks || [];
+      const he = $('.agent-health', card);
+      setText(he, failed.length ? 'unhealthy' : 'healthy');
+      he.className = 'badge agent-health ' + (failed.length ? 'ag-unhealthy' : 'ag-healthy');
+      he.hidden = !member;
+      const ce = $('.agent-cordon', card);
+      setText(ce, a.cordon || '');
+      ce.className = 'badge agent-cordon ag-cordoned';
+      ce.hidden = !a.cordon;
+      const pe = $('.problems', card);
+      setText(pe, (c.reasons || []).join(' · '));
+      pe.hidden = !member || failed.length === 0;
+      card.classList.toggle('unhealthy', member && failed.length > 0);
+      card.classList.toggle('cordoned', !!a.cordon);
       setText($('.cpus', card), c.cpus);
       setText($('.jobs', card), `${a.running_jobs || 0} / ${a.max_jobs || 0}`);
       setText($('.storage', card), c.storage_total_bytes ? `${bytes(c.storage_free_bytes)} of ${bytes(c.storage_total_bytes)}` : bytes(c.storage_free_bytes));
@@ -426,11 +444,23 @@
       el('td', {}, n.id, n.id === cl.node_id ? el('span', { class: 'sub', text: ' (answering)' }) : null),
       el('td', {}, el('span', { class: 'badge role-' + n.state, text: n.state })),
       el('td', { text: n.voter ? 'yes' : 'no' }),
+      // Reachability, last contact and lag as the leader sees them (absent: no leader).
+      el('td', {}, n.health ? el('span', { class: 'badge ' + (n.health.reachable ? 'ag-alive' : 'ag-dead'), text: n.health.reachable ? 'yes' : 'no' }) : '?'),
+      el('td', { class: 'contact', text: n.health ? contactText(n.health) : '–' }),
+      el('td', { class: 'num lag', text: n.health ? String(n.health.replication_lag || 0) : '–' }),
       el('td', { class: 'mono', text: n.api_addr || '–' }),
       el('td', { class: 'mono', text: n.raft_addr || '–' }))));
     setText($('#cluster-summary'), cl.leader && cl.leader.id ? `leader ${cl.leader.id}` : 'no leader');
-    setText($('#cluster-meta'), `commit index ${cl.commit_index} · applied index ${cl.applied_index}`);
+    setText($('#cluster-meta'), `commit index ${cl.commit_index} · applied index ${cl.applied_index}` +
+      (cl.catching_up ? ` · this controller is catching up: ${cl.sync_reason}` : '') +
+      (cl.health_from ? ` · member health from ${cl.health_from}` : ' · member health unknown: no leader answered'));
     setText($('#foot-node'), 'served by ' + cl.node_id);
+  }
+
+  function contactText(h) {
+    if (!h.last_contact) return 'never';
+    const s = h.last_contact_seconds || 0;
+    return s < 1 ? 'now' : `${s < 60 ? s.toFixed(0) + ' s' : Math.round(s / 60) + ' min'} ago`;
   }
 
   function renderStatus(st) {
