@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller/api"
@@ -53,6 +54,7 @@ type Controller struct {
 	http    *http.Server
 
 	savedControllers []byte
+	gossipJoining    atomic.Bool // a join of the other controllers' gossip runs (gossipjoin.go)
 
 	secrets    *secrets.Box // seals passwords in the raft log (nil: no key configured)
 	scheme     string       // http or https
@@ -246,7 +248,7 @@ func (c *Controller) startGossip(nodeID string) error {
 	gc.Logger = c.log
 	node, err := gossip.New(gc)
 	if err != nil {
-		return fmt.Errorf("gossip on %s: %w", c.cfg.Gossip.Addr, err)
+		return fmt.Errorf("gossip on %s: %w (each controller on one machine needs its own: --gossip-addr, config gossip.addr)", c.cfg.Gossip.Addr, err)
 	}
 	c.Gossip = node
 	c.Fleet = fleet.New(node, fleet.Config{Logger: c.log})
@@ -318,7 +320,7 @@ func writeNodeID(dataDir, id string) error {
 // joinLoop asks the controllers named by --join to add this node until it is part of
 // the cluster (it then hears from a leader).
 func (c *Controller) joinLoop(ctx context.Context) {
-	req := proto.JoinRequest{ID: c.Node.ID(), RaftAddr: c.Node.RaftAddr(), APIAddr: c.apiAddr}
+	req := proto.JoinRequest{ID: c.Node.ID(), RaftAddr: c.Node.RaftAddr(), APIAddr: c.apiAddr, GossipAddr: c.gossipAddr()}
 	backoff := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		for _, addr := range c.cfg.Cluster.Join {
@@ -344,7 +346,7 @@ func (c *Controller) joinLoop(ctx context.Context) {
 // followers can forward writes to whichever node leads. The leader applies its own
 // registration; a follower asks the leader (idempotent join).
 func (c *Controller) registrationLoop(ctx context.Context) {
-	mine := state.NodeInfo{ID: c.Node.ID(), APIAddr: c.apiAddr, RaftAddr: c.Node.RaftAddr()}
+	mine := state.NodeInfo{ID: c.Node.ID(), APIAddr: c.apiAddr, RaftAddr: c.Node.RaftAddr(), GossipAddr: c.gossipAddr()}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -354,6 +356,7 @@ func (c *Controller) registrationLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		c.saveKnownControllers()
+		c.joinControllersGossip(ctx)
 		if cur, ok := c.State.Node(mine.ID); ok && cur == mine {
 			continue
 		}
@@ -381,7 +384,7 @@ func (c *Controller) registrationLoop(ctx context.Context) {
 			targets = append(targets, c.cfg.Cluster.Join...)
 		}
 		for _, addr := range targets {
-			err := c.postJSON(ctx, addr, "/cluster/join", proto.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr})
+			err := c.postJSON(ctx, addr, "/cluster/join", proto.JoinRequest{ID: mine.ID, RaftAddr: mine.RaftAddr, APIAddr: mine.APIAddr, GossipAddr: mine.GossipAddr})
 			if err == nil {
 				break
 			}

@@ -67,11 +67,14 @@ type JoinRequest struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
+	// GossipAddr is the node's gossip address: every controller joins the others' pools,
+	// so agents joined through any one are seen by all (optional: older controllers).
+	GossipAddr string `json:"gossip_addr,omitempty"`
 }
 
 // Validate checks a join request.
 func (r *JoinRequest) Validate() error {
-	if r.ID == "" || !validHostPort(r.RaftAddr) || !validHostPort(r.APIAddr) {
+	if r.ID == "" || !validHostPort(r.RaftAddr) || !validHostPort(r.APIAddr) || r.GossipAddr != "" && !validHostPort(r.GossipAddr) {
 		return invalid("join needs id, raft_addr (host:port) and api_addr (host:port)")
 	}
 	return nil

@@ -133,7 +133,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		if err := s.node.Join(j.ID, j.RaftAddr); err != nil {
 			return 0, nil, err
 		}
-		reg := state.NodeInfo{ID: j.ID, APIAddr: j.APIAddr, RaftAddr: j.RaftAddr}
+		reg := state.NodeInfo{ID: j.ID, APIAddr: j.APIAddr, RaftAddr: j.RaftAddr, GossipAddr: j.GossipAddr}
 		if cur, ok := s.st.Node(j.ID); !ok || cur != reg {
 			if _, err := s.node.Apply(state.MustEncode(state.CmdRegisterNode, reg)); err != nil {
 				return 0, nil, err

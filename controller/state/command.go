@@ -176,6 +176,8 @@ type NodeInfo struct {
 	ID       string `json:"id"`
 	APIAddr  string `json:"api_addr"`
 	RaftAddr string `json:"raft_addr"`
+	// GossipAddr: where the node's gossip pool is joined (absent from older controllers).
+	GossipAddr string `json:"gossip_addr,omitempty"`
 }
 
 // RemoveNode forgets a controller's registration.

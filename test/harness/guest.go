@@ -73,3 +73,7 @@ func Bridge(t testing.TB) string {
 	}
 	return name
 }
+
+// AgentTestArgs are the flags every test agent gets (guest conversion off, the shared
+// virtualisation decision), for tests that build an agent's command line themselves.
+func AgentTestArgs() []string { return guestArgs() }
