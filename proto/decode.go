@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"sort"
 	"strings"
 	"time"
 )
@@ -22,6 +24,12 @@ func DecodeStrict(b []byte, v any, allowEmpty bool) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) && strings.HasPrefix(err.Error(), "json: unknown field ") {
+			if path := unknownFieldPath(b, reflect.TypeOf(v)); path != "" {
+				return fmt.Errorf("unknown field %q", path)
+			}
+		}
 		return describeJSONError(err)
 	}
 	if dec.More() {
@@ -76,4 +84,96 @@ func jsonKind(k string) string {
 		return "a number"
 	}
 	return k
+}
+
+// unknownFieldPath finds the first object key in b that t has no field for, as a JSON
+// path ("options.shutdwn", "[1].options.x"): encoding/json names only the key, and in a
+// job with nested objects the operator needs to know which one (issue 17).
+func unknownFieldPath(b []byte, t reflect.Type) string {
+	var v any
+	if json.Unmarshal(b, &v) != nil {
+		return ""
+	}
+	return findUnknown(v, t, "")
+}
+
+func findUnknown(v any, t reflect.Type, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	join := func(k string) string {
+		if path == "" {
+			return k
+		}
+		return path + "." + k
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		switch t.Kind() {
+		case reflect.Map:
+			for k, e := range x {
+				if p := findUnknown(e, t.Elem(), join(k)); p != "" {
+					return p
+				}
+			}
+		case reflect.Struct:
+			keys := make([]string, 0, len(x))
+			for k := range x {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				f, ok := jsonField(t, k)
+				if !ok {
+					return join(k)
+				}
+				if p := findUnknown(x[k], f.Type, join(k)); p != "" {
+					return p
+				}
+			}
+		}
+	case []any:
+		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			for i, e := range x {
+				if p := findUnknown(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); p != "" {
+					return p
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// jsonField is the field of struct t that JSON key k decodes into (case-insensitive like
+// encoding/json, embedded structs included).
+func jsonField(t reflect.Type, k string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				if g, ok := jsonField(ft, k); ok {
+					return g, true
+				}
+			}
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		if strings.EqualFold(name, k) {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
 }

@@ -107,6 +107,9 @@ type Options struct {
 	Warm                   bool       `json:"warm,omitempty"`
 	PrecopyIntervalSeconds int        `json:"precopy_interval_seconds,omitempty"`
 	CutoverAt              *time.Time `json:"cutover_at,omitempty"`
+	// AllowDuplicate lets a job be submitted while another job of the same source VM is
+	// pending or running (otherwise 409: one VM migrated twice is two domains).
+	AllowDuplicate bool `json:"allow_duplicate,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
@@ -326,4 +329,11 @@ type StatusResponse struct {
 	Version  string `json:"version,omitempty"`
 	UptimeS  int64  `json:"uptime_seconds"`
 	RaftRole string `json:"raft_state,omitempty"`
+}
+
+// SubmitBatchResponse answers POST /jobs/submit with a list of jobs: one answer per job,
+// in the list's order.
+type SubmitBatchResponse struct {
+	Jobs    []SubmitResponse `json:"jobs"`
+	Message string           `json:"message"`
 }

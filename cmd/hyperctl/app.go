@@ -19,8 +19,8 @@ import (
 // Exit codes scripts can rely on.
 const (
 	exitOK          = 0 // done
-	exitRejected    = 1 // the controller said no (4xx: not found, invalid, conflict, unauthorized)
-	exitUsage       = 2 // bad command line or input file
+	exitRejected    = 1 // the controller said no (4xx: not found, conflict, unauthorized)
+	exitUsage       = 2 // bad command line or input file (jobs submit: also the controller's 400)
 	exitUnavailable = 3 // no controller reachable, or it failed (5xx, no raft leader)
 	exitJobFailed   = 4 // jobs watch / submit --watch: the job ended failed or cancelled
 )
@@ -52,7 +52,8 @@ Global flags (also accepted after the command):
 Exit codes:
   0  success
   1  the controller refused the request (4xx: not found, invalid, conflict, unauthorized)
-  2  usage error (bad flags, arguments or input file)
+  2  bad input: flags, arguments or input file (jobs submit: also when the controller
+     finds a job invalid, 400); nothing was changed
   3  no controller reachable, or the cluster failed (5xx, no raft leader)
   4  jobs watch / submit --watch: the job ended failed or cancelled
 

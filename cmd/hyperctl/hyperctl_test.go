@@ -104,9 +104,13 @@ func TestCommands(t *testing.T) {
 	env := map[string]string{"HYPERSDK_SERVER": strings.Join(servers, ",")}
 
 	jobFile := writeFile(t, "job.yaml", jobYAML)
-	twoJobs := writeFile(t, "jobs.yaml", jobYAML+"---\n"+strings.Replace(jobYAML, "web-1", "web-2", 1))
+	twoJobs := writeFile(t, "jobs.yaml", strings.Replace(jobYAML, "web-1", "web-3", 1)+"---\n"+strings.Replace(jobYAML, "web-1", "web-2", 1))
 	badJob := writeFile(t, "bad.json", `{"vm_path": "x", "source": {"type": "vsphere"}, "destination": {"type": "kvm"}, "bogus": 1}`)
 	idPattern := regexp.MustCompile(`job (\S+) submitted`)
+	badList := writeFile(t, "list.yaml", strings.Replace(jobYAML, "web-1", "web-8", 1)+"---\n"+
+		strings.Replace(strings.Replace(jobYAML, "web-1", "web-9", 1), "conversion_method", "shutdwn", 1))
+	allowDup := writeFile(t, "again.yaml", jobYAML+"  allow_duplicate: true\n")
+	unknownAgent := writeFile(t, "nowhere.yaml", strings.Replace(jobYAML, "web-1", "web-7", 1)+"  target_agent: kvm-nowhere\n")
 
 	var firstID string
 	submit := hyperctl(t, env, "", "jobs", "submit", "-f", jobFile)
@@ -145,15 +149,23 @@ func TestCommands(t *testing.T) {
 				t.Fatalf("want 2 jobs submitted: %s", r)
 			}
 		}},
-		{name: "submit rejected by the controller", args: []string{"jobs", "submit", "-f", badJob}, code: exitRejected, errHas: `unknown field "bogus"`},
+		{name: "submit with an unknown field", args: []string{"jobs", "submit", "-f", badJob}, code: exitUsage, errHas: `bad.json: unknown field "bogus"`},
+		{name: "a list with one bad document submits nothing", args: []string{"jobs", "submit", "-f", badList}, code: exitUsage,
+			errHas: `document 2: unknown field "options.shutdwn"`},
+		{name: "the same VM again is a conflict", args: []string{"jobs", "submit", "-f", jobFile}, code: exitRejected,
+			errHas: "options.allow_duplicate"},
+		{name: "the same VM again, allowed", args: []string{"jobs", "submit", "-f", allowDup}, want: []string{"submitted"}},
+		{name: "an agent the fleet never had", args: []string{"jobs", "submit", "-f", unknownAgent}, code: exitUsage,
+			errHas: `no agent "kvm-nowhere" has ever been in the fleet (known agents: kvm-cli-1)`},
+		{name: "dry run submits nothing", args: []string{"jobs", "submit", "--dry-run", "-f", twoJobs}, want: []string{"2 job(s) valid, none submitted"}},
 		{name: "submit unreadable file", args: []string{"jobs", "submit", "-f", "/nonexistent/job.yaml"}, code: exitUsage, errHas: "no such file"},
 		{name: "submit bad yaml", args: []string{"jobs", "submit", "-f", "-"}, stdin: "vm_path: [unclosed", code: exitUsage, errHas: "invalid YAML"},
 		{name: "list table", args: []string{"jobs", "list"}, want: []string{"ID", "STATUS", firstID, "DC0/vm/web-1", "DC0/vm/web-2", "pending"}},
 		{name: "list json", args: []string{"jobs", "list", "-o", "json"}, check: func(t *testing.T, r result) {
 			var q proto.QueryResponse
 			mustJSON(t, r.stdout, &q)
-			if q.Total != 4 || len(q.Jobs) != 4 {
-				t.Fatalf("want 4 jobs: %s", r.stdout)
+			if q.Total != 5 || len(q.Jobs) != 5 {
+				t.Fatalf("want 5 jobs (the bad list added none): %s", r.stdout)
 			}
 			for _, j := range q.Jobs {
 				if j.Definition.Source.Password != proto.RedactedPassword {
@@ -161,7 +173,7 @@ func TestCommands(t *testing.T) {
 				}
 			}
 		}},
-		{name: "list limit", args: []string{"jobs", "list", "--limit", "1"}, want: []string{"1 of 4 jobs shown"}},
+		{name: "list limit", args: []string{"jobs", "list", "--limit", "1"}, want: []string{"1 of 5 jobs shown"}},
 		{name: "list status filter", args: []string{"jobs", "list", "--status", "completed"}, want: []string{"No jobs."}},
 		{name: "list bad status", args: []string{"jobs", "list", "--status", "done"}, code: exitUsage, errHas: "not one of"},
 		{name: "get table", args: []string{"jobs", "get", firstID}, want: []string{"ID:", firstID, "VM:", "DC0/vm/web-1", "Status:", "pending", "method=https", `net "VM Network"→br0`}},
@@ -514,6 +526,8 @@ func TestWatchFallsBackToPolling(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	controller.WaitFor(t, 10*time.Second, "leader", c.Node.IsLeader)
+	// /ws answers once the new leader serves its state (before: 503, catching up).
+	controller.WaitFor(t, 10*time.Second, "caught up", func() bool { return c.Node.Sync().CaughtUp })
 	hog, _, err := websocket.DefaultDialer.Dial("ws://"+c.APIAddr()+"/ws", nil)
 	if err != nil {
 		t.Fatal(err)

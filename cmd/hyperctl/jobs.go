@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hypersdk/hypersdk/proto"
+	"github.com/hypersdk/hypersdk/shared/client"
 )
 
 func init() {
@@ -23,6 +25,7 @@ func init() {
 		pollInterval  time.Duration
 		watchInterval = &pollInterval
 		verifyBoot    bool
+		dryRun        bool
 		bootTimeout   time.Duration
 		warm          warmFlags
 	)
@@ -33,6 +36,7 @@ func init() {
 			fs.StringVar(&file, "f", "", "job definition file, JSON or YAML (- reads stdin)")
 			fs.BoolVar(&watchAfter, "watch", false, "watch the job until it ends (one job only)")
 			fs.DurationVar(watchInterval, "poll", time.Second, "poll interval when /ws is unavailable")
+			fs.BoolVar(&dryRun, "dry-run", false, "check the jobs (here, and with the controller's /jobs/validate where it has one) without submitting them")
 			fs.BoolVar(&verifyBoot, "verify-boot", false, "set options.verify_boot: start the migrated VM and wait for its login prompt")
 			fs.DurationVar(&bootTimeout, "boot-timeout", 0, "with --verify-boot: options.boot_timeout_seconds (default 5m)")
 			warm.register(fs)
@@ -56,6 +60,12 @@ func init() {
 				if bootTimeout > 0 {
 					set["boot_timeout_seconds"] = int(bootTimeout / time.Second)
 				}
+			}
+			if dryRun {
+				if watchAfter {
+					return usagef("--dry-run submits nothing to --watch")
+				}
+				return a.jobsValidate(args, file, set)
 			}
 			return a.jobsSubmit(args, file, watchAfter, pollInterval, set)
 		},
@@ -116,18 +126,26 @@ func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.
 	if watchAfter && len(docs) != 1 {
 		return usagef("--watch follows one job; %s holds %d", file, len(docs))
 	}
+	if err := checkDocuments(file, docs); err != nil {
+		return err
+	}
 	var results []proto.SubmitResponse
-	for i, d := range docs {
-		res, err := a.client.SubmitJobJSON(a.ctx, d)
+	if len(docs) == 1 {
+		res, err := a.client.SubmitJobJSON(a.ctx, docs[0])
 		if err != nil {
-			if len(docs) > 1 {
-				a.reportPartial(results)
-				return fmt.Errorf("job %d of %d: %w", i+1, len(docs), err)
-			}
-			return err
+			return badInput(fmt.Errorf("%s: %w", inputName(file), err))
 		}
 		results = append(results, res)
-		if !a.jsonOut() {
+	} else {
+		// One list, one raft entry: all of the file's jobs are stored or none.
+		res, err := a.client.SubmitJobsJSON(a.ctx, docs)
+		if err != nil {
+			return badInput(fmt.Errorf("%s: none of its %d jobs was submitted: %w", inputName(file), len(docs), err))
+		}
+		results = res.Jobs
+	}
+	if !a.jsonOut() {
+		for _, res := range results {
 			fmt.Fprintf(a.stdout, "job %s submitted\n", res.JobID)
 		}
 	}
@@ -169,11 +187,84 @@ func withOptions(doc json.RawMessage, set map[string]any) (json.RawMessage, erro
 	return json.Marshal(job)
 }
 
-// reportPartial tells which jobs of a list were submitted before one failed.
-func (a *app) reportPartial(done []proto.SubmitResponse) {
-	if a.jsonOut() && len(done) > 0 {
-		_ = a.printJSON(done)
+// checkDocuments checks every job of a file as the controller will (strict JSON, unknown
+// fields named by their path, the definition's rules) and names each bad one with its
+// file and document: a usage error (exit 2), nothing submitted.
+func checkDocuments(file string, docs []json.RawMessage) error {
+	var bad []string
+	for i, d := range docs {
+		var def proto.JobDefinition
+		err := proto.DecodeStrict(d, &def, false)
+		if err == nil {
+			err = def.Validate()
+		}
+		if err != nil {
+			where := inputName(file)
+			if len(docs) > 1 {
+				where = fmt.Sprintf("%s: document %d", where, i+1)
+			}
+			bad = append(bad, fmt.Sprintf("%s: %v", where, err))
+		}
 	}
+	if len(bad) == 0 {
+		return nil
+	}
+	if len(docs) > 1 {
+		return usagef("%d of %d jobs are invalid, none was submitted: %s", len(bad), len(docs), strings.Join(bad, "; "))
+	}
+	return usagef("%s", bad[0])
+}
+
+// badInput makes the controller's 400 on a submitted file a usage error (exit 2: the
+// file is wrong, retrying it as is cannot help); other errors are left as they are.
+func badInput(err error) error {
+	if client.StatusCode(err) == http.StatusBadRequest {
+		return usagef("%v", err)
+	}
+	return err
+}
+
+func inputName(file string) string {
+	if file == "-" {
+		return "stdin"
+	}
+	return file
+}
+
+// jobsValidate is jobs submit --dry-run: the local checks, then the controller's
+// /jobs/validate where it has one (it also knows the fleet and the jobs already there).
+func (a *app) jobsValidate(args []string, file string, setOptions map[string]any) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
+	}
+	docs, err := a.readDocuments(file)
+	if err != nil {
+		return err
+	}
+	for i := range docs {
+		if docs[i], err = withOptions(docs[i], setOptions); err != nil {
+			return usagef("%s: job %d: %v", file, i+1, err)
+		}
+	}
+	if err := checkDocuments(file, docs); err != nil {
+		return err
+	}
+	how := "checked by the controller's /jobs/validate"
+	out, err := a.client.ValidateJobsJSON(a.ctx, docs)
+	switch code := client.StatusCode(err); {
+	case err == nil:
+	case code == http.StatusNotFound || code == http.StatusMethodNotAllowed:
+		how, out = "checked here only: this controller has no /jobs/validate", nil
+	case code == http.StatusBadRequest:
+		return usagef("%s: %v", inputName(file), err)
+	default:
+		return fmt.Errorf("%s: %w", inputName(file), err)
+	}
+	if a.jsonOut() {
+		return a.printJSON(map[string]any{"valid": true, "jobs": len(docs), "checked": how, "controller": out})
+	}
+	fmt.Fprintf(a.stdout, "%d job(s) valid, none submitted (%s)\n", len(docs), how)
+	return nil
 }
 
 func parseStatuses(s string) (proto.StatusList, error) {

@@ -58,19 +58,21 @@ func (s *Server) slots() (total, busy int) {
 func (s *Server) ActiveWorkers() int { _, b := s.slots(); return b }
 
 func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
+	if s.submitBatchIfArray(w, r) {
+		return
+	}
 	body, def, ok := readRequest[proto.JobDefinition](s, w, r, false)
 	if !ok {
 		return
 	}
-	if def.ID != "" && (!jobIDPattern.MatchString(def.ID) || def.ID == "submit" || def.ID == "query" || def.ID == "cancel") {
-		writeError(w, http.StatusBadRequest, "id must be 1-128 characters of letters, digits, '.', '_' or '-'")
-		return
-	}
-	if !def.CreatedAt.IsZero() {
-		writeError(w, http.StatusBadRequest, "created_at is set by the controller")
+	if err := s.checkSubmitted(&def); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s.write(w, r, body, func() (int, any, error) {
+		if err := s.checkDuplicates([]proto.JobDefinition{def}); err != nil {
+			return 0, nil, err
+		}
 		// The leader stamps id, time and defaults so apply stays deterministic.
 		if def.ID == "" {
 			def.ID = s.newID()

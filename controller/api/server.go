@@ -43,6 +43,8 @@ type Store interface {
 	// AgentControlOf and AgentEverSeen: the operator's cordons (cordon.go).
 	AgentControlOf(agent string) (state.AgentControl, bool)
 	AgentEverSeen(agent string) bool
+	// ActiveJobForVM: a pending or running job of the source VM (submit.go).
+	ActiveJobForVM(vmPath, vcenterKey string) (*proto.Job, bool)
 }
 
 // Raft is the controller's raft node as the API uses it (controller/cluster.Node): who

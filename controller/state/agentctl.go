@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/hypersdk/hypersdk/proto"
 )
 
 // Agent controls: an operator's cordon, drain and uncordon of an agent, replicated so
@@ -84,4 +86,18 @@ func (s *State) AgentEverSeen(agent string) bool {
 	_, ok := s.byAgent[agent]
 	_, ctl := s.agentCtl[agent]
 	return ok || ctl
+}
+
+// ActiveJobForVM returns a pending or running job of the source VM (same vm_path and
+// vCenter), if there is one.
+func (s *State) ActiveJobForVM(vmPath, vcenterKey string) (*proto.Job, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, e := range s.byVMPath[vmPath] {
+		j := e.job
+		if !j.Status.Terminal() && j.Definition.VCenterKey() == vcenterKey {
+			return j, true
+		}
+	}
+	return nil, false
 }

@@ -56,3 +56,21 @@ func (c *Client) Cutover(ctx context.Context, id string) (proto.CutoverResponse,
 	var out proto.CutoverResponse
 	return out, c.post(ctx, "/jobs/"+pathEscape(id)+"/cutover", struct{}{}, &out)
 }
+
+// SubmitJobsJSON submits several job definitions as one list: the controller stores all of
+// them in one raft entry or none (every invalid document named in its error).
+func (c *Client) SubmitJobsJSON(ctx context.Context, defs []json.RawMessage) (proto.SubmitBatchResponse, error) {
+	var out proto.SubmitBatchResponse
+	return out, c.post(ctx, "/jobs/submit", defs, &out)
+}
+
+// ValidateJobsJSON asks the controller to check job definitions without submitting them
+// (POST /jobs/validate; a controller without it answers 404).
+func (c *Client) ValidateJobsJSON(ctx context.Context, defs []json.RawMessage) (json.RawMessage, error) {
+	var out json.RawMessage
+	var body any = defs
+	if len(defs) == 1 {
+		body = defs[0]
+	}
+	return out, c.post(ctx, "/jobs/validate", body, &out)
+}
