@@ -106,7 +106,7 @@ func TestLeaderLossKeepsAcknowledgedJobs(t *testing.T) {
 	controller.WaitFor(t, 10*time.Second, "new leader", func() bool { return controller.Leader(survivors) != nil })
 	// A write through either survivor succeeds.
 	for _, c := range survivors {
-		code, out := post(t, c.URL()+"/jobs/submit", jobBody("DC0/vm/after-failover"))
+		code, out := post(t, c.URL()+"/jobs/submit", jobBody("DC0/vm/after-failover-"+c.Node.ID()))
 		if code != http.StatusCreated {
 			t.Fatalf("submit after failover via %s: %d %v", c.Node.ID(), code, out)
 		}

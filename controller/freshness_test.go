@@ -88,7 +88,10 @@ func TestRestartedNodeNeverServesAnEmptyCluster(t *testing.T) {
 	}
 	const jobs = 400
 	for i := 0; i < jobs; i++ {
-		if code, out := post(t, nodes[i%3].URL()+"/jobs/submit", jobBody(fmt.Sprintf("DC0/vm/r-%d", i))); code != http.StatusCreated {
+		code, out := post(t, nodes[i%3].URL()+"/jobs/submit", jobBody(fmt.Sprintf("DC0/vm/r-%d", i)))
+		// A 503 retried (leadership lost mid-commit on this busy machine) whose first try
+		// was stored answers 409 naming the job: stored once, which is what counts here.
+		if code != http.StatusCreated && (code != http.StatusConflict || !strings.Contains(fmt.Sprint(out), "already has job")) {
 			t.Fatalf("submit %d: %d %v", i, code, out)
 		}
 	}

@@ -54,14 +54,14 @@ func TestDashboardShowsTrouble(t *testing.T) {
 		t.Fatal(err)
 	}
 	card := func(name string) string { return `document.querySelector('.agent-card[data-agent="` + name + `"]')` }
-	waitJS(t, ctx, 15*time.Second, "kvm-sick unhealthy with the advice",
+	waitJS(t, ctx, 30*time.Second, "kvm-sick unhealthy with the advice",
 		`(c => c && c.classList.contains('unhealthy') && c.querySelector('.agent-health').textContent === 'unhealthy' && `+
 			`c.querySelector('.problems').textContent.includes('systemctl start libvirtd') && !c.querySelector('.problems').hidden)(`+card("kvm-sick")+`)`)
-	waitJS(t, ctx, 10*time.Second, "kvm-ok healthy and cordoned",
+	waitJS(t, ctx, 30*time.Second, "kvm-ok healthy and cordoned",
 		`(c => c && c.querySelector('.agent-health').textContent === 'healthy' && c.querySelector('.agent-cordon').textContent === 'cordoned' && `+
 			`!c.querySelector('.agent-cordon').hidden && c.querySelector('.problems').hidden)(`+card("kvm-ok")+`)`)
 	row := `document.querySelector('#cluster-table tr[data-node=` + jsString(stopped.Node.ID()) + `]')`
-	waitJS(t, ctx, 20*time.Second, "the stopped controller unreachable with its last contact",
+	waitJS(t, ctx, 30*time.Second, "the stopped controller unreachable with its last contact",
 		`(r => r && !!r.querySelector('.role-unreachable') && r.querySelector('.ag-dead')?.textContent === 'no' && `+
 			`r.querySelector('.contact').textContent.endsWith('ago'))(`+row+`)`)
 
