@@ -475,6 +475,14 @@ func (m metricsSource) Raft() (bool, uint64, uint64, uint64) {
 	return m.c.Node.IsLeader(), commit, applied, m.c.Node.LastIndex()
 }
 
+func (m metricsSource) OldestPendingSeconds() (float64, bool) {
+	at, ok := m.c.State.OldestPending()
+	if !ok {
+		return 0, false
+	}
+	return max(0, time.Since(at).Seconds()), true
+}
+
 func (m metricsSource) RaftHealth() metrics.RaftHealth {
 	n := m.c.Node
 	sync := n.Sync()

@@ -193,7 +193,7 @@ func TestDocumentShapes(t *testing.T) {
 			t.Fatalf("metrics lack %s", name)
 		}
 	}
-	if !bytes.Contains(b, []byte(`hypersdk_api_requests_total{method="GET",path="/jobs/{id}",status="OK"}`)) {
+	if !bytes.Contains(b, []byte(`hypersdk_api_requests_total{code="200",method="GET",path="/jobs/{id}",status="OK"}`)) {
 		t.Fatalf("request counter is not labelled by route template:\n%s", b)
 	}
 	if !bytes.Contains(b, []byte(`hypersdk_jobs_total{status="cancelled"} 1`)) {

@@ -261,7 +261,7 @@ func TestEventsMetrics(t *testing.T) {
 		`hypersdk_schedule_runs_total{result="successful"} 0`,
 		`hypersdk_webhook_deliveries_total{result="dropped"} 0`,
 		`hypersdk_ws_clients 0`,
-		`hypersdk_api_requests_total{method="POST",path="/schedules/{id}/trigger",status="OK"} 1`,
+		`hypersdk_api_requests_total{code="200",method="POST",path="/schedules/{id}/trigger",status="OK"} 1`,
 	} {
 		if !bytes.Contains(b, []byte(want)) {
 			t.Fatalf("metrics lack %s", want)

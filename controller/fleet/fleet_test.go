@@ -103,12 +103,13 @@ func expected(agents ...proto.AgentInfo) string {
 	type metric struct{ name, help string }
 	ms := []metric{
 		{"hypersdk_agent_cpus", "CPUs of the agent's host"},
+		{"hypersdk_agent_healthy", "1 while the agent's self-checks pass (libvirt, storage, qemu-img, controllers), 0 while one fails; members only"},
 		{"hypersdk_agent_max_jobs", "Job slots of the agent"},
 		{"hypersdk_agent_memory_free_bytes", "Available memory of the agent's host (MemAvailable, rounded down)"},
 		{"hypersdk_agent_memory_total_bytes", "Memory of the agent's host"},
 		{"hypersdk_agent_running_jobs", "Jobs running on the agent"},
 		{"hypersdk_agent_storage_free_bytes", "Free bytes in the agent's storage dir (rounded down)"},
-		{"hypersdk_agent_up", "1 while the agent is in the gossip pool (alive or suspect), 0 while listed dead or left"},
+		{"hypersdk_agent_up", "1 while the agent is in the gossip pool (alive or suspect), 0 while listed dead; an agent that left cleanly is not reported"},
 	}
 	var b strings.Builder
 	for _, m := range ms {
@@ -123,6 +124,11 @@ func expected(agents ...proto.AgentInfo) string {
 				}
 			case "hypersdk_agent_cpus":
 				v = float64(a.Capacity.CPUs)
+			case "hypersdk_agent_healthy":
+				v = 1
+				if len(a.Capacity.FailedChecks) > 0 {
+					v = 0
+				}
 			case "hypersdk_agent_max_jobs":
 				v = float64(a.MaxJobs)
 			case "hypersdk_agent_memory_free_bytes":
@@ -134,8 +140,8 @@ func expected(agents ...proto.AgentInfo) string {
 			case "hypersdk_agent_storage_free_bytes":
 				v = float64(a.Capacity.StorageFreeBytes)
 			}
-			if m.name != "hypersdk_agent_up" && !a.State.Member() {
-				continue
+			if a.State == proto.AgentLeft || m.name != "hypersdk_agent_up" && !a.State.Member() {
+				continue // a cleanly left agent is not reported at all
 			}
 			fmt.Fprintf(&b, "%s{agent=%q} %g\n", m.name, a.Name, v)
 		}
@@ -252,8 +258,8 @@ func TestDeadAgentsVanishAfterRetention(t *testing.T) {
 		t.Fatalf("%d up series while the dead agent is listed, want 2", n)
 	}
 	gossiptest.Eventually(t, deadline, func() bool { _, ok := f.Get("kvm02"); return !ok }, "dead agent still listed")
-	if n := testutil.CollectAndCount(f); n != 7 {
-		t.Fatalf("%d series after the dead agent vanished, want the live agent's 7", n)
+	if n := testutil.CollectAndCount(f); n != 8 {
+		t.Fatalf("%d series after the dead agent vanished, want the live agent's 8", n)
 	}
 }
 

@@ -25,6 +25,8 @@ type Source interface {
 	Raft() (leader bool, commit, applied, last uint64)
 	// RaftHealth is the cluster's health as this controller sees it.
 	RaftHealth() RaftHealth
+	// OldestPendingSeconds is how long the job pending longest has waited (ok false: none).
+	OldestPendingSeconds() (float64, bool)
 }
 
 // RaftHealth is what the raft metrics beyond the indexes show.
@@ -65,7 +67,7 @@ func New(src Source) *Metrics {
 		Registry: reg,
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hypersdk_api_requests_total", Help: "Total API requests",
-		}, []string{"method", "path", "status"}),
+		}, []string{"method", "path", "status", "code"}),
 		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "hypersdk_api_request_duration_seconds", Help: "API request duration",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
@@ -100,11 +102,21 @@ func (m *Metrics) ObserveRequest(method, path string, status int, seconds float6
 	if text == "" {
 		text = strconv.Itoa(status)
 	}
-	m.Requests.WithLabelValues(method, path, text).Inc()
+	m.Requests.WithLabelValues(method, path, text, strconv.Itoa(status)).Inc()
+	// An agent's lease request is a long-poll that waits up to 25 s for work by design:
+	// in the latency histogram it would read as a slow API.
+	if path == LeaseLongPollPath {
+		return
+	}
 	m.RequestDuration.WithLabelValues(method, path).Observe(seconds)
 }
 
+// LeaseLongPollPath is the agents' long-poll, kept out of the latency histogram.
+const LeaseLongPollPath = "/agent/v1/lease"
+
 var (
+	descOldestPending = prometheus.NewDesc("hypersdk_jobs_oldest_pending_age_seconds",
+		"Seconds the job pending longest has waited since its submission (0 when none is pending)", nil, nil)
 	descJobs       = prometheus.NewDesc("hypersdk_jobs_total", "Total jobs by status", []string{"status"}, nil)
 	descWorkers    = prometheus.NewDesc("hypersdk_workers_active", "Active workers (busy job slots in the fleet)", nil, nil)
 	descRaftLeader = prometheus.NewDesc("hypersdk_raft_leader", "1 if this controller is the raft leader", nil, nil)
@@ -128,7 +140,7 @@ type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descJobs, descWorkers, descRaftLeader, descRaftCommit, descRaftApply, descRaftLast,
-		descRaftPeers, descRaftPeerContact, descRaftLeaderContact, descRaftCatchingUp, descRaftLag} {
+		descRaftPeers, descRaftPeerContact, descRaftLeaderContact, descRaftCatchingUp, descRaftLag, descOldestPending} {
 		ch <- d
 	}
 }
@@ -168,6 +180,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRaftLeaderContact, prometheus.GaugeValue, h.LeaderContactSeconds)
 	ch <- prometheus.MustNewConstMetric(descRaftCatchingUp, prometheus.GaugeValue, boolGauge(h.CatchingUp))
 	ch <- prometheus.MustNewConstMetric(descRaftLag, prometheus.GaugeValue, float64(h.Lag))
+	age, _ := c.src.OldestPendingSeconds()
+	ch <- prometheus.MustNewConstMetric(descOldestPending, prometheus.GaugeValue, age)
 }
 
 func boolGauge(b bool) float64 {

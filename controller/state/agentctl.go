@@ -101,3 +101,15 @@ func (s *State) ActiveJobForVM(vmPath, vcenterKey string) (*proto.Job, bool) {
 	}
 	return nil, false
 }
+
+// OldestPending is when the job pending longest was submitted (ok false: none pending).
+// The pending index is in submission order, so this is its first entry.
+func (s *State) OldestPending() (time.Time, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.byStatus[proto.StatusPending].Min()
+	if !ok {
+		return time.Time{}, false
+	}
+	return e.job.SubmittedAt, true
+}
