@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -320,6 +321,23 @@ func twoDigits(v float64) uint64 {
 	}
 	q := math.Pow(10, math.Floor(math.Log10(v))-1)
 	return uint64(math.Round(v/q) * q)
+}
+
+// CheckConfig is hypersdk-agent --check-config: the configuration is valid, and the host
+// passes the self-checks that do not need a controller (libvirt, storage, qemu-img); each
+// failed check is named with what to do. It starts nothing.
+func CheckConfig(cfg Config, out io.Writer) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("configuration invalid: %w", err)
+	}
+	p := capacity.New(capacity.Config{StorageDir: cfg.StorageDir, LibvirtURI: cfg.LibvirtURI, MinFreeStorage: cfg.MinFreeStorage,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, _, _ := p.Probe(context.Background())
+	if !c.Healthy {
+		return fmt.Errorf("configuration valid, but this host fails: %s", strings.Join(c.Reasons, "; "))
+	}
+	fmt.Fprintf(out, "hypersdk-agent: configuration valid; libvirt at %s reachable, storage dir %s writable\n", cfg.LibvirtURI, cfg.StorageDir)
+	return nil
 }
 
 // worker is the lease worker once New has made it (nil before).

@@ -243,7 +243,8 @@ func TestDeb(t *testing.T) {
 		{
 			pkg: "hypersdk-agent",
 			files: []string{"./usr/bin/hypersdk-agent", "./lib/systemd/system/hypersdk-agent.service", "./etc/hypersdk/agent.yaml",
-				"./etc/hypersdk/agent.env", "./var/lib/hypersdk/storage/", "./usr/share/doc/hypersdk-agent/README.md"},
+				"./etc/hypersdk/agent.env", "./var/lib/hypersdk/storage/", "./usr/share/doc/hypersdk-agent/README.md",
+				"./etc/logrotate.d/hypersdk-agent", "./usr/share/doc/hypersdk-agent/storage-dir.conf"},
 			depends: []string{"qemu-utils", "nbdkit", "libvirt0"},
 			conf:    []string{"/etc/hypersdk/agent.yaml", "/etc/hypersdk/agent.env"},
 		},
@@ -273,6 +274,16 @@ func TestDeb(t *testing.T) {
 				t.Fatalf("postinst starts the service:\n%s", postinst)
 			}
 			mustContain(t, "postinst", postinst, "systemctl enable", "not started")
+			switch tc.pkg {
+			case "hypersdk-controller":
+				// An upgrade of every controller at once must not restart them together.
+				if strings.Contains(postinst, "try-restart") {
+					t.Fatalf("controller postinst restarts the service on upgrade:\n%s", postinst)
+				}
+				mustContain(t, "postinst", postinst, "ONE AT A TIME")
+			case "hypersdk-agent":
+				mustContain(t, "postinst", postinst, "/etc/hypersdk/agent.unconfigured", "--check-config")
+			}
 			verifyUnits(t, deb)
 		})
 	}
@@ -298,6 +309,10 @@ func verifyUnits(t *testing.T, deb string) {
 	unit := string(b)
 	mustContain(t, "unit", unit, "Restart=on-failure", "User=hypersdk", "ProtectSystem=strict", "ReadWritePaths=/var/lib/hypersdk",
 		"NoNewPrivileges=yes", "PrivateTmp=yes", "WantedBy=multi-user.target")
+	if strings.Contains(deb, "hypersdk-agent_") {
+		// Not started at boot until configured.
+		mustContain(t, "agent unit", unit, "ConditionPathExists=!/etc/hypersdk/agent.unconfigured")
+	}
 	copyPath := filepath.Join(t.TempDir(), filepath.Base(units[0]))
 	if err := os.WriteFile(copyPath, []byte(strings.ReplaceAll(unit, "/usr/bin/", root+"/usr/bin/")), 0o644); err != nil {
 		t.Fatal(err)
@@ -384,6 +399,9 @@ func TestInstallAgentDeb(t *testing.T) {
 
 	out := run(t, "dpkg", "-i", b.deb["hypersdk-agent"])
 	mustContain(t, "dpkg -i output", out, "installed and enabled, but not started", "/etc/hypersdk/agent.yaml")
+	if _, err := os.Stat("/etc/hypersdk/agent.unconfigured"); err != nil {
+		t.Fatalf("first install left no agent.unconfigured marker (the unit would start with placeholders): %v", err)
+	}
 
 	version := run(t, "/usr/bin/hypersdk-agent", "--version")
 	if !strings.HasPrefix(version, "hypersdk-agent ") {

@@ -59,7 +59,8 @@ func run(args []string) error {
 	o.String("attempt-log", &cfg.AttemptLog, "append one JSON line per job attempt start and end to this file")
 	o.String("guest-conversion", &cfg.GuestConversion, "what jobs that do not set options.guest_conversion get: auto (virt-v2v when installed) or off")
 	o.String("virt-probe-file", &cfg.VirtProbeFile, "cache of the virtualisation decision for this boot of the host (default <storage-dir>/.virt-probe.json)")
-	var probeVirt bool
+	var probeVirt, checkConfig bool
+	o.True("check-config", &checkConfig, "check the configuration (file and flags) and that the storage dir is writable, then exit: 0 when valid")
 	o.True("probe-virtualization", &probeVirt, "decide (or read this boot's decision) how this host runs guests, print it as JSON and exit")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
@@ -74,6 +75,9 @@ func run(args []string) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if checkConfig {
+		return agent.CheckConfig(cfg, os.Stdout)
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {

@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,8 +41,20 @@ func run(args []string) error {
 	}, "API requests per second per client (0 disables; default 1000)")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
+	var checkConfig bool
+	o.True("check-config", &checkConfig, "check the configuration (file and flags) and exit: 0 when valid")
 	if done, err := o.Parse(args, &cfg, nil); done || err != nil {
 		return err
+	}
+	if checkConfig {
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("configuration invalid: %w", err)
+		}
+		if _, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format); err != nil {
+			return fmt.Errorf("configuration invalid: %w", err)
+		}
+		fmt.Println("hypersdk-controller: configuration valid")
+		return nil
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {

@@ -23,9 +23,18 @@ if command -v systemctl >/dev/null 2>&1; then
     # Enabled so it starts at boot once configured; not started now: a controller started
     # with the wrong addresses would bootstrap a cluster of its own.
     systemctl enable "$unit" >/dev/null 2>&1 || true
-    if [ "$upgrade" = yes ] && [ -d /run/systemd/system ]; then
-        systemctl try-restart "$unit" >/dev/null 2>&1 || true
-    fi
+    # Not restarted on upgrade either: the same package upgraded on every controller at
+    # once (a fleet-wide apt upgrade) would restart them all together and lose the quorum.
+fi
+
+if [ "$upgrade" = yes ]; then
+    cat <<'MSG'
+
+hypersdk-controller is upgraded but still runs the old version. Restart the controllers
+ONE AT A TIME, followers first, the leader last: on each, run
+  "systemctl restart hypersdk-controller", then "hyperctl cluster status" until the node
+  is caught up and reachable again, before the next.
+MSG
 fi
 
 if [ "$upgrade" = no ]; then
