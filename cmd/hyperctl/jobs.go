@@ -111,17 +111,9 @@ func init() {
 }
 
 func (a *app) jobsSubmit(args []string, file string, watchAfter bool, poll time.Duration, setOptions map[string]any) error {
-	if len(args) > 0 {
-		return usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
-	}
-	docs, err := a.readDocuments(file)
+	docs, err := a.readJobs(args, file, setOptions)
 	if err != nil {
 		return err
-	}
-	for i := range docs {
-		if docs[i], err = withOptions(docs[i], setOptions); err != nil {
-			return usagef("%s: job %d: %v", file, i+1, err)
-		}
 	}
 	if watchAfter && len(docs) != 1 {
 		return usagef("--watch follows one job; %s holds %d", file, len(docs))
@@ -231,20 +223,29 @@ func inputName(file string) string {
 	return file
 }
 
-// jobsValidate is jobs submit --dry-run: the local checks, then the controller's
-// /jobs/validate where it has one (it also knows the fleet and the jobs already there).
-func (a *app) jobsValidate(args []string, file string, setOptions map[string]any) error {
+// readJobs reads the job documents of -f FILE with the flags' options set on each.
+func (a *app) readJobs(args []string, file string, setOptions map[string]any) ([]json.RawMessage, error) {
 	if len(args) > 0 {
-		return usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
+		return nil, usagef("unexpected argument %q (the job comes from -f FILE)", args[0])
 	}
 	docs, err := a.readDocuments(file)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for i := range docs {
 		if docs[i], err = withOptions(docs[i], setOptions); err != nil {
-			return usagef("%s: job %d: %v", file, i+1, err)
+			return nil, usagef("%s: job %d: %v", file, i+1, err)
 		}
+	}
+	return docs, nil
+}
+
+// jobsValidate is jobs submit --dry-run: the local checks, then the controller's
+// /jobs/validate where it has one (it also knows the fleet and the jobs already there).
+func (a *app) jobsValidate(args []string, file string, setOptions map[string]any) error {
+	docs, err := a.readJobs(args, file, setOptions)
+	if err != nil {
+		return err
 	}
 	if err := checkDocuments(file, docs); err != nil {
 		return err
