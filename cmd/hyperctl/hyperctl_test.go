@@ -720,6 +720,9 @@ func TestSubmitWatchThroughFollower(t *testing.T) {
 			break
 		}
 	}
+	// A follower that just joined reads 503 until it has caught up once (tested in
+	// controller/freshness_test.go); read-your-writes is about a node that serves reads.
+	controller.WaitFor(t, 10*time.Second, "the follower caught up", func() bool { return follower.Node.Sync().CaughtUp })
 	env := map[string]string{"HYPERSDK_SERVER": follower.URL()}
 	agent := fleettest.NewAgent("kvm-watch", leader.URL())
 	for i := 0; i < 6; i++ {
