@@ -34,14 +34,15 @@ func newDomains(uri, defaultNet string, log *slog.Logger) domains {
 }
 
 // checkFree fails when the domain name belongs to something other than this job, so that
-// a collision is reported before the copy rather than after it. Define checks again (the
-// name may be taken meanwhile); this is only the early warning, so anything it cannot
-// decide (libvirtd down, which the define stage retries) passes.
+// a collision is reported before the copy rather than after it, and when libvirt does not
+// answer: a job fails fast on a broken host, before any byte is copied, and (retryable)
+// goes to another host (issue 17: a host with libvirt down copied every disk, then failed
+// at define, three attempts in a row). Define checks the name again (it may be taken
+// meanwhile); a domain it cannot read passes here.
 func (d domains) checkFree(ctx context.Context, name, jobID string) error {
 	conn, err := libvirt.Connect(ctx, d.uri)
 	if err != nil {
-		d.log.Warn("cannot check the domain name before the copy", "err", err)
-		return nil
+		return err
 	}
 	defer conn.Close()
 	md, err := libvirt.ReadMetadata(conn, name)

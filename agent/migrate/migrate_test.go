@@ -278,6 +278,26 @@ func TestSourceErrors(t *testing.T) {
 	}
 }
 
+// TestLibvirtDownFailsBeforeTheCopy: with libvirt unreachable, a job fails in preparing,
+// before any byte is copied, retryable (another host may take it), saying what to do.
+func TestLibvirtDownFailsBeforeTheCopy(t *testing.T) {
+	noDaemon := "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "none.sock")
+	f := newFixture(t, vcsim.Config{VMs: 1, DisksPerVM: 1, DiskSize: 8 * mib}, func(c *migrate.Config) { c.LibvirtURI = noDaemon })
+	l := f.lease("job-nolibvirt", 0, proto.Options{ConversionMethod: "https"})
+	r := &recorder{}
+	_, err := f.run(l, r, time.Minute)
+	if !errors.Is(err, libvirt.ErrLibvirtUnreachable) || !errors.Is(err, worker.ErrRetryable) ||
+		!strings.HasPrefix(err.Error(), "preparing: ") || !strings.Contains(err.Error(), "systemctl start libvirtd") {
+		t.Fatalf("error %v: want a retryable libvirt-unreachable failure in preparing", err)
+	}
+	if p := r.last(); p.CurrentBytes != 0 || slices.Contains(r.stages(), proto.StageConversion) {
+		t.Fatalf("bytes were copied before the failure: stages %v, last %+v", r.stages(), p)
+	}
+	if got := dirEntries(t, f.p.JobDir("job-nolibvirt")); len(got) != 0 {
+		t.Errorf("failed job left files: %v", got)
+	}
+}
+
 // TestPowerOptions: a running VM is shut down or powered off only as the options say; a
 // guest that ignores the shutdown is powered off after the timeout when power_off allows
 // it (with a warning), else the job fails saying so.
