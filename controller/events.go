@@ -59,3 +59,7 @@ func (e eventsSource) ScheduleRunCounters() (uint64, uint64, uint64) {
 	return e.c.State.ScheduleRunCounters()
 }
 func (e eventsSource) WSClients() int { return e.c.WS.Clients() }
+func (e eventsSource) LeaseCounters() (uint64, uint64) {
+	c := e.c.State.Counters()
+	return c.LeaseExpiries, c.Requeues
+}

@@ -10,6 +10,8 @@ type EventsSource interface {
 	ScheduleRunCounters() (triggered, successful, failed uint64)
 	// WSClients is this controller's connected WebSocket clients.
 	WSClients() int
+	// LeaseCounters: leases expired and attempts requeued so far; cluster-wide.
+	LeaseCounters() (expiries, requeues uint64)
 }
 
 var (
@@ -17,7 +19,11 @@ var (
 		"Webhook deliveries by result: success, failure (retries exhausted), dropped (outbox full or webhook deleted); cluster-wide", []string{"result"}, nil)
 	descScheduleRuns = prometheus.NewDesc("hypersdk_schedule_runs_total",
 		"Schedule runs by result: triggered, successful (every job completed), failed; cluster-wide", []string{"result"}, nil)
-	descWSClients = prometheus.NewDesc("hypersdk_ws_clients", "WebSocket clients connected to this controller", nil, nil)
+	descWSClients     = prometheus.NewDesc("hypersdk_ws_clients", "WebSocket clients connected to this controller", nil, nil)
+	descLeaseExpiries = prometheus.NewDesc("hypersdk_lease_expiries_total",
+		"Leases that expired (an agent stopped renewing); cluster-wide", nil, nil)
+	descRequeues = prometheus.NewDesc("hypersdk_jobs_requeued_total",
+		"Attempts that ended with their job pending again (expiry, a retryable failure, a hand-back); cluster-wide", nil, nil)
 )
 
 // RegisterEvents adds the schedule, webhook and WebSocket metrics.
@@ -31,6 +37,8 @@ func (c *eventsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descWebhookDeliveries
 	ch <- descScheduleRuns
 	ch <- descWSClients
+	ch <- descLeaseExpiries
+	ch <- descRequeues
 }
 
 func (c *eventsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -49,4 +57,7 @@ func (c *eventsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descScheduleRuns, prometheus.CounterValue, float64(v.n), v.result)
 	}
 	ch <- prometheus.MustNewConstMetric(descWSClients, prometheus.GaugeValue, float64(c.src.WSClients()))
+	exp, req := c.src.LeaseCounters()
+	ch <- prometheus.MustNewConstMetric(descLeaseExpiries, prometheus.CounterValue, float64(exp))
+	ch <- prometheus.MustNewConstMetric(descRequeues, prometheus.CounterValue, float64(req))
 }

@@ -113,3 +113,17 @@ func (s *State) OldestPending() (time.Time, bool) {
 	}
 	return e.job.SubmittedAt, true
 }
+
+// LeaseCounters are cluster-wide totals that apply keeps (every node the same, surviving
+// failover): leases that expired, and attempts that ended with the job pending again.
+type LeaseCounters struct {
+	LeaseExpiries uint64 `json:"lease_expiries"`
+	Requeues      uint64 `json:"requeues"`
+}
+
+// Counters returns the lease counters.
+func (s *State) Counters() LeaseCounters {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.counters
+}

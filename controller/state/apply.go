@@ -332,6 +332,9 @@ func (s *State) updateLeaseIf(idx uint64, tok LeaseToken, check func(j *proto.Jo
 	}
 	nj := *e.job
 	kind := change(&nj)
+	if kind == EventJobRequeued {
+		s.counters.Requeues++
+	}
 	s.replace(e, &nj)
 	s.mu.Unlock()
 	s.events.publish(Event{Kind: kind, Job: &nj, Index: idx})
@@ -357,6 +360,7 @@ func (s *State) applyLeaseExpire(idx uint64, c LeaseExpire) any {
 		if reason == "" {
 			reason = "lease expired"
 		}
+		s.counters.LeaseExpiries++
 		if committed(nj) {
 			return endCommitted(nj, reason, c.At)
 		}

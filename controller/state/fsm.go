@@ -35,6 +35,8 @@ type snapshotHeader struct {
 	Agents []AgentIdentity `json:"agents,omitempty"`
 	// AgentControls: cordoned and draining agents (absent in older snapshots).
 	AgentControls []AgentControl `json:"agent_controls,omitempty"`
+	// Counters: lease expiries and requeues so far (absent in older snapshots: zero).
+	Counters *LeaseCounters `json:"counters,omitempty"`
 }
 
 type snapshotJob struct {
@@ -68,6 +70,8 @@ func (f FSM) Snapshot() (raft.FSMSnapshot, error) {
 	// Sorted: snapshots of equal states are equal bytes (the round-trip tests compare them).
 	slices.SortFunc(snap.header.Agents, func(a, b AgentIdentity) int { return strings.Compare(a.Name, b.Name) })
 	snap.header.AgentControls = s.agentControlsLocked()
+	counters := s.counters
+	snap.header.Counters = &counters
 	s.all.Ascend(func(e *entry) bool {
 		snap.jobs = append(snap.jobs, snapshotJob{Seq: e.seq, Job: e.job})
 		return true
@@ -132,6 +136,9 @@ func (f FSM) Restore(rc io.ReadCloser) error {
 	s.restoreAgentsLocked(h.Agents)
 	for _, c := range h.AgentControls {
 		s.agentCtl[c.Agent] = c
+	}
+	if h.Counters != nil {
+		s.counters = *h.Counters
 	}
 	s.sw.restoreLocked(h.SW, func(id string) bool {
 		e, ok := s.jobs[id]

@@ -48,6 +48,8 @@ type State struct {
 	nodes     map[string]NodeInfo
 	// agentCtl holds the cordoned and draining agents (agentctl.go).
 	agentCtl map[string]AgentControl
+	// counters are cluster-wide totals kept by apply (agentctl.go), under mu.
+	counters LeaseCounters
 	// strs interns the strings jobs repeat (vCenter, user, types, agent names): JSON
 	// decoding allocates each copy anew, which at 100k jobs is megabytes of duplicates.
 	strs map[string]string
@@ -84,6 +86,7 @@ func (s *State) reset() {
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
 	s.agentCtl = make(map[string]AgentControl)
+	s.counters = LeaseCounters{}
 	s.strs = make(map[string]string)
 	s.agentIDs = make(map[string]*AgentIdentity)
 	s.agentByCred = make(map[string]string)

@@ -383,5 +383,48 @@ func TestQueryPageBoundedInBytes(t *testing.T) {
 	}
 	if len(seen) != n || pages < 2 {
 		t.Fatalf("%d jobs in %d pages, want %d in several", len(seen), pages, n)
+}
+
+// TestAgentControlsAndCountersSurviveSnapshots: cordons, drains and the lease counters are
+// kept by apply and carried by a snapshot (a restored node shows the same).
+func TestAgentControlsAndCountersSurviveSnapshots(t *testing.T) {
+	a := newApplier(t)
+	a.ok(CmdSubmitJob, SubmitJob{Definition: def("a")})
+	a.ok(CmdLeaseGrant, LeaseGrant{tok("a", 1), "agent1", t0})
+	a.ok(CmdLeaseExpire, LeaseExpire{LeaseToken: tok("a", 1), Reason: "gone", At: t0})
+	a.ok(CmdLeaseGrant, LeaseGrant{tok("a", 2), "agent2", t0})
+	a.ok(CmdFail, FailReport{LeaseToken: tok("a", 2), Error: "reset", Retryable: true})
+	a.ok(CmdAgentControl, AgentControl{Agent: "agent1", Action: AgentCordon, At: t0})
+	a.ok(CmdAgentControl, AgentControl{Agent: "agent2", Action: AgentDrain, At: t0})
+	a.ok(CmdAgentControl, AgentControl{Agent: "agent3", Action: AgentCordon, At: t0})
+	a.ok(CmdAgentControl, AgentControl{Agent: "agent3", Action: AgentUncordon, At: t0})
+	if err, _ := a.do(CmdAgentControl, AgentControl{Agent: "agent1", Action: "reboot"}).(error); !errors.Is(err, ErrBadCommand) {
+		t.Fatalf("unknown action: %v", err)
+	}
+	want := LeaseCounters{LeaseExpiries: 1, Requeues: 2}
+	if got := a.s.Counters(); got != want {
+		t.Fatalf("counters %+v, want %+v", got, want)
+	}
+	snap, err := FSM{a.s}.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := New()
+	if err := (FSM{restored}).Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	if got := restored.Counters(); got != want {
+		t.Fatalf("restored counters %+v, want %+v", got, want)
+	}
+	ctl := restored.AgentControls()
+	if len(ctl) != 2 || ctl[0].Agent != "agent1" || ctl[0].Action != AgentCordon || ctl[1].Agent != "agent2" || ctl[1].Action != AgentDrain {
+		t.Fatalf("restored controls %+v", ctl)
+	}
+	if _, ok := restored.AgentControlOf("agent3"); ok {
+		t.Fatal("agent3 was uncordoned")
 	}
 }
