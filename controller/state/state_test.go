@@ -383,6 +383,7 @@ func TestQueryPageBoundedInBytes(t *testing.T) {
 	}
 	if len(seen) != n || pages < 2 {
 		t.Fatalf("%d jobs in %d pages, want %d in several", len(seen), pages, n)
+	}
 }
 
 // TestAgentControlsAndCountersSurviveSnapshots: cordons, drains and the lease counters are
