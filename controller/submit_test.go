@@ -12,7 +12,7 @@ import (
 	"github.com/hypersdk/hypersdk/test/fleettest"
 )
 
-func postRaw(t *testing.T, url, body string) (int, string) {
+func postBody(t *testing.T, url, body string) (int, string) {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
@@ -68,7 +68,7 @@ func TestSubmitYouCanTrust(t *testing.T) {
 
 	bad := "[" + jobDoc(t, "DC0/vm/b-1", nil) + "," + jobDoc(t, "DC0/vm/b-2", opt("shutdwn", true)) + "," +
 		jobDoc(t, "DC0/vm/b-3", func(m map[string]any) { delete(m, "vm_path") }) + "]"
-	code, body := postRaw(t, url, bad)
+	code, body := postBody(t, url, bad)
 	if code != http.StatusBadRequest || !strings.Contains(body, "2 of 3 jobs are invalid, none was submitted") ||
 		!strings.Contains(body, `document 2: unknown field \"options.shutdwn\"`) || !strings.Contains(body, "document 3: ") {
 		t.Fatalf("list with bad documents: %d %s", code, body)
@@ -78,7 +78,7 @@ func TestSubmitYouCanTrust(t *testing.T) {
 	}
 
 	good := "[" + jobDoc(t, "DC0/vm/g-1", nil) + "," + jobDoc(t, "DC0/vm/g-2", nil) + "]"
-	code, body = postRaw(t, url, good)
+	code, body = postBody(t, url, good)
 	var res proto.SubmitBatchResponse
 	if code != http.StatusCreated || json.Unmarshal([]byte(body), &res) != nil || len(res.Jobs) != 2 {
 		t.Fatalf("good list: %d %s", code, body)
@@ -100,7 +100,7 @@ func TestSubmitYouCanTrust(t *testing.T) {
 		{"unknown target agent", jobDoc(t, "DC0/vm/t-1", opt("target_agent", "kvm-nowhere")), http.StatusBadRequest, `options.target_agent: no agent \"kvm-nowhere\" has ever been in the fleet (known agents: none)`},
 		{"empty list", "[]", http.StatusBadRequest, "1 to 1000 jobs"},
 	} {
-		code, body := postRaw(t, url, tc.body)
+		code, body := postBody(t, url, tc.body)
 		if code != tc.code || !strings.Contains(body, tc.has) {
 			t.Errorf("%s: %d %s, want %d with %q", tc.name, code, body, tc.code, tc.has)
 		}
