@@ -79,13 +79,15 @@ func (s *State) agentControlsLocked() []AgentControl {
 	return out
 }
 
-// AgentEverSeen reports whether any job ran (or runs) on the agent.
+// AgentEverSeen reports whether the replicated state knows the agent: a job ran (or runs)
+// on it, it is enrolled with its own credential, or it is cordoned.
 func (s *State) AgentEverSeen(agent string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	_, ok := s.byAgent[agent]
 	_, ctl := s.agentCtl[agent]
-	return ok || ctl
+	_, enrolled := s.agentIDs[agent]
+	return ok || ctl || enrolled
 }
 
 // ActiveJobForVM returns a pending or running job of the source VM (same vm_path and
