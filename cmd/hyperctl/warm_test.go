@@ -84,7 +84,7 @@ func TestWarmCommands(t *testing.T) {
 		{[]string{"--cutover-at", "2030-01-02T03:04:05Z"}, jobJSON("x"), exitUsage, "go with --warm"},
 		{[]string{"--warm", "--cutover-at", "tomorrow"}, jobJSON("x"), exitUsage, "RFC 3339"},
 		{[]string{"--warm", "--precopy-interval", "1500ms"}, jobJSON("x"), exitUsage, "whole seconds"},
-		{[]string{"--warm"}, string(b), exitRejected, "vddk"},
+		{[]string{"--warm"}, string(b), exitUsage, "vddk"}, // bad input: exit 2 (issue 17)
 	} {
 		r := hyperctl(t, env, tc.stdin, append([]string{"jobs", "submit", "-f", "-"}, tc.args...)...)
 		if r.code != tc.code || !strings.Contains(r.stderr, tc.errHas) {
