@@ -107,6 +107,8 @@ type Options struct {
 	Warm                   bool       `json:"warm,omitempty"`
 	PrecopyIntervalSeconds int        `json:"precopy_interval_seconds,omitempty"`
 	CutoverAt              *time.Time `json:"cutover_at,omitempty"`
+	// SkipValidation submits without the pre-flight checks (POST /jobs/validate).
+	SkipValidation bool `json:"skip_validation,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
@@ -180,7 +182,9 @@ type Job struct {
 	CancelRequested bool          `json:"cancel_requested,omitempty"`
 	PendingReason   string        `json:"pending_reason,omitempty"`
 	Warnings        []string      `json:"warnings,omitempty"`
-	Result          *JobResult    `json:"result,omitempty"`
+	// Concerns are what the pre-flight validation found at submit (none critical).
+	Concerns []Concern  `json:"concerns,omitempty"`
+	Result   *JobResult `json:"result,omitempty"`
 	// Commit is set once the leader has committed the current attempt as the one that
 	// defines the job's domain (the commit point): from then on no other attempt takes
 	// the job while this one is silent. Cleared when the attempt ends and the job waits

@@ -50,6 +50,11 @@ type ScheduleFired struct {
 	Jobs     []proto.JobDefinition `json:"jobs,omitempty"`
 	Error    string                `json:"error,omitempty"`
 	At       time.Time             `json:"at"`
+	// Concerns by job id: the pre-flight findings of the jobs created (none critical).
+	Concerns map[string][]proto.Concern `json:"concerns,omitempty"`
+	// Refused are the VMs the firing did not create a job for, because validation found a
+	// critical concern; the run's outcome names them.
+	Refused []proto.ValidationResult `json:"refused,omitempty"`
 }
 
 // ScheduleRunResult is the response of an applied ScheduleFired.
@@ -220,7 +225,7 @@ func (s *State) applyScheduleFired(idx uint64, c ScheduleFired) any {
 	}
 	if len(c.Jobs) > 0 {
 		// Creates every job or none (duplicate ids are refused before anything changes).
-		if r, isErr := s.applySubmit(idx, c.Jobs).(error); isErr {
+		if r, isErr := s.applySubmit(idx, c.Jobs, c.Concerns).(error); isErr {
 			return r
 		}
 	}

@@ -155,9 +155,11 @@ type VMInfo struct {
 	NICs           []NIC  `json:"nics"`
 	HasSnapshots   bool   `json:"has_snapshots"`
 	// ChangeTracking: changed-block tracking is on (config.changeTrackingEnabled).
-	ChangeTracking bool   `json:"change_tracking"`
-	Host           string `json:"host"`
-	Datacenter     string `json:"datacenter"`
+	ChangeTracking bool `json:"change_tracking"`
+	// Checks are what pre-flight validation looks at (checks.go).
+	Checks     Checks `json:"checks"`
+	Host       string `json:"host"`
+	Datacenter string `json:"datacenter"`
 	// DatacenterPath is the datacenter's inventory path without the leading "/"
 	// ("DC0", "Folder/DC1"): the dcPath of datastore URLs.
 	DatacenterPath string `json:"datacenter_path"`
@@ -236,6 +238,7 @@ func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
 		info.IPAddress = m.Guest.IpAddress
 	}
 
+	info.Checks = checksOf(&m)
 	devices := object.VirtualDeviceList(m.Config.Hardware.Device)
 	for _, d := range devices {
 		switch x := d.(type) {
