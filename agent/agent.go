@@ -268,6 +268,7 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 		fmt.Fprintf(w, `{"status":"ok","name":%q,"running_jobs":%d}`+"\n", cfg.Name, a.Worker.Running())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+proto.AgentFactsPath, a.handleFacts(exec))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
