@@ -47,7 +47,7 @@ func (c *Client) FindVM(ctx context.Context, p string) (*VM, error) {
 		case isNotFound(err):
 			return nil, fmt.Errorf("%w: %s on %s", ErrVMNotFound, p, c.u.Host)
 		case errors.As(err, &mf):
-			return nil, fmt.Errorf("vsphere: %q matches several VMs; give one inventory path", p)
+			return nil, fmt.Errorf("vsphere: %q: %w; give one inventory path", p, ErrAmbiguous)
 		}
 		return nil, fmt.Errorf("vsphere: find VM %s: %w", p, err)
 	}
