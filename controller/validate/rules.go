@@ -230,9 +230,11 @@ func ruleHTTPSFlat(vm *vsphere.VMInfo, def *proto.JobDefinition) []proto.Concern
 	if def.Options.ConversionMethod != "https" {
 		return nil
 	}
+	// With snapshots, every disk the VM writes is a delta on vSphere (whatever the backing
+	// read says) and the flat extent is not its content.
 	var l []string
 	for _, d := range vm.Disks {
-		if d.Backing != "flat" || d.HasParent {
+		if d.Backing != "flat" || d.HasParent || vm.Checks.Snapshots > 0 {
 			l = append(l, d.Label)
 		}
 	}
