@@ -29,6 +29,8 @@ type Config struct {
 	Security SecurityConfig  `yaml:"security"`
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 	Log      LogConfig       `yaml:"log"`
+	// Validation: pre-flight checks (config_validate.go).
+	Validation ValidationConfig `yaml:"validation"`
 
 	// Schedules, webhook delivery and WebSocket (config_events.go).
 	Scheduler       SchedulerConfig       `yaml:"scheduler"`

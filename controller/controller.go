@@ -186,6 +186,7 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 	})
 	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken, Identities: c.State})
 	c.API.SetVMs()
+	c.setupValidation()
 	if cfg.MetricsEnabled() {
 		c.Metrics.Registry.MustRegister(c.Fleet)
 	}
