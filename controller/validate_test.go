@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -273,4 +274,23 @@ func TestValidateContract(t *testing.T) {
 func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// BenchmarkValidateBatch100: one POST /jobs/validate of 100 VMs (one vCenter session, the
+// agent's facts asked once), the "under a second against the simulator".
+func BenchmarkValidateBatch100(b *testing.B) {
+	f := startValidationFleet(b, 100, nil)
+	batch := make([]proto.JobDefinition, 100)
+	for i := range batch {
+		batch[i] = f.job("vm-" + strconv.Itoa(i+1))
+	}
+	body := mustJSON(batch)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		code, out := postRaw(b, f.ctl.URL()+"/jobs/validate", body)
+		if code != http.StatusOK {
+			b.Fatalf("%d %s", code, out)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/batch")
 }

@@ -32,8 +32,6 @@ type Config struct {
 	Agents func() []proto.AgentInfo
 	// Facts asks one agent for its host facts (nil: none asked, gossip view only).
 	Facts FactsFunc
-	// Parallel bounds the VMs read from one vCenter at once (default 8).
-	Parallel int
 	// Timeout bounds one validation call (default 60 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -48,9 +46,6 @@ type Validator struct {
 
 // New returns a Validator.
 func New(cfg Config) *Validator {
-	if cfg.Parallel <= 0 {
-		cfg.Parallel = 8
-	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 60 * time.Second
 	}
@@ -131,52 +126,66 @@ func (v *Validator) Validate(ctx context.Context, defs []proto.JobDefinition) ([
 	return results, nil
 }
 
-// readVMs reads the VMs of one vCenter's definitions with one session, Parallel at a time.
+// readVMs reads the VMs of one vCenter's definitions with one session: the folders they
+// name are listed once and the VMs read in chunks of infoChunk, so a batch costs a few
+// round trips rather than a few per VM. A path the listing does not resolve (a glob, a
+// path relative to the datacenter, a missing VM) is looked up alone, to say why.
 func (v *Validator) readVMs(ctx context.Context, defs []proto.JobDefinition, idx []int, vms []*vsphere.VMInfo, results []proto.ValidationResult) error {
 	src := defs[idx[0]].Source
+	srcErr := func(err error) error { return &SourceError{VCenter: hostOf(src.VCenterURL), Err: err} }
 	c, err := v.cfg.Connect(ctx, src)
 	if err != nil {
-		return &SourceError{VCenter: hostOf(src.VCenterURL), Err: err}
+		return srcErr(err)
 	}
 	defer c.Close(context.WithoutCancel(ctx))
-	sem := make(chan struct{}, v.cfg.Parallel)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for _, i := range idx {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(i int) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			vm, concern, err := readVM(ctx, c, defs[i].VMPath)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil && firstErr == nil:
-				firstErr = &SourceError{VCenter: hostOf(src.VCenterURL), Err: err}
-			case concern != nil:
-				results[i].Concerns = append(results[i].Concerns, *concern)
-			default:
-				vms[i] = vm
-			}
-		}(i)
+	paths := make([]string, len(idx))
+	for k, i := range idx {
+		paths[k] = defs[i].VMPath
 	}
-	wg.Wait()
-	return firstErr
-}
-
-// readVM finds and reads one VM. A VM that is not there, or a path that names several, is
-// a critical concern of that job, not an error of the call.
-func readVM(ctx context.Context, c *vsphere.Client, path string) (*vsphere.VMInfo, *proto.Concern, error) {
-	vm, err := c.FindVM(ctx, path)
-	if err == nil {
-		var info *vsphere.VMInfo
-		if info, err = c.VMInfo(ctx, vm); err == nil {
-			return info, nil, nil
+	found, err := c.FindVMs(ctx, paths)
+	if err != nil {
+		return srcErr(err)
+	}
+	var read []int
+	var handles []*vsphere.VM
+	for _, i := range idx {
+		vm := found[defs[i].VMPath]
+		if vm == nil {
+			var concern *proto.Concern
+			if vm, concern, err = findVM(ctx, c, defs[i].VMPath); err != nil {
+				return srcErr(err)
+			}
+			if concern != nil {
+				results[i].Concerns = append(results[i].Concerns, *concern)
+				continue
+			}
+		}
+		read = append(read, i)
+		handles = append(handles, vm)
+	}
+	for k := 0; k < len(read); k += infoChunk {
+		e := min(k+infoChunk, len(read))
+		infos, err := c.VMInfos(ctx, handles[k:e])
+		if err != nil {
+			return srcErr(err)
+		}
+		for j, info := range infos {
+			vms[read[k+j]] = info
 		}
 	}
+	return nil
+}
+
+// infoChunk bounds one property read (its answer holds every device of every VM).
+const infoChunk = 100
+
+// findVM finds one VM. A VM that is not there, or a path that names several, is a
+// critical concern of that job, not an error of the call.
+func findVM(ctx context.Context, c *vsphere.Client, path string) (*vsphere.VM, *proto.Concern, error) {
+	vm, err := c.FindVM(ctx, path)
 	switch {
+	case err == nil:
+		return vm, nil, nil
 	case errors.Is(err, vsphere.ErrVMNotFound):
 		cc := critical(RuleVMNotFound, fmt.Sprintf("no VM at %s", path),
 			"check the inventory path (hyperctl vms list --pattern 'DC/vm/*'); paths are Datacenter/vm/folder/name")

@@ -201,13 +201,16 @@ type NIC struct {
 
 // VMInfo reads the VM's hardware and placement in a few round trips.
 func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
-	var m mo.VirtualMachine
-	if err := c.collector().RetrieveOne(ctx, vm.Ref, []string{"name", "config", "runtime", "guest", "summary", "snapshot"}, &m); err != nil {
-		if isManagedObjectNotFound(err) {
-			return nil, fmt.Errorf("%w: %s (removed)", ErrVMNotFound, vm.Path)
-		}
-		return nil, fmt.Errorf("vsphere: read %s: %w", vm.Path, err)
+	infos, err := c.VMInfos(ctx, []*VM{vm})
+	if err != nil {
+		return nil, err
 	}
+	return infos[0], nil
+}
+
+// vmInfoOf builds a VM's VMInfo from its properties (vmProperties); names caches host
+// names and datacenters across the VMs of one VMInfos call.
+func (c *Client) vmInfoOf(ctx context.Context, vm *VM, m mo.VirtualMachine, names *infoNames) (*VMInfo, error) {
 	if m.Config == nil {
 		return nil, fmt.Errorf("vsphere: %s has no configuration (inaccessible or orphaned VM)", vm.Path)
 	}
@@ -254,16 +257,13 @@ func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
 	}
 
 	if m.Runtime.Host != nil {
-		var h mo.HostSystem
-		if err := c.collector().RetrieveOne(ctx, *m.Runtime.Host, []string{"name"}, &h); err == nil {
-			info.Host = h.Name
-		}
+		info.Host = names.hosts[*m.Runtime.Host]
 	}
-	dcName, dcPath, err := c.datacenterOf(ctx, vm.Ref)
+	dc, err := names.datacenter(ctx, c, vm.Ref, m.Parent)
 	if err != nil {
 		return nil, err
 	}
-	info.Datacenter, info.DatacenterPath = dcName, dcPath
+	info.Datacenter, info.DatacenterPath = dc[0], dc[1]
 	return info, nil
 }
 
