@@ -234,3 +234,8 @@ func (s *Sim) powerOnShapes(ctx context.Context, c *vim25.Client) error {
 	}
 	return nil
 }
+
+// ShapesFile is hypersdk-sim's --shapes YAML: "vms:" and a list of shapes.
+type ShapesFile struct {
+	VMs []Shape `yaml:"vms"`
+}
