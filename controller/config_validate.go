@@ -1,9 +1,11 @@
 package controller
 
 import (
+	"context"
 	"time"
 
 	"github.com/hypersdk/hypersdk/controller/api"
+	"github.com/hypersdk/hypersdk/controller/schedule"
 	"github.com/hypersdk/hypersdk/controller/validate"
 	"github.com/hypersdk/hypersdk/proto"
 )
@@ -39,4 +41,28 @@ func (c *Controller) setupValidation() {
 		Logger:  c.log,
 	})
 	c.API.SetValidator(api.ValidatorConfig{Validator: v, OnSubmit: c.cfg.Validation.onSubmit()})
+	c.validator = v
+}
+
+// scheduleValidate is what the scheduler checks a run's jobs with: the same checks as
+// submit, when submit runs them.
+func (c *Controller) scheduleValidate() schedule.Validate {
+	if c.validator == nil || !c.cfg.Validation.onSubmit() {
+		return nil
+	}
+	return c.validateSealed
+}
+
+// validateSealed validates a schedule run's jobs, whose passwords are sealed in the state.
+func (c *Controller) validateSealed(ctx context.Context, defs []proto.JobDefinition) ([]proto.ValidationResult, error) {
+	open := make([]proto.JobDefinition, len(defs))
+	for i, d := range defs {
+		pw, err := c.secrets.Open(d.Source.Password)
+		if err != nil {
+			return nil, err
+		}
+		d.Source.Password = pw
+		open[i] = d
+	}
+	return c.validator.Validate(ctx, open)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/schedule"
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/controller/validate"
 	"github.com/hypersdk/hypersdk/controller/web"
 	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/controller/ws"
@@ -55,8 +56,9 @@ type Controller struct {
 	savedControllers []byte
 
 	secrets    *secrets.Box // seals passwords in the raft log (nil: no key configured)
-	scheme     string       // http or https
-	peerTLS    *tls.Config  // verifies peer controllers
+	validator  *validate.Validator
+	scheme     string      // http or https
+	peerTLS    *tls.Config // verifies peer controllers
 	peerClient *http.Client
 	peerToken  string // admin token used on calls to peer controllers (join)
 	// clusterTLS is raft's and the peer calls' mutual TLS (nil: off; cluster_tls.go).

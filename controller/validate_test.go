@@ -294,3 +294,70 @@ func BenchmarkValidateBatch100(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/batch")
 }
+
+// TestScheduleRunValidation: a schedule's run validates the VMs its glob expands to; the
+// ones with a critical concern get no job and are named in the run's outcome, the others
+// run with their concerns.
+func TestScheduleRunValidation(t *testing.T) {
+	f := startValidationFleet(t, 0, validationShapes)
+	base := f.ctl.URL()
+	tmpl := f.job("*")
+	code, body := postJSON(t, base+"/schedules", proto.ScheduleRequest{ID: "wave-1", Schedule: "0 3 * * *", JobTemplate: &tmpl})
+	if code != http.StatusCreated {
+		t.Fatalf("create schedule: %d %s", code, body)
+	}
+	code, body = postRaw(t, base+"/schedules/wave-1/trigger", nil)
+	var tr proto.ScheduleTriggerResponse
+	if code != http.StatusOK || json.Unmarshal(body, &tr) != nil {
+		t.Fatalf("trigger: %d %s", code, body)
+	}
+	// vm-1 (the simulator always makes one numbered VM), plain, usb and vlan10 pass; rdm,
+	// test (a domain of that name on the agent), running and big do not.
+	if len(tr.JobIDs) != 4 {
+		var paths []string
+		for _, id := range tr.JobIDs {
+			_, j := getJob(t, base, id)
+			paths = append(paths, j.Definition.VMPath)
+		}
+		t.Fatalf("run created %d jobs, want 4: %v", len(tr.JobIDs), paths)
+	}
+	withConcerns := 0
+	for _, id := range tr.JobIDs {
+		_, j := getJob(t, base, id)
+		if j.Definition.ScheduleID != "wave-1" {
+			t.Errorf("job %s not of the schedule", id)
+		}
+		for _, bad := range []string{"rdm", "test", "running", "big"} {
+			if j.Definition.VMPath == "DC0/vm/"+bad {
+				t.Errorf("a job was created for %s", bad)
+			}
+		}
+		if len(j.Concerns) > 0 {
+			withConcerns++
+		}
+	}
+	if withConcerns == 0 {
+		t.Error("no job kept its concerns (usb has a warning)")
+	}
+	resp, err := http.Get(base + "/schedules/wave-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sc proto.Schedule
+	if err := json.NewDecoder(resp.Body).Decode(&sc); err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]bool{}
+	for _, r := range sc.LastRunRefused {
+		if !r.Critical() {
+			t.Errorf("refused without a critical concern: %+v", r)
+		}
+		refused[r.VMPath] = true
+	}
+	for _, vm := range []string{"DC0/vm/rdm", "DC0/vm/test", "DC0/vm/running", "DC0/vm/big"} {
+		if !refused[vm] {
+			t.Errorf("%s not in last_run_refused: %+v", vm, sc.LastRunRefused)
+		}
+	}
+}

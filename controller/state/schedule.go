@@ -257,9 +257,15 @@ func (s *State) applyScheduleFired(idx uint64, c ScheduleFired) any {
 	ev := proto.ScheduleEvent{ScheduleID: c.ID, Event: proto.ScheduleTriggered, Run: ns.RunCount, Manual: c.Manual, JobIDs: ids, Time: c.At}
 	events := []Event{{Kind: EventScheduleTriggered, Schedule: &ev, Index: idx}}
 	sw.runsTriggered++
+	// Pre-flight validation refused some VMs: the run goes on with the others, and the
+	// schedule shows which VMs were left out and why.
+	ns.LastRunRefused = c.Refused
 	if c.Error != "" || len(c.Jobs) == 0 {
 		msg := c.Error
-		if msg == "" {
+		switch {
+		case msg == "" && len(c.Refused) > 0:
+			msg = refusedMessage(c.Refused)
+		case msg == "":
 			msg = "the run created no jobs"
 		}
 		ns.FailedRuns++
@@ -395,3 +401,12 @@ func (s *State) ScheduleRunCounters() (triggered, successful, failed uint64) {
 // ScheduleSignal is signalled (without blocking apply) whenever a schedule changes, so the
 // leader's scheduler re-reads next_run at once.
 func (s *State) ScheduleSignal() <-chan struct{} { return s.sw.scheduleCh }
+
+// refusedMessage says which VMs validation refused, in one line.
+func refusedMessage(rs []proto.ValidationResult) string {
+	parts := make([]string, 0, len(rs))
+	for _, r := range rs {
+		parts = append(parts, r.VMPath+": "+r.Criticals())
+	}
+	return fmt.Sprintf("pre-flight validation refused %d VM(s): %s", len(rs), strings.Join(parts, "; "))
+}
