@@ -181,7 +181,8 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 		return nil, err
 	}
 
-	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, CommitGrace: cfg.Agents.CommitGrace, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
+	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, CommitGrace: cfg.Agents.CommitGrace, PerVCenterLimit: cfg.Agents.PerVCenterLimit,
+		PerHostDiskLimit: cfg.Agents.MaxDisksPerSourceHost, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
 	c.Node.OnLeadership(c.Leases.Run)
 	c.Fleet.OnDead(func(name string) {
 		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))

@@ -198,6 +198,15 @@ func TestValidateContract(t *testing.T) {
 		if len(j.Warnings) == 0 || !strings.HasPrefix(j.Warnings[0], "validation: ") || !strings.Contains(j.Warnings[0], "USB") {
 			t.Fatalf("job warnings: %q", j.Warnings)
 		}
+		// The source ESXi host, for the per-host limit of placement.
+		if h := j.Definition.SourceHost; h == nil || h.Moref == "" || h.Name == "" || h.Disks != 1 {
+			t.Fatalf("source host: %+v", h)
+		}
+		forged := f.job("plain")
+		forged.SourceHost = &proto.SourceHost{Moref: "host-1", Disks: 0}
+		if code, body := postJSON(t, base+"/jobs/submit", forged); code != http.StatusBadRequest || !strings.Contains(string(body), "source_host") {
+			t.Fatalf("a client-set source_host: %d %s", code, body)
+		}
 	})
 
 	t.Run("submit: skip_validation stores what validation refuses", func(t *testing.T) {

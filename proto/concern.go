@@ -34,6 +34,8 @@ type ValidationResult struct {
 	VMPath   string    `json:"vm_path"`
 	Concerns []Concern `json:"concerns"`
 	Agent    string    `json:"agent,omitempty"`
+	// SourceHost is the ESXi host the VM runs on (when the VM was found).
+	SourceHost *SourceHost `json:"source_host,omitempty"`
 }
 
 // Critical reports whether any concern is critical.

@@ -122,6 +122,27 @@ type JobDefinition struct {
 	CreatedAt   time.Time   `json:"created_at,omitzero"`
 	// ScheduleID names the schedule whose firing created the job, if any.
 	ScheduleID string `json:"schedule_id,omitempty"`
+	// SourceHost is the ESXi host the VM runs on and its disk count, stamped by the leader
+	// from pre-flight validation: placement limits the disks copied at once per host.
+	SourceHost *SourceHost `json:"source_host,omitempty"`
+}
+
+// SourceHost is where a job's VM runs on the source side.
+type SourceHost struct {
+	// Moref is the host's managed object id (runtime.host), Name its name in vCenter.
+	Moref string `json:"moref"`
+	Name  string `json:"name,omitempty"`
+	// Disks is how many disks the job copies from it.
+	Disks int `json:"disks"`
+}
+
+// SourceHostKey names the job's source ESXi host for the per-host limit ("" when not
+// known: submitted with skip_validation, or before validation existed).
+func (d *JobDefinition) SourceHostKey() string {
+	if d.SourceHost == nil || d.SourceHost.Moref == "" {
+		return ""
+	}
+	return d.VCenterKey() + "/" + d.SourceHost.Moref
 }
 
 // Redacted returns a copy safe to show anyone: the password is masked.

@@ -74,6 +74,10 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "created_at is set by the controller")
 		return
 	}
+	if def.SourceHost != nil {
+		writeError(w, http.StatusBadRequest, "source_host is set by the controller (pre-flight validation)")
+		return
+	}
 	s.write(w, r, body, func() (int, any, error) {
 		// The leader stamps id, time and defaults so apply stays deterministic.
 		if def.ID == "" {
@@ -83,7 +87,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		if def.Options.MaxAttempts == 0 {
 			def.Options.MaxAttempts = s.cfg.MaxAttempts
 		}
-		concerns, code, refusal := s.preflight(r.Context(), def)
+		concerns, code, refusal := s.preflight(r.Context(), &def)
 		if refusal != nil {
 			return code, refusal, nil
 		}

@@ -56,14 +56,15 @@ func (s *Server) handleValidate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res[0])
 }
 
-// preflight runs the checks for a submit. It returns the concerns to store with the job,
-// or the answer to send instead (4xx: a critical concern, or a vCenter the checks could
+// preflight runs the checks for a submit. It returns the concerns to store with the job
+// (and stamps the VM's source host into def, for the per-host limit), or the answer to
+// send instead (4xx: a critical concern, or a vCenter the checks could
 // not use). The definition's password is still in clear.
-func (s *Server) preflight(ctx context.Context, def proto.JobDefinition) ([]proto.Concern, int, any) {
+func (s *Server) preflight(ctx context.Context, def *proto.JobDefinition) ([]proto.Concern, int, any) {
 	if !s.validation.OnSubmit || s.validation.Validator == nil || def.Options.SkipValidation {
 		return nil, 0, nil
 	}
-	res, err := s.validation.Validator.Validate(ctx, []proto.JobDefinition{def})
+	res, err := s.validation.Validator.Validate(ctx, []proto.JobDefinition{*def})
 	if err != nil {
 		code := vcStatus(err)
 		if code == http.StatusGatewayTimeout {
@@ -81,5 +82,6 @@ func (s *Server) preflight(ctx context.Context, def proto.JobDefinition) ([]prot
 			Results: res,
 		}
 	}
+	def.SourceHost = res[0].SourceHost
 	return res[0].Concerns, 0, nil
 }

@@ -33,6 +33,7 @@ func (s *Scheduler) validate(ctx context.Context, sc proto.Schedule, cmd *state.
 			cmd.Refused = append(cmd.Refused, r)
 			continue
 		}
+		cmd.Jobs[i].SourceHost = r.SourceHost
 		keep = append(keep, cmd.Jobs[i])
 		if len(r.Concerns) > 0 {
 			if cmd.Concerns == nil {

@@ -116,6 +116,7 @@ func (v *Validator) Validate(ctx context.Context, defs []proto.JobDefinition) ([
 		if vms[i] == nil {
 			continue // not found: the concern says so
 		}
+		results[i].SourceHost = &proto.SourceHost{Moref: vms[i].Checks.HostMoref, Name: vms[i].Host, Disks: len(vms[i].Disks)}
 		results[i].Concerns = append(results[i].Concerns, CheckVM(vms[i], &defs[i])...)
 		if v.cfg.Agents != nil {
 			c, agent := CheckFleet(vms[i], &defs[i], agents)
