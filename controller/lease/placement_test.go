@@ -32,7 +32,9 @@ func libvirtURI(u string) func(*proto.JobDefinition) {
 	return func(d *proto.JobDefinition) { d.Destination.LibvirtURI = u }
 }
 func onHost(moref string, disks int) func(*proto.JobDefinition) {
-	return func(d *proto.JobDefinition) { d.SourceHost = &proto.SourceHost{Moref: moref, Name: moref + ".esx", Disks: disks} }
+	return func(d *proto.JobDefinition) {
+		d.SourceHost = &proto.SourceHost{Moref: moref, Name: moref + ".esx", Disks: disks}
+	}
 }
 func method(m string) func(*proto.JobDefinition) {
 	return func(d *proto.JobDefinition) { d.Options.ConversionMethod = m }
