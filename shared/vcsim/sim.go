@@ -95,6 +95,7 @@ type Sim struct {
 	mu             sync.Mutex
 	ignoreShutdown map[string]bool      // VM moref → guest ignores ShutdownGuest
 	poweredOff     map[string]time.Time // VM moref → last power-off (PoweredOffAt)
+	exportBusy     map[string]int       // VM moref → ExportVm calls left to refuse (busy.go)
 
 	closeOnce sync.Once
 	tmpDir    string
