@@ -53,10 +53,13 @@ type Config struct {
 	VirtProbeFile string `yaml:"virt_probe_file"`
 	// CredentialFile keeps the agent's own credential, enrolled with the join token on
 	// first contact (default <storage_dir>/.agent-credential, mode 0600).
-	CredentialFile string         `yaml:"credential_file"`
-	Transfer       TransferConfig `yaml:"transfer"`
-	Gossip         GossipConfig   `yaml:"gossip"`
-	Log            LogConfig      `yaml:"log"`
+	CredentialFile string `yaml:"credential_file"`
+	// HooksDir holds the executables a job's options.hooks may run by name ("": none; HTTP
+	// hooks still run). Only root should be able to write it.
+	HooksDir string         `yaml:"hooks_dir"`
+	Transfer TransferConfig `yaml:"transfer"`
+	Gossip   GossipConfig   `yaml:"gossip"`
+	Log      LogConfig      `yaml:"log"`
 }
 
 // TransferConfig tunes the disk copies (zero: the defaults of agent/transfer: 4

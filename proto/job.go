@@ -109,6 +109,8 @@ type Options struct {
 	CutoverAt              *time.Time `json:"cutover_at,omitempty"`
 	// SkipValidation submits without the pre-flight checks (POST /jobs/validate).
 	SkipValidation bool `json:"skip_validation,omitempty"`
+	// Hooks run before and after the migration on the agent (hooks.go).
+	Hooks *Hooks `json:"hooks,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.

@@ -52,6 +52,7 @@ func classify(stage string, err error) error {
 		errors.Is(err, ErrUnsupportedVM),
 		errors.Is(err, ErrGuestConversion),
 		errors.Is(err, ErrBootCheck),
+		errors.Is(err, ErrHook), // the hook's own retries are spent
 		errors.Is(err, transfer.ErrVDDKUnavailable),
 		errors.Is(err, transfer.ErrSourceAccess),
 		errors.Is(err, transfer.ErrMethodUnavailable),
