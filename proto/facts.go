@@ -26,6 +26,8 @@ type AgentFacts struct {
 	// GuestConversion is the agent's default for jobs without options.guest_conversion
 	// (auto or off).
 	GuestConversion string `json:"guest_conversion"`
+	// Hooks are the executables of the agent's hooks_dir (what options.hooks may name).
+	Hooks []string `json:"hooks"`
 	// LibvirtError says why networks and domains could not be listed ("" when they were).
 	LibvirtError string `json:"libvirt_error,omitempty"`
 }

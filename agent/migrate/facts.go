@@ -19,6 +19,7 @@ func (p *Pipeline) HostFacts(ctx context.Context) proto.AgentFacts {
 		f.DefaultNetwork = "default" // what define falls back to
 	}
 	f.OVMF, f.OVMFSecureBoot = libvirt.Firmware(libvirt.Options{})
+	f.Hooks = p.hookNames()
 	conn, err := libvirt.Connect(ctx, p.cfg.LibvirtURI)
 	if err != nil {
 		f.LibvirtError = err.Error()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -185,3 +186,21 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 func (t *tailBuffer) String() string { return string(t.b) }
+
+// hookNames lists the executables of the hooks dir, for the agent's facts.
+func (p *Pipeline) hookNames() []string {
+	out := []string{}
+	if p.cfg.HooksDir == "" {
+		return out
+	}
+	entries, err := os.ReadDir(p.cfg.HooksDir)
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && !e.IsDir() && info.Mode()&0o111 != 0 || e.Type()&os.ModeSymlink != 0 {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}

@@ -31,6 +31,7 @@ const (
 	RuleV2VMissing       = "guest.v2v_missing"
 	RulePlacement        = "placement.restricted"
 	RuleFactsUnavailable = "agent.facts_unavailable"
+	RuleHookMissing      = "hook.missing"
 )
 
 // Agent is one agent as the fleet rules see it: the gossip view and, when its API
@@ -107,6 +108,15 @@ func CheckAgent(vm *vsphere.VMInfo, def *proto.JobDefinition, a Agent) []proto.C
 	}
 	f := a.Facts
 	out = append(out, networkRules(vm, def, a)...)
+	if hs := o.Hooks; hs != nil {
+		for phase, h := range map[string]*proto.Hook{"pre": hs.Pre, "post": hs.Post} {
+			if h != nil && h.Command != "" && !hasAny(f.Hooks, h.Command) {
+				out = append(out, critical(RuleHookMissing,
+					fmt.Sprintf("the %s hook %q is not in agent %s's hooks_dir (it has %s)", phase, h.Command, name, orNone(f.Hooks)),
+					"install the executable in the agent's hooks_dir (agent config hooks_dir), or use an url hook"))
+			}
+		}
+	}
 	for _, d := range f.Domains {
 		if d.Name != vm.Name || (d.JobID != "" && d.JobID == def.ID) {
 			continue

@@ -58,6 +58,9 @@ func TestFleetRules(t *testing.T) {
 			d.Options.GuestConversion = new(bool)
 			*d.Options.GuestConversion = true
 		}},
+		{"hook command not on the agent", RuleHookMissing, "plain", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
+			d.Options.Hooks = &proto.Hooks{Pre: &proto.Hook{Command: "cmdb-check"}}
+		}},
 		{"conversion required without virt-v2v", RuleV2VMissing, "plain", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
 			a.Info.Capabilities.VirtV2V, a.Facts.Capabilities.VirtV2V = false, false
 			d.Options.GuestConversion = new(bool)
@@ -90,6 +93,9 @@ func TestFleetRules(t *testing.T) {
 			if tc.rule == RuleNetworkMissing || tc.rule == RuleNetworkInactive {
 				good.Facts.Bridges = append(good.Facts.Bridges, "br10")
 				good.Facts.Networks[1].Active = true
+			}
+			if tc.rule == RuleHookMissing {
+				good.Facts.Hooks = []string{"cmdb-check"}
 			}
 			if tc.rule == RuleV2VMissing {
 				def2.Options.GuestConversion = nil
