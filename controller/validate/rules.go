@@ -76,18 +76,24 @@ func diskLabels(vm *vsphere.VMInfo, pick func(vsphere.DiskCheck) bool) string {
 	return strings.Join(l, ", ")
 }
 
-func ruleRDM(vm *vsphere.VMInfo, _ *proto.JobDefinition) []proto.Concern {
+// disksWhere names the disks of vm.Disks for which pick is true ("" for none).
+func disksWhere(vm *vsphere.VMInfo, pick func(vsphere.Disk) bool) string {
 	var l []string
 	for _, d := range vm.Disks {
-		if d.Backing == "rdm" {
+		if pick(d) {
 			l = append(l, d.Label)
 		}
 	}
-	if len(l) == 0 {
+	return strings.Join(l, ", ")
+}
+
+func ruleRDM(vm *vsphere.VMInfo, _ *proto.JobDefinition) []proto.Concern {
+	l := disksWhere(vm, func(d vsphere.Disk) bool { return d.Backing == "rdm" })
+	if l == "" {
 		return nil
 	}
 	return []proto.Concern{critical(RuleRDM,
-		fmt.Sprintf("%s has raw device mapping (RDM) disks (%s): their data is on a SAN LUN, which neither ExportVm nor the datastore can read", vm.Name, strings.Join(l, ", ")),
+		fmt.Sprintf("%s has raw device mapping (RDM) disks (%s): their data is on a SAN LUN, which neither ExportVm nor the datastore can read", vm.Name, l),
 		"convert the RDM to a virtual disk (Storage vMotion with a thick or thin format, or clone), or detach it and present the LUN to the KVM host")}
 }
 
@@ -188,32 +194,22 @@ func rulePoweredOn(vm *vsphere.VMInfo, def *proto.JobDefinition) []proto.Concern
 }
 
 func ruleNVMe(vm *vsphere.VMInfo, _ *proto.JobDefinition) []proto.Concern {
-	var l []string
-	for _, d := range vm.Disks {
-		if d.Controller == "nvme" {
-			l = append(l, d.Label)
-		}
-	}
-	if len(l) == 0 {
+	l := disksWhere(vm, func(d vsphere.Disk) bool { return d.Controller == "nvme" })
+	if l == "" {
 		return nil
 	}
 	return []proto.Concern{warning(RuleNVMe,
-		fmt.Sprintf("%s has disks on an NVMe controller (%s): on KVM they are virtio (after guest conversion) or sata disks, and a guest whose boot configuration names nvme devices needs conversion to boot", vm.Name, strings.Join(l, ", ")),
+		fmt.Sprintf("%s has disks on an NVMe controller (%s): on KVM they are virtio (after guest conversion) or sata disks, and a guest whose boot configuration names nvme devices needs conversion to boot", vm.Name, l),
 		"keep guest conversion on (virt-v2v fixes fstab and the boot loader), or make sure the guest mounts by UUID/label")}
 }
 
 func ruleZeroSize(vm *vsphere.VMInfo, _ *proto.JobDefinition) []proto.Concern {
-	var l []string
-	for _, d := range vm.Disks {
-		if d.CapacityBytes == 0 {
-			l = append(l, d.Label)
-		}
-	}
-	if len(l) == 0 {
+	l := disksWhere(vm, func(d vsphere.Disk) bool { return d.CapacityBytes == 0 })
+	if l == "" {
 		return nil
 	}
 	return []proto.Concern{warning(RuleZeroSize,
-		fmt.Sprintf("%s reports disks of size 0 (%s): a disk being created or resized, or a broken descriptor; the copy of such a disk is empty", vm.Name, strings.Join(l, ", ")),
+		fmt.Sprintf("%s reports disks of size 0 (%s): a disk being created or resized, or a broken descriptor; the copy of such a disk is empty", vm.Name, l),
 		"check the disk in vSphere (its size and its descriptor file) before migrating")}
 }
 
@@ -232,17 +228,12 @@ func ruleHTTPSFlat(vm *vsphere.VMInfo, def *proto.JobDefinition) []proto.Concern
 	}
 	// With snapshots, every disk the VM writes is a delta on vSphere (whatever the backing
 	// read says) and the flat extent is not its content.
-	var l []string
-	for _, d := range vm.Disks {
-		if d.Backing != "flat" || d.HasParent || vm.Checks.Snapshots > 0 {
-			l = append(l, d.Label)
-		}
-	}
-	if len(l) == 0 {
+	l := disksWhere(vm, func(d vsphere.Disk) bool { return d.Backing != "flat" || d.HasParent || vm.Checks.Snapshots > 0 })
+	if l == "" {
 		return nil
 	}
 	return []proto.Concern{critical(RuleHTTPSFlat,
-		fmt.Sprintf("conversion_method https reads flat disks only, and %s has disks that are not (%s: sparse, RDM or snapshot deltas)", vm.Name, strings.Join(l, ", ")),
+		fmt.Sprintf("conversion_method https reads flat disks only, and %s has disks that are not (%s: sparse, RDM or snapshot deltas)", vm.Name, l),
 		"use conversion_method nfc (or auto), or consolidate the snapshots")}
 }
 
