@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hypersdk/hypersdk/agent/worker"
 	"github.com/hypersdk/hypersdk/proto"
 )
 
@@ -77,6 +78,13 @@ func (j *job) hook(ctx context.Context, phase string, res *proto.JobResult) erro
 		}
 		cancel()
 		j.log.Info("hook ran", "hook", phase, "what", what, "try", try+1, "ok", err == nil, "err", err, "output", out)
+		if hl, ok := j.rep.(worker.HookLogger); ok {
+			outcome := "ok"
+			if err != nil {
+				outcome = "failed: " + err.Error()
+			}
+			hl.HookRan(phase, outcome, out)
+		}
 		if err == nil {
 			return nil
 		}
