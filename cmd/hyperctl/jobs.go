@@ -331,8 +331,30 @@ func printJob(a *app, j proto.Job) error {
 		"Error", errText,
 		"Warnings", strings.Join(j.Warnings, "; "),
 		"Warm", describeWarm(d.Options, j.Warm),
+		"Concerns", describeConcerns(j.Concerns),
+		"Source host", describeSourceHost(d.SourceHost),
 		"Result", result,
 	)
+}
+
+// describeConcerns lists what pre-flight validation found: "warning device.usb_passthrough; info …".
+func describeConcerns(cs []proto.Concern) string {
+	parts := make([]string, 0, len(cs))
+	for _, c := range cs {
+		parts = append(parts, string(c.Category)+" "+c.ID)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func describeSourceHost(h *proto.SourceHost) string {
+	if h == nil {
+		return ""
+	}
+	name := h.Name
+	if name == "" {
+		name = h.Moref
+	}
+	return fmt.Sprintf("%s (%d disks)", name, h.Disks)
 }
 
 func describeOptions(o proto.Options) string {
