@@ -48,15 +48,7 @@ func TestAttemptLog(t *testing.T) {
 	cs := startCluster(t, 1, 2*time.Second)
 	exec := newExec(false)
 	var log lockedBuffer
-	w, err := worker.New(worker.Config{Name: "agent-log", Controllers: urls(cs), MaxJobs: 2, WaitSeconds: 2,
-		ShutdownGrace: time.Second, AttemptLog: &log, Logger: controller.TestLogger(t)}, exec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runLoggedWorker(t, cs, "agent-log", exec, &log)
 
 	id := submit(t, cs[0].URL(), "DC0/vm/logged")
 	controller.WaitFor(t, 10*time.Second, "start recorded", func() bool { return len(log.records(t)) == 1 })
@@ -85,8 +77,20 @@ func (hookExec) Run(ctx context.Context, l proto.Lease, r worker.Reporter) (*pro
 func TestAttemptLogHooks(t *testing.T) {
 	cs := startCluster(t, 1, 2*time.Second)
 	var log lockedBuffer
-	w, err := worker.New(worker.Config{Name: "agent-hooklog", Controllers: urls(cs), MaxJobs: 1, WaitSeconds: 2,
-		ShutdownGrace: time.Second, AttemptLog: &log, Logger: controller.TestLogger(t)}, hookExec{})
+	runLoggedWorker(t, cs, "agent-hooklog", hookExec{}, &log)
+	id := submit(t, cs[0].URL(), "DC0/vm/hooked")
+	controller.WaitFor(t, 10*time.Second, "end recorded", func() bool { return len(log.records(t)) == 3 })
+	recs := log.records(t)
+	if h := recs[1]; h.Event != "hook_pre" || h.JobID != id || h.Outcome != "ok" || h.Output != "freeze window open\n" {
+		t.Fatalf("records %+v", recs)
+	}
+}
+
+// runLoggedWorker runs a worker writing its attempt log to log until the test ends.
+func runLoggedWorker(t *testing.T, cs []*controller.Controller, name string, exec worker.Executor, log *lockedBuffer) {
+	t.Helper()
+	w, err := worker.New(worker.Config{Name: name, Controllers: urls(cs), MaxJobs: 2, WaitSeconds: 2,
+		ShutdownGrace: time.Second, AttemptLog: log, Logger: controller.TestLogger(t)}, exec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,10 +98,4 @@ func TestAttemptLogHooks(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	id := submit(t, cs[0].URL(), "DC0/vm/hooked")
-	controller.WaitFor(t, 10*time.Second, "end recorded", func() bool { return len(log.records(t)) == 3 })
-	recs := log.records(t)
-	if h := recs[1]; h.Event != "hook_pre" || h.JobID != id || h.Outcome != "ok" || h.Output != "freeze window open\n" {
-		t.Fatalf("records %+v", recs)
-	}
 }
