@@ -84,10 +84,10 @@ func postJSON(t testing.TB, url string, v any) (int, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return postRaw(t, url, b)
+	return postBytes(t, url, b)
 }
 
-func postRaw(t testing.TB, url string, b []byte) (int, []byte) {
+func postBytes(t testing.TB, url string, b []byte) (int, []byte) {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", bytes.NewReader(b))
 	if err != nil {
@@ -241,7 +241,7 @@ func TestValidateContract(t *testing.T) {
 				if path == "/jobs/submit" && bytes.HasPrefix(tc.body, []byte("[")) {
 					continue
 				}
-				code, body := postRaw(t, base+path, tc.body)
+				code, body := postBytes(t, base+path, tc.body)
 				var e proto.ErrorResponse
 				_ = json.Unmarshal(body, &e)
 				if code < 400 || code >= 500 || !strings.Contains(e.Error, tc.want) {
@@ -296,7 +296,7 @@ func BenchmarkValidateBatch100(b *testing.B) {
 	body := mustJSON(batch)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		code, out := postRaw(b, f.ctl.URL()+"/jobs/validate", body)
+		code, out := postBytes(b, f.ctl.URL()+"/jobs/validate", body)
 		if code != http.StatusOK {
 			b.Fatalf("%d %s", code, out)
 		}
@@ -315,7 +315,7 @@ func TestScheduleRunValidation(t *testing.T) {
 	if code != http.StatusCreated {
 		t.Fatalf("create schedule: %d %s", code, body)
 	}
-	code, body = postRaw(t, base+"/schedules/wave-1/trigger", nil)
+	code, body = postBytes(t, base+"/schedules/wave-1/trigger", nil)
 	var tr proto.ScheduleTriggerResponse
 	if code != http.StatusOK || json.Unmarshal(body, &tr) != nil {
 		t.Fatalf("trigger: %d %s", code, body)
