@@ -20,6 +20,7 @@ var testShapes = []vcsim.Shape{
 	{Name: "shared", SharedDisk: true},
 	{Name: "independent", IndependentDisk: true},
 	{Name: "snapshots", Snapshots: 1},
+	{Name: "snapshots-cbt", Snapshots: 1, ChangeTracking: true},
 	{Name: "encrypted-vm", Encrypted: true},
 	{Name: "encrypted-disk", EncryptedDisk: true},
 	{Name: "pci", PCIPassthrough: true},

@@ -128,7 +128,7 @@ func ruleSnapshots(vm *vsphere.VMInfo, def *proto.JobDefinition) []proto.Concern
 		n = 1
 	}
 	fix := "delete or consolidate the snapshots in vSphere (Snapshots > Delete All)"
-	if isWarm(def) && !vm.Checks.ChangeTracking {
+	if isWarm(def) && !vm.ChangeTracking {
 		return []proto.Concern{critical(RuleSnapshots,
 			fmt.Sprintf("%s has %d snapshot(s) and changed-block tracking is off: a warm migration needs CBT, which vSphere refuses to enable on a VM with snapshots", vm.Name, n), fix)}
 	}

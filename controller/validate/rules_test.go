@@ -17,6 +17,7 @@ func TestVMRules(t *testing.T) {
 	}
 	https := func(d *proto.JobDefinition) { d.Options.ConversionMethod = "https" }
 	shutdown := func(d *proto.JobDefinition) { d.Options.Shutdown = true }
+	warm := func(d *proto.JobDefinition) { d.Options.Warm = true }
 	for _, tc := range []struct {
 		rule, vm string
 		want     proto.ConcernCategory
@@ -26,6 +27,12 @@ func TestVMRules(t *testing.T) {
 		{RuleSharedDisk, "shared", proto.ConcernCritical, nil},
 		{RuleIndependent, "independent", proto.ConcernWarning, nil},
 		{RuleSnapshots, "snapshots", proto.ConcernWarning, nil},
+		// Warm copies from snapshots with CBT: independent disks are missed, and vSphere
+		// refuses to turn CBT on while snapshots exist (already on: the rounds work).
+		{RuleIndependent, "independent", proto.ConcernCritical, warm},
+		{RuleSnapshots, "snapshots", proto.ConcernCritical, warm},
+		{RuleSnapshots, "snapshots-cbt", proto.ConcernWarning, warm},
+		{RuleSnapshots, "snapshots-cbt", proto.ConcernWarning, nil},
 		{RuleEncryptedVM, "encrypted-vm", proto.ConcernCritical, nil},
 		{RuleEncryptedDisk, "encrypted-disk", proto.ConcernCritical, nil},
 		{RulePCIPassthrough, "pci", proto.ConcernCritical, nil},

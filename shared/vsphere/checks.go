@@ -11,8 +11,6 @@ import (
 type Checks struct {
 	// HostMoref is the ESXi host the VM runs on (runtime.host), for the per-host limit.
 	HostMoref string `json:"host_moref,omitempty"`
-	// ChangeTracking: changed-block tracking is on (config.changeTrackingEnabled).
-	ChangeTracking bool `json:"change_tracking"`
 	// Encrypted: the VM itself is encrypted (config.keyId: VM encryption with a KMS).
 	Encrypted bool `json:"encrypted"`
 	// VTPM: the VM has a virtual TPM, whose secrets cannot leave the vCenter's key provider.
@@ -63,7 +61,6 @@ func checksOf(m *mo.VirtualMachine) Checks {
 	if m.Config == nil {
 		return c
 	}
-	c.ChangeTracking = m.Config.ChangeTrackingEnabled != nil && *m.Config.ChangeTrackingEnabled
 	c.Encrypted = m.Config.KeyId != nil
 	devices := object.VirtualDeviceList(m.Config.Hardware.Device)
 	for _, d := range devices {
