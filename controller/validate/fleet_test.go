@@ -39,7 +39,20 @@ func TestFleetRules(t *testing.T) {
 		{"mapped to a missing bridge", RuleNetworkMissing, "vlan10", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
 			d.Options.NetworkMapping = map[string]string{"Prod-VLAN10": "bridge:br10"}
 		}},
-		{"default network missing", RuleNetworkMissing, "plain", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) { a.Facts.DefaultNetwork = "nat0" }},
+		// The agent defines the NIC on a missing default network and warns: critical only
+		// when the job starts the domain.
+		{"default network missing", RuleNetworkMissing, "plain", proto.ConcernWarning, func(a *Agent, d *proto.JobDefinition) { a.Facts.DefaultNetwork = "nat0" }},
+		{"default network missing, boot check", RuleNetworkMissing, "plain", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
+			a.Facts.DefaultNetwork = "nat0"
+			d.Options.VerifyBoot = true
+		}},
+		{"default network missing, start after", RuleNetworkMissing, "plain", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
+			a.Facts.DefaultNetwork = "nat0"
+			d.Options.StartAfter = true
+		}},
+		{"mapped to a missing network, left off", RuleNetworkMissing, "vlan10", proto.ConcernCritical, func(a *Agent, d *proto.JobDefinition) {
+			d.Options.NetworkMapping = map[string]string{"Prod-VLAN10": "network:vlan10"}
+		}},
 		{"mapped to an inactive network", RuleNetworkInactive, "vlan10", proto.ConcernWarning, func(a *Agent, d *proto.JobDefinition) {
 			d.Options.NetworkMapping = map[string]string{"Prod-VLAN10": "standby"}
 		}},
@@ -93,6 +106,7 @@ func TestFleetRules(t *testing.T) {
 			if tc.rule == RuleNetworkMissing || tc.rule == RuleNetworkInactive {
 				good.Facts.Bridges = append(good.Facts.Bridges, "br10")
 				good.Facts.Networks[1].Active = true
+				good.Facts.Networks = append(good.Facts.Networks, proto.AgentNetwork{Name: "vlan10", Active: true})
 			}
 			if tc.rule == RuleHookMissing {
 				good.Facts.Hooks = []string{"cmdb-check"}
