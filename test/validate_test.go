@@ -58,14 +58,21 @@ func TestE2EValidation(t *testing.T) {
 
 	var res []proto.ValidationResult
 	mapped := map[string]string{"VM Network": "bridge:" + br}
-	code, err := harness.PostJSON(ctl.URL()+"/jobs/validate", []proto.JobDefinition{job(okVM, nil), job(okVM, mapped), job(rdmVM, mapped)}, &res)
-	if err != nil || code != http.StatusOK || len(res) != 3 {
+	booted := job(okVM, nil)
+	booted.Options.VerifyBoot = true
+	code, err := harness.PostJSON(ctl.URL()+"/jobs/validate", []proto.JobDefinition{job(okVM, nil), job(okVM, mapped), job(rdmVM, mapped), booted}, &res)
+	if err != nil || code != http.StatusOK || len(res) != 4 {
 		t.Fatalf("validate: %d %v %+v", code, err, res)
 	}
-	// The unmapped NIC: critical exactly when the host's libvirt has no "default" network.
+	// The unmapped NIC goes to the agent's default network. When the host's libvirt has no
+	// "default" network, the agent defines the NIC there anyway and warns (a warning), and
+	// a job that starts the domain would fail (critical).
 	_, defErr := harness.Virsh("net-info", "default")
-	if (defErr != nil) != strings.Contains(ids(res[0]), "critical network.missing") {
+	if (defErr != nil) != strings.Contains(ids(res[0]), "warning network.missing") {
 		t.Errorf("unmapped NIC (default network present: %v): %s", defErr == nil, ids(res[0]))
+	}
+	if (defErr != nil) != strings.Contains(ids(res[3]), "critical network.missing") {
+		t.Errorf("unmapped NIC, boot check (default network present: %v): %s", defErr == nil, ids(res[3]))
 	}
 	if res[1].Critical() || res[1].Agent != "agent-val" {
 		t.Errorf("mapped to the test's network: agent %q, %s", res[1].Agent, ids(res[1]))
