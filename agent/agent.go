@@ -59,10 +59,13 @@ type Config struct {
 	CredentialFile string `yaml:"credential_file"`
 	// MinFreeStorage is the free space of the storage dir below which the agent counts as
 	// unhealthy and takes no work (default 1 GiB).
-	MinFreeStorage uint64         `yaml:"min_free_storage"`
-	Transfer       TransferConfig `yaml:"transfer"`
-	Gossip         GossipConfig   `yaml:"gossip"`
-	Log            LogConfig      `yaml:"log"`
+	MinFreeStorage uint64 `yaml:"min_free_storage"`
+	// HooksDir holds the executables a job's options.hooks may run by name ("": none; HTTP
+	// hooks still run). Only root should be able to write it.
+	HooksDir string         `yaml:"hooks_dir"`
+	Transfer TransferConfig `yaml:"transfer"`
+	Gossip   GossipConfig   `yaml:"gossip"`
+	Log      LogConfig      `yaml:"log"`
 }
 
 // TransferConfig tunes the disk copies (zero: the defaults of agent/transfer: 4
@@ -284,6 +287,7 @@ func New(ctx context.Context, cfg Config, exec worker.Executor, reg *prometheus.
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", a.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+proto.AgentFactsPath, a.handleFacts(exec))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

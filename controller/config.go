@@ -29,6 +29,8 @@ type Config struct {
 	Security SecurityConfig  `yaml:"security"`
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 	Log      LogConfig       `yaml:"log"`
+	// Validation: pre-flight checks (config_validate.go).
+	Validation ValidationConfig `yaml:"validation"`
 
 	// Schedules, webhook delivery and WebSocket (config_events.go).
 	Scheduler       SchedulerConfig       `yaml:"scheduler"`
@@ -127,6 +129,9 @@ type AgentsConfig struct {
 	CommitGrace time.Duration `yaml:"commit_grace"`
 	// PerVCenterLimit bounds concurrent migrations from one vCenter (default 8).
 	PerVCenterLimit int `yaml:"per_vcenter_limit"`
+	// MaxDisksPerSourceHost bounds the disks copied at once from one source ESXi host
+	// (default 10), for jobs whose host pre-flight validation found.
+	MaxDisksPerSourceHost int `yaml:"max_disks_per_source_host"`
 }
 
 // SecurityConfig is the outbound policy (shared/netpolicy): where the controller may
@@ -171,7 +176,7 @@ func DefaultConfig() Config {
 			RateLimit: api.RateLimit{RequestsPerSecond: 1000, Burst: 2000}},
 		Cluster: ClusterConfig{RaftAddr: "127.0.0.1:8081", MaxAttempts: 3, LeaderWait: 3 * time.Second},
 		Gossip:  GossipConfig{Addr: "127.0.0.1:7946"},
-		Agents:  AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8},
+		Agents:  AgentsConfig{LeaseTTL: 15 * time.Second, PerVCenterLimit: 8, MaxDisksPerSourceHost: 10},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/hypersdk/hypersdk/controller/metrics"
 	"github.com/hypersdk/hypersdk/controller/schedule"
 	"github.com/hypersdk/hypersdk/controller/state"
+	"github.com/hypersdk/hypersdk/controller/validate"
 	"github.com/hypersdk/hypersdk/controller/web"
 	"github.com/hypersdk/hypersdk/controller/webhook"
 	"github.com/hypersdk/hypersdk/controller/ws"
@@ -57,8 +58,9 @@ type Controller struct {
 	gossipJoining    atomic.Bool // a join of the other controllers' gossip runs (gossipjoin.go)
 
 	secrets    *secrets.Box // seals passwords in the raft log (nil: no key configured)
-	scheme     string       // http or https
-	peerTLS    *tls.Config  // verifies peer controllers
+	validator  *validate.Validator
+	scheme     string      // http or https
+	peerTLS    *tls.Config // verifies peer controllers
 	peerClient *http.Client
 	peerToken  string // admin token used on calls to peer controllers (join)
 	// clusterTLS is raft's and the peer calls' mutual TLS (nil: off; cluster_tls.go).
@@ -181,13 +183,15 @@ func New(cfg Config, log *slog.Logger) (_ *Controller, err error) {
 		return nil, err
 	}
 
-	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, CommitGrace: cfg.Agents.CommitGrace, PerVCenterLimit: cfg.Agents.PerVCenterLimit, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
+	c.Leases = lease.New(lease.Config{TTL: cfg.Agents.LeaseTTL, CommitGrace: cfg.Agents.CommitGrace, PerVCenterLimit: cfg.Agents.PerVCenterLimit,
+		PerHostDiskLimit: cfg.Agents.MaxDisksPerSourceHost, Secrets: c.secrets, Logger: log}, c.State, c.Node, c.Fleet)
 	c.Node.OnLeadership(c.Leases.Run)
 	c.Fleet.OnDead(func(name string) {
 		c.Leases.ExpireAgent(name, fmt.Sprintf("agent %s was declared dead by gossip", name))
 	})
 	c.API.SetAgents(api.AgentsConfig{Leases: c.Leases, Fleet: c.Fleet, JoinToken: cfg.Agents.JoinToken, Identities: c.State})
 	c.API.SetVMs()
+	c.setupValidation()
 	if cfg.MetricsEnabled() {
 		c.Metrics.Registry.MustRegister(c.Fleet)
 	}

@@ -20,7 +20,8 @@ func (c *Controller) wireEvents(log *slog.Logger) {
 
 	c.Scheduler = schedule.New(schedule.Config{
 		Poll: cfg.Scheduler.Poll, MaxAttempts: cfg.Cluster.MaxAttempts, MaxJobsPerFire: cfg.Scheduler.MaxJobsPerFire, Logger: log,
-		Lister: vsphereLister{log: log.With("component", "scheduler"), box: c.secrets, policy: cfg.OutboundPolicy()},
+		Lister:   vsphereLister{log: log.With("component", "scheduler"), box: c.secrets, policy: cfg.OutboundPolicy()},
+		Validate: c.scheduleValidate(),
 	}, c.State, c.Node)
 	if cfg.SchedulerEnabled() {
 		c.Node.OnLeadership(c.Scheduler.Run)

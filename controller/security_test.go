@@ -79,6 +79,7 @@ func TestTokensAndRoles(t *testing.T) {
 		{"viewer reads", "GET", "/status", viewerTok, "", 200},
 		{"viewer queries", "POST", "/jobs/query", viewerTok, `{}`, 200},
 		{"viewer metrics", "GET", "/metrics", viewerTok, "", 200},
+		{"viewer validates (400: the test's vCenter is not there)", "POST", "/jobs/validate", viewerTok, job, 400},
 		{"viewer cannot submit", "POST", "/jobs/submit", viewerTok, job, 403},
 		{"viewer cannot cancel", "POST", "/jobs/cancel", viewerTok, `{"status":"pending"}`, 403},
 		{"viewer cannot remove nodes", "DELETE", "/cluster/nodes/b", viewerTok, "", 403},

@@ -110,6 +110,10 @@ type Options struct {
 	// AllowDuplicate lets a job be submitted while another job of the same source VM is
 	// pending or running (otherwise 409: one VM migrated twice is two domains).
 	AllowDuplicate bool `json:"allow_duplicate,omitempty"`
+	// SkipValidation submits without the pre-flight checks (POST /jobs/validate).
+	SkipValidation bool `json:"skip_validation,omitempty"`
+	// Hooks run before and after the migration on the agent (hooks.go).
+	Hooks *Hooks `json:"hooks,omitempty"`
 }
 
 // JobDefinition is what an operator submits. ID and CreatedAt are stamped by the leader.
@@ -123,6 +127,27 @@ type JobDefinition struct {
 	CreatedAt   time.Time   `json:"created_at,omitzero"`
 	// ScheduleID names the schedule whose firing created the job, if any.
 	ScheduleID string `json:"schedule_id,omitempty"`
+	// SourceHost is the ESXi host the VM runs on and its disk count, stamped by the leader
+	// from pre-flight validation: placement limits the disks copied at once per host.
+	SourceHost *SourceHost `json:"source_host,omitempty"`
+}
+
+// SourceHost is where a job's VM runs on the source side.
+type SourceHost struct {
+	// Moref is the host's managed object id (runtime.host), Name its name in vCenter.
+	Moref string `json:"moref"`
+	Name  string `json:"name,omitempty"`
+	// Disks is how many disks the job copies from it.
+	Disks int `json:"disks"`
+}
+
+// SourceHostKey names the job's source ESXi host for the per-host limit ("" when not
+// known: submitted with skip_validation, or before validation existed).
+func (d *JobDefinition) SourceHostKey() string {
+	if d.SourceHost == nil || d.SourceHost.Moref == "" {
+		return ""
+	}
+	return d.VCenterKey() + "/" + d.SourceHost.Moref
 }
 
 // Redacted returns a copy safe to show anyone: the password is masked.
@@ -182,11 +207,13 @@ type Job struct {
 	Attempt     int           `json:"attempt"`
 	// FailedAgents are the agents earlier attempts ended on without success: placement
 	// gives the next attempt to another agent while one may take it.
-	FailedAgents    []string   `json:"failed_agents,omitempty"`
-	CancelRequested bool       `json:"cancel_requested,omitempty"`
-	PendingReason   string     `json:"pending_reason,omitempty"`
-	Warnings        []string   `json:"warnings,omitempty"`
-	Result          *JobResult `json:"result,omitempty"`
+	FailedAgents    []string `json:"failed_agents,omitempty"`
+	CancelRequested bool     `json:"cancel_requested,omitempty"`
+	PendingReason   string   `json:"pending_reason,omitempty"`
+	Warnings        []string `json:"warnings,omitempty"`
+	// Concerns are what the pre-flight validation found at submit (none critical).
+	Concerns []Concern  `json:"concerns,omitempty"`
+	Result   *JobResult `json:"result,omitempty"`
 	// Commit is set once the leader has committed the current attempt as the one that
 	// defines the job's domain (the commit point): from then on no other attempt takes
 	// the job while this one is silent. Cleared when the attempt ends and the job waits

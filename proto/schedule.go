@@ -29,6 +29,9 @@ type Schedule struct {
 	SuccessfulRuns int    `json:"successful_runs"`
 	FailedRuns     int    `json:"failed_runs"`
 	LastError      string `json:"last_error,omitempty"`
+	// LastRunRefused are the VMs of the last run that pre-flight validation refused (no
+	// job was created for them), with its concerns.
+	LastRunRefused []ValidationResult `json:"last_run_refused,omitempty"`
 }
 
 // Redacted returns a copy safe to show: the template's password is masked.

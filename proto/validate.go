@@ -206,7 +206,10 @@ func (o *Options) Validate() error {
 	if len(o.TargetAgent) > MaxNodeNameLen {
 		return invalid("options.target_agent is longer than %d characters", MaxNodeNameLen)
 	}
-	return o.validateWarm()
+	if err := o.validateWarm(); err != nil {
+		return err
+	}
+	return o.Hooks.Validate()
 }
 
 // Validate checks a query.

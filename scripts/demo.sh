@@ -211,15 +211,21 @@ if [ "$URI" = qemu:///system ]; then
 fi
 
 # The domain's NIC needs a network or bridge to start: libvirt's default network when it is
-# active, else a bridge with no address and no uplink, made for the demo.
+# active, else a bridge with no address and no uplink, made for the demo. A domain the demo
+# does not start keeps its NIC unmapped: the agent puts it on its default_network (a warning
+# in the job when that network is not there, as pre-flight validation says too).
 NET_TARGET=default
-if [ "$BOOT" = true ] && ! virsh -c "$URI" net-info default 2>/dev/null | grep -q '^Active: *yes'; then
+NET_MAP='"network_mapping": {"VM Network": "default"}, '
+if [ "$BOOT" != true ]; then
+	NET_MAP=
+elif ! virsh -c "$URI" net-info default 2>/dev/null | grep -q '^Active: *yes'; then
 	NET_TARGET=bridge:hsxdemo0
 	if ! ip link show hsxdemo0 >/dev/null 2>&1; then
 		ip link add hsxdemo0 type bridge && ip link set hsxdemo0 up ||
 			die "libvirt's default network is not active and a bridge for the guest's NIC could not be made"
 		note "libvirt's default network is not active: made bridge hsxdemo0 (no address, no uplink) for the guest's NIC"
 	fi
+	NET_MAP='"network_mapping": {"VM Network": "bridge:hsxdemo0"}, '
 fi
 
 # --- the migration -----------------------------------------------------------------------
@@ -231,7 +237,7 @@ cat >"$RUN/job.json" <<EOF
   "source": {"type": "vsphere", "vcenter_url": "$SIM_URL", "username": "administrator@vsphere.local",
              "password": "$SIM_PASSWORD", "thumbprint": "$THUMBPRINT"},
   "destination": {"type": "kvm", "libvirt_uri": "$URI"},
-  "options": {"conversion_method": "https", "output_format": "qcow2", "network_mapping": {"VM Network": "$NET_TARGET"},
+  "options": {"conversion_method": "https", "output_format": "qcow2", $NET_MAP
               "guest_conversion": $CONVERT, "verify_boot": $BOOT, "boot_timeout_seconds": 1200, "start_after": $BOOT}
 }
 EOF

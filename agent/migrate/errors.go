@@ -52,6 +52,7 @@ func classify(stage string, err error) error {
 		errors.Is(err, ErrUnsupportedVM),
 		errors.Is(err, ErrGuestConversion),
 		errors.Is(err, ErrBootCheck),
+		errors.Is(err, ErrHook), // the hook's own retries are spent
 		errors.Is(err, transfer.ErrVDDKUnavailable),
 		errors.Is(err, transfer.ErrSourceAccess),
 		errors.Is(err, transfer.ErrMethodUnavailable),
@@ -62,6 +63,7 @@ func classify(stage string, err error) error {
 		errors.Is(err, libvirt.ErrFirmwareMissing):
 		return err
 	case errors.Is(err, vsphere.ErrUnreachable),
+		errors.Is(err, vsphere.ErrHostBusy), // its NFC service is full: later, or another host's turn
 		errors.Is(err, transfer.ErrSource),
 		errors.Is(err, transfer.ErrBadStream), // a stream cut mid-grain looks malformed
 		errors.Is(err, transfer.ErrNoSpace),

@@ -57,6 +57,10 @@ type Config struct {
 	// VirtioWin is where virtio-win's Windows drivers are (default /usr/share/virtio-win);
 	// without them a Windows guest is not converted and gets compatibility devices.
 	VirtioWin string
+	// HooksDir holds the executables options.hooks may name ("": command hooks are
+	// refused; HTTP hooks still run). AgentName is given to hooks.
+	HooksDir  string
+	AgentName string
 	// VirtProbeFile caches the virtualisation probe's decision per boot of the host
 	// (default <StorageDir>/.virt-probe.json; agents sharing a file share one probe).
 	VirtProbeFile string
@@ -311,6 +315,10 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 		}
 	}()
 
+	// The pre hook runs before anything touches the source VM or the host (hooks.go).
+	if err := j.hook(ctx, "pre", nil); err != nil {
+		return nil, classify(proto.StageConnecting, err)
+	}
 	if err := j.connect(ctx); err != nil {
 		return nil, classify(proto.StageConnecting, err)
 	}
@@ -343,6 +351,10 @@ func (p *Pipeline) Run(ctx context.Context, lease proto.Lease, r worker.Reporter
 		if res.Boot, err = j.bootCheck(ctx); err != nil {
 			return nil, classify(proto.StageBootCheck, err)
 		}
+	}
+	if err := j.hook(ctx, "post", res); err != nil {
+		j.keep = true // the VM is migrated; what failed is the operator's follow-up
+		return nil, classify(proto.StageDefining, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -192,6 +192,8 @@ type AttemptRecord struct {
 	// (the attempt stopped before any controller answered).
 	Outcome string `json:"outcome,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// Output is what a hook printed (events hook_pre and hook_post, hooklog.go).
+	Output string `json:"output,omitempty"`
 }
 
 func (w *Worker) recordAttempt(at time.Time, tok proto.LeaseToken, event, outcome string, err error) {
@@ -201,6 +203,13 @@ func (w *Worker) recordAttempt(at time.Time, tok proto.LeaseToken, event, outcom
 	rec := AttemptRecord{Time: at.UTC(), Agent: w.cfg.Name, JobID: tok.JobID, Attempt: tok.Attempt, Event: event, Outcome: outcome}
 	if err != nil {
 		rec.Error = err.Error()
+	}
+	w.writeAttempt(rec)
+}
+
+func (w *Worker) writeAttempt(rec AttemptRecord) {
+	if w.cfg.AttemptLog == nil {
+		return
 	}
 	b, _ := json.Marshal(rec)
 	w.attemptMu.Lock()

@@ -65,7 +65,7 @@ func init() {
 				if watchAfter {
 					return usagef("--dry-run submits nothing to --watch")
 				}
-				return a.jobsValidate(args, file, set)
+				return a.jobsDryRun(args, file, set)
 			}
 			return a.jobsSubmit(args, file, watchAfter, pollInterval, set)
 		},
@@ -240,9 +240,9 @@ func (a *app) readJobs(args []string, file string, setOptions map[string]any) ([
 	return docs, nil
 }
 
-// jobsValidate is jobs submit --dry-run: the local checks, then the controller's
+// jobsDryRun is jobs submit --dry-run: the local checks, then the controller's
 // /jobs/validate where it has one (it also knows the fleet and the jobs already there).
-func (a *app) jobsValidate(args []string, file string, setOptions map[string]any) error {
+func (a *app) jobsDryRun(args []string, file string, setOptions map[string]any) error {
 	docs, err := a.readJobs(args, file, setOptions)
 	if err != nil {
 		return err
@@ -423,8 +423,30 @@ func printJob(a *app, j proto.Job) error {
 		"Error", errText,
 		"Warnings", strings.Join(j.Warnings, "; "),
 		"Warm", describeWarm(d.Options, j.Warm),
+		"Concerns", describeConcerns(j.Concerns),
+		"Source host", describeSourceHost(d.SourceHost),
 		"Result", result,
 	)
+}
+
+// describeConcerns lists what pre-flight validation found: "warning device.usb_passthrough; info …".
+func describeConcerns(cs []proto.Concern) string {
+	parts := make([]string, 0, len(cs))
+	for _, c := range cs {
+		parts = append(parts, string(c.Category)+" "+c.ID)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func describeSourceHost(h *proto.SourceHost) string {
+	if h == nil {
+		return ""
+	}
+	name := h.Name
+	if name == "" {
+		name = h.Moref
+	}
+	return fmt.Sprintf("%s (%d disks)", name, h.Disks)
 }
 
 func describeOptions(o proto.Options) string {

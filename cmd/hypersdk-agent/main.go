@@ -93,6 +93,7 @@ func run(args []string) error {
 			VDDKConnections: cfg.Transfer.VDDKConnections, Connections: cfg.Transfer.Connections,
 			MaxBytesPerSecond: transfer.BytesPerSecondFromMbps(cfg.Transfer.MaxMbps)},
 		GuestConversion: cfg.GuestConversion, VirtProbeFile: cfg.VirtProbeFile,
+		HooksDir: cfg.HooksDir, AgentName: cfg.Name,
 	})
 	if err != nil {
 		return err

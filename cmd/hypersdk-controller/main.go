@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/hypersdk/hypersdk/controller"
@@ -39,12 +40,21 @@ func run(args []string) error {
 			cfg.API.RateLimit.Burst = 0 // twice the rate
 		}
 	}, "API requests per second per client (0 disables; default 1000)")
+	var validateOnSubmit string
+	o.String("validate-on-submit", &validateOnSubmit, "true|false: run the pre-flight checks before storing a job (config validation.on_submit; default true)")
 	o.String("log-level", &cfg.Log.Level, "debug|info|warn|error")
 	o.String("log-format", &cfg.Log.Format, "text|json")
 	var checkConfig bool
 	o.True("check-config", &checkConfig, "check the configuration (file and flags) and exit: 0 when valid")
 	if done, err := o.Parse(args, &cfg, nil); done || err != nil {
 		return err
+	}
+	if validateOnSubmit != "" {
+		b, err := strconv.ParseBool(validateOnSubmit)
+		if err != nil {
+			return fmt.Errorf("--validate-on-submit %q: want true or false", validateOnSubmit)
+		}
+		cfg.Validation.OnSubmit = &b
 	}
 	if checkConfig {
 		if err := cfg.Validate(); err != nil {

@@ -3,6 +3,7 @@
 //
 //	hypersdk-sim --listen 127.0.0.1:8989 --vms 2 --disk-size 1G --fill random:0.5
 //	hypersdk-sim --guest linux --guest-image "$(scripts/guest-image.sh)"   a bootable Debian guest
+//	hypersdk-sim --vms 0 --shapes shapes.yaml     VMs that trigger pre-flight validation rules
 //
 // It prints one key=value line per fact, url first, then serves until SIGINT or SIGTERM and
 // removes its datastores:
@@ -32,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hypersdk/hypersdk/shared/config"
 	"github.com/hypersdk/hypersdk/shared/vcsim"
 )
 
@@ -64,6 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		guestImage = fs.String("guest-image", "", "raw image of the guest (default $HYPERSDK_GUEST_IMAGE, else /var/cache/hypersdk/guest/debian12.raw; scripts/guest-image.sh builds it)")
 		scsi       = fs.String("scsi-controller", "pvscsi", "the disks' controller: pvscsi | lsilogic")
 		writeRate  = fs.Float64("write-rate", 0, "`MiB/s` the guest of every powered-on VM keeps writing to its disks (64 KiB grains at random offsets), for warm migrations")
+		shapesFile = fs.String("shapes", "", "YAML `file` of extra VMs that trigger pre-flight validation rules (vms: [{name, rdm, shared_disk, independent_disk, encrypted_disk, encrypted, snapshots, pci_passthrough, usb_passthrough, vtpm, secure_boot, firmware, network, nvme, zero_size_disk, power_on, cpus, memory_mb, guest_id, change_tracking}])")
 		logLevel   = fs.String("log-level", "info", "debug | info | warn | error")
 		fillParsed vcsim.Fill
 	)
@@ -92,6 +95,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hypersdk-sim: %v\n", err)
 		return 2
 	}
+	var shapes vcsim.ShapesFile
+	if *shapesFile != "" {
+		if err := config.Load(*shapesFile, &shapes); err != nil {
+			fmt.Fprintf(stderr, "hypersdk-sim: --shapes: %v\n", err)
+			return 2
+		}
+	}
 	if *password == "" {
 		*password = os.Getenv("HYPERSDK_SIM_PASSWORD")
 	}
@@ -106,8 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		PowerOn: *powerOn, CPUs: *cpus, MemoryMB: *memoryMB, Firmware: *firmware,
 		Username: *username, Password: *password, LeaseTimeout: *leaseTTL, LeaseHostStar: *leaseStar,
 		PrepareExports: *prepare, Guest: *guest, GuestImage: *guestImage, SCSIController: *scsi,
-		WriteRate: *writeRate,
-		Logger:    log,
+		WriteRate: *writeRate, Shapes: shapes.VMs, Logger: log,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

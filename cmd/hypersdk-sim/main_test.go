@@ -17,6 +17,8 @@ import (
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 var (
@@ -231,5 +233,64 @@ func TestProgramRejectsBadFlags(t *testing.T) {
 		if !strings.Contains(string(out), tc.want) {
 			t.Errorf("%v: output %q does not say %q", tc.args, out, tc.want)
 		}
+	}
+}
+
+// TestProgramShapes: --shapes FILE adds the VMs it describes, after the numbered ones, and
+// vSphere reports what they were given.
+func TestProgramShapes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	shapes := filepath.Join(dir, "shapes.yaml")
+	if err := os.WriteFile(shapes, []byte("vms:\n  - {name: db-rdm, rdm: true}\n  - {name: web-snap, snapshots: 1, power_on: true}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, out := startProgram(t, nil, "--listen", "127.0.0.1:0", "--vms", "1", "--disk-size", "4M", "--shapes", shapes)
+	if len(out.vms) != 3 || out.vms[1] != "/DC0/vm/db-rdm" || out.vms[2] != "/DC0/vm/web-snap" {
+		t.Fatalf("vms %v", out.vms)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	u := *out.url
+	u.User = url.UserPassword("user", "pass")
+	c, err := govmomi.NewClient(ctx, &u, true)
+	if err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	defer c.Logout(ctx)
+	f := find.NewFinder(c.Client)
+	web, err := f.VirtualMachine(ctx, "/DC0/vm/web-snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mweb mo.VirtualMachine
+	if err := web.Properties(ctx, web.Reference(), []string{"snapshot", "runtime.powerState"}, &mweb); err != nil {
+		t.Fatal(err)
+	}
+	if mweb.Snapshot == nil || len(mweb.Snapshot.RootSnapshotList) != 1 || mweb.Runtime.PowerState != "poweredOn" {
+		t.Errorf("web-snap: snapshot %+v, power %s", mweb.Snapshot, mweb.Runtime.PowerState)
+	}
+	db, err := f.VirtualMachine(ctx, "/DC0/vm/db-rdm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := db.Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := devs.SelectByType((*types.VirtualDisk)(nil))
+	if len(disks) != 1 {
+		t.Fatalf("db-rdm has %d disks", len(disks))
+	}
+	if _, ok := disks[0].(*types.VirtualDisk).Backing.(*types.VirtualDiskRawDiskMappingVer1BackingInfo); !ok {
+		t.Errorf("db-rdm disk backing %T, want an RDM", disks[0].(*types.VirtualDisk).Backing)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(bad, []byte("vms:\n  - {name: x, bogus: true}\n"), 0o600)
+	cmd := exec.Command(binary(t), "--listen", "127.0.0.1:0", "--shapes", bad)
+	o, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(o), "bogus") {
+		t.Errorf("bad shapes file: %v %s", err, o)
 	}
 }

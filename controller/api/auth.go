@@ -21,7 +21,7 @@ type Role string
 const (
 	// RoleAdmin may do everything.
 	RoleAdmin Role = "admin"
-	// RoleViewer may read: GETs, POST /jobs/query, /ws and /metrics.
+	// RoleViewer may read: GETs, POST /jobs/query and /jobs/validate, /ws and /metrics.
 	RoleViewer Role = "viewer"
 )
 
@@ -131,7 +131,9 @@ func readOnly(r *http.Request) bool {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		return true
 	}
-	return r.Method == http.MethodPost && r.URL.Path == "/jobs/query"
+	// Validation stores nothing: it reads the vCenter (as a viewer's GET /vms/list does) and
+	// the fleet, so a planner without write rights can check a wave.
+	return r.Method == http.MethodPost && (r.URL.Path == "/jobs/query" || r.URL.Path == "/jobs/validate")
 }
 
 // authMiddleware enforces tokens and roles on the user API. /health stays open; the agent

@@ -81,10 +81,14 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		if def.Options.MaxAttempts == 0 {
 			def.Options.MaxAttempts = s.cfg.MaxAttempts
 		}
+		concerns, code, refusal := s.preflight(r.Context(), &def)
+		if refusal != nil {
+			return code, refusal, nil
+		}
 		if err := s.sealPassword(&def); err != nil {
 			return 0, nil, err
 		}
-		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def}))
+		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: def, Concerns: concerns}))
 		if errors.Is(err, cluster.ErrLeadershipLost) {
 			return 0, nil, fmt.Errorf("%w; the job may have been stored: resubmit with \"id\": %q to be sure (409 then means it is stored)", err, def.ID)
 		}
@@ -116,7 +120,7 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	id := mux.Vars(r)["id"]
-	if id == "submit" || id == "query" || id == "cancel" {
+	if id == "submit" || id == "query" || id == "cancel" || id == "validate" {
 		// GET /jobs/submit would otherwise read as "the job named submit".
 		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path))
 		return

@@ -137,11 +137,13 @@ type Server struct {
 	limiter *limiter
 	// allowedHosts are the names a Host header may carry in no-token mode (browser.go).
 	allowedHosts []string
-	router       *mux.Router
-	client       *http.Client
-	started      time.Time
-	now          func() time.Time
-	newID        func() string
+	// validation: pre-flight checks (validate.go).
+	validation ValidatorConfig
+	router     *mux.Router
+	client     *http.Client
+	started    time.Time
+	now        func() time.Time
+	newID      func() string
 }
 
 // New builds the API server and its routes. It fails only on an invalid token list.

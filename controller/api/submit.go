@@ -24,11 +24,14 @@ const MaxBatchJobs = 1000
 
 // checkSubmitted is what a submitted definition must pass beyond its own Validate.
 func (s *Server) checkSubmitted(def *proto.JobDefinition) error {
-	if def.ID != "" && (!jobIDPattern.MatchString(def.ID) || def.ID == "submit" || def.ID == "query" || def.ID == "cancel") {
+	if def.ID != "" && (!jobIDPattern.MatchString(def.ID) || def.ID == "submit" || def.ID == "query" || def.ID == "cancel" || def.ID == "validate") {
 		return errors.New("id must be 1-128 characters of letters, digits, '.', '_' or '-'")
 	}
 	if !def.CreatedAt.IsZero() {
 		return errors.New("created_at is set by the controller")
+	}
+	if def.SourceHost != nil {
+		return errors.New("source_host is set by the controller (pre-flight validation)")
 	}
 	if t := def.Options.TargetAgent; t != "" && s.agents.Fleet != nil {
 		known := s.knownAgents()
@@ -120,12 +123,18 @@ func (s *Server) submitBatchIfArray(w http.ResponseWriter, r *http.Request) bool
 			if d.Options.MaxAttempts == 0 {
 				d.Options.MaxAttempts = s.cfg.MaxAttempts
 			}
-			if err := s.sealPassword(d); err != nil {
-				return 0, nil, err
-			}
 			resp.Jobs[i] = proto.SubmitResponse{JobID: d.ID, Message: "job submitted successfully"}
 		}
-		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitBatch, state.SubmitBatch{Definitions: stamped}))
+		concerns, code, refusal := s.preflightBatch(r.Context(), stamped)
+		if refusal != nil {
+			return code, refusal, nil
+		}
+		for i := range stamped {
+			if err := s.sealPassword(&stamped[i]); err != nil {
+				return 0, nil, err
+			}
+		}
+		_, err := s.node.Apply(state.MustEncode(state.CmdSubmitBatch, state.SubmitBatch{Definitions: stamped, Concerns: concerns}))
 		if errors.Is(err, cluster.ErrLeadershipLost) {
 			return 0, nil, fmt.Errorf("%w; the jobs may have been stored: resubmit the list with the ids of this answer's jobs set to be sure", err)
 		}

@@ -60,6 +60,9 @@ type Config struct {
 	MaxWait time.Duration
 	// PerVCenterLimit bounds running jobs per source vCenter (0 = default 8).
 	PerVCenterLimit int
+	// PerHostDiskLimit bounds the disks copied at once from one source ESXi host
+	// (0 = default 10).
+	PerHostDiskLimit int
 	// ProgressInterval is the minimum time between two progress writes of one job.
 	ProgressInterval time.Duration
 	// CommitGrace is how long a committed attempt's agent may stay silent before its job
@@ -72,7 +75,7 @@ type Config struct {
 
 // DefaultConfig returns production timings.
 func DefaultConfig() Config {
-	return Config{TTL: 15 * time.Second, MaxWait: 25 * time.Second, PerVCenterLimit: 8, ProgressInterval: time.Second,
+	return Config{TTL: 15 * time.Second, MaxWait: 25 * time.Second, PerVCenterLimit: 8, PerHostDiskLimit: 10, ProgressInterval: time.Second,
 		CommitGrace: DefaultCommitGrace}
 }
 
@@ -86,6 +89,9 @@ func (c *Config) fill() {
 	}
 	if c.PerVCenterLimit <= 0 {
 		c.PerVCenterLimit = d.PerVCenterLimit
+	}
+	if c.PerHostDiskLimit <= 0 {
+		c.PerHostDiskLimit = d.PerHostDiskLimit
 	}
 	if c.ProgressInterval <= 0 {
 		c.ProgressInterval = d.ProgressInterval
@@ -406,6 +412,7 @@ func (m *Manager) input(polls []proto.LeaseRequest, usable func(*proto.Job) erro
 	// under the state's read lock, and a second read lock there would wait behind a
 	// waiting apply that waits for the first (TestDispatchNeverBlocksApply).
 	in := Input{PerVCenterLimit: m.cfg.PerVCenterLimit, RunningPerVCenter: m.st.RunningPerVCenter(), Usable: usable,
+		PerHostDiskLimit: m.cfg.PerHostDiskLimit, RunningDisksPerHost: m.st.RunningDisksPerHost(),
 		Agents: make([]Agent, 0, len(order))}
 	for _, name := range order {
 		a := byName[name]

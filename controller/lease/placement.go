@@ -20,6 +20,10 @@ import (
 //     destination.libvirt_uri when an agent has that name) runs only there.
 //   - An agent holds at most max_jobs leases.
 //   - At most PerVCenterLimit jobs run from one source vCenter.
+//   - At most PerHostDiskLimit disks are copied at once from one source ESXi host (the
+//     host pre-flight validation found the VM on; Forklift's scheduler counts the same), so
+//     a busy host's NFC service is not asked for more than it can serve. A job with more
+//     disks than the limit still runs when nothing else does.
 //   - A job that demands a conversion method goes to an agent that has it when any live
 //     agent does (when none does, any agent takes it and fails it saying what is missing).
 //   - A job whose sealed password this controller cannot open is not handed out: the agent
@@ -65,6 +69,10 @@ type Input struct {
 	RunningPerVCenter map[string]int
 	// PerVCenterLimit bounds running jobs per source vCenter (0: the default, 8).
 	PerVCenterLimit int
+	// RunningDisksPerHost is the disks of running jobs per source ESXi host
+	// (proto.JobDefinition.SourceHostKey); PerHostDiskLimit bounds it (0: the default, 10).
+	RunningDisksPerHost map[string]int
+	PerHostDiskLimit    int
 	// Usable says why a job cannot be handed out at all (its password does not open with
 	// this controller's key); nil: every job is usable. Place calls it while the pending
 	// jobs are walked under the state's read lock: it must not take that lock.
@@ -86,8 +94,10 @@ type View struct {
 	methods map[string]bool   // methods at least one live agent has
 	alive   int
 	placed  map[string]int // vCenter key → jobs granted in this pass
-	vcKeys  map[string]string
-	reasons map[string]string // method → reason shared by the jobs without a target
+	// placedDisks: source host key → disks of the jobs granted in this pass
+	placedDisks map[string]int
+	vcKeys      map[string]string
+	reasons     map[string]string // method → reason shared by the jobs without a target
 }
 
 // NewView prepares in. The view keeps in.Agents' values; Place changes its copies.
@@ -95,8 +105,11 @@ func NewView(in Input) *View {
 	if in.PerVCenterLimit <= 0 {
 		in.PerVCenterLimit = DefaultConfig().PerVCenterLimit
 	}
+	if in.PerHostDiskLimit <= 0 {
+		in.PerHostDiskLimit = DefaultConfig().PerHostDiskLimit
+	}
 	v := &View{in: in, byName: make(map[string]*Agent, len(in.Agents)), methods: map[string]bool{},
-		placed: map[string]int{}, vcKeys: map[string]string{}, reasons: map[string]string{}}
+		placed: map[string]int{}, placedDisks: map[string]int{}, vcKeys: map[string]string{}, reasons: map[string]string{}}
 	for i := range in.Agents {
 		a := in.Agents[i]
 		v.byName[a.Name] = &a
@@ -185,7 +198,21 @@ func (v *View) blockedJob(j *proto.Job) string {
 	if n := v.in.RunningPerVCenter[key] + v.placed[key]; n >= v.in.PerVCenterLimit {
 		return fmt.Sprintf("vCenter %s is at its limit of %d concurrent migrations", key, v.in.PerVCenterLimit)
 	}
+	if hk := j.Definition.SourceHostKey(); hk != "" {
+		busy := v.in.RunningDisksPerHost[hk] + v.placedDisks[hk]
+		if busy > 0 && busy+j.Definition.SourceHost.Disks > v.in.PerHostDiskLimit {
+			return fmt.Sprintf("ESXi host %s is at its limit of %d disks copied at once (%d busy, this job has %d)",
+				hostName(j.Definition.SourceHost), v.in.PerHostDiskLimit, busy, j.Definition.SourceHost.Disks)
+		}
+	}
 	return ""
+}
+
+func hostName(h *proto.SourceHost) string {
+	if h.Name != "" {
+		return h.Name
+	}
+	return h.Moref
 }
 
 // refuses is the rule that keeps job j (its target t already resolved) from agent a (""
@@ -262,6 +289,9 @@ func (v *View) Place(pending iter.Seq[*proto.Job]) []Grant {
 			polls -= pick.Polls
 		}
 		v.placed[v.vcenterKey(j)]++
+		if hk := j.Definition.SourceHostKey(); hk != "" {
+			v.placedDisks[hk] += j.Definition.SourceHost.Disks
+		}
 		grants = append(grants, Grant{Job: j, Agent: pick.Name})
 	}
 	return grants

@@ -31,6 +31,11 @@ func target(a string) func(*proto.JobDefinition) {
 func libvirtURI(u string) func(*proto.JobDefinition) {
 	return func(d *proto.JobDefinition) { d.Destination.LibvirtURI = u }
 }
+func onHost(moref string, disks int) func(*proto.JobDefinition) {
+	return func(d *proto.JobDefinition) {
+		d.SourceHost = &proto.SourceHost{Moref: moref, Name: moref + ".esx", Disks: disks}
+	}
+}
 func method(m string) func(*proto.JobDefinition) {
 	return func(d *proto.JobDefinition) { d.Options.ConversionMethod = m }
 }
@@ -86,6 +91,8 @@ func TestPlacement(t *testing.T) {
 		jobs      []*proto.Job
 		runningVC map[string]int
 		limit     int
+		hostDisks map[string]int // running disks per source host key
+		hostLimit int
 		unusable  map[string]bool
 		grants    []string          // "job→agent", in placement order
 		reasons   map[string]string // job → a part of its pending reason after the grants ("" for none)
@@ -121,6 +128,19 @@ func TestPlacement(t *testing.T) {
 			runningVC: map[string]int{"vc-1.example": 7}, limit: 8,
 			grants:  []string{"j1→a", "j3→b"},
 			reasons: map[string]string{"j2": "vCenter vc-1.example is at its limit of 8"}},
+		{name: "per source host disk limit",
+			agents: []Agent{polling("a", gib, gib, 0, 9), polling("b", gib, gib, 0, 9)},
+			jobs: []*proto.Job{pjob("h1", "vc", onHost("host-1", 4)), pjob("h2", "vc", onHost("host-1", 4)),
+				pjob("h3", "vc", onHost("host-2", 4)), pjob("nohost", "vc")},
+			hostDisks: map[string]int{"vc/host-1": 4}, hostLimit: 10,
+			// host-1 has 4 busy: h1 brings it to 8, h2 would make 12.
+			grants:  []string{"h1→a", "h3→b"},
+			reasons: map[string]string{"h2": "ESXi host host-1.esx is at its limit of 10 disks copied at once (8 busy, this job has 4)"}},
+		{name: "a job with more disks than the host limit runs when its host is idle",
+			agents:    []Agent{polling("a", gib, gib, 0, 9)},
+			jobs:      []*proto.Job{pjob("wide", "vc", onHost("host-1", 16))},
+			hostLimit: 10,
+			grants:    []string{"wide→a"}},
 		{name: "target_agent runs only on its agent",
 			agents:  []Agent{polling("better", 99*gib, gib, 0, 2), polling("named", gib, gib, 0, 2)},
 			jobs:    []*proto.Job{pjob("t1", "vc", target("named")), pjob("j2", "vc")},
@@ -221,7 +241,7 @@ func TestPlacement(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := Input{Agents: tc.agents, PerVCenterLimit: tc.limit,
-				RunningPerVCenter: tc.runningVC,
+				RunningPerVCenter: tc.runningVC, RunningDisksPerHost: tc.hostDisks, PerHostDiskLimit: tc.hostLimit,
 				Usable: func(j *proto.Job) error {
 					if tc.unusable[j.Definition.ID] {
 						return sealedErr

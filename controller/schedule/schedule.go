@@ -75,7 +75,9 @@ type Config struct {
 	MaxJobsPerFire int
 	// Lister expands vm_path globs (nil: a glob template fails its run with ErrNoLister).
 	Lister VMLister
-	Logger *slog.Logger
+	// Validate runs pre-flight validation on a run's jobs (nil: none; validate.go).
+	Validate Validate
+	Logger   *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -216,6 +218,7 @@ func (s *Scheduler) fire(ctx context.Context, sc proto.Schedule, fireTime time.T
 	} else {
 		cmd.Jobs = jobs
 	}
+	s.validate(ctx, sc, &cmd)
 	v, err := s.apply.Apply(state.MustEncode(state.CmdScheduleFired, cmd))
 	if err != nil {
 		return state.ScheduleRunResult{}, err

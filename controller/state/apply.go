@@ -33,9 +33,11 @@ func (s *State) Apply(idx uint64, data []byte) any {
 func (s *State) dispatch(idx uint64, t CommandType, body []byte) (_ any, known bool) {
 	switch t {
 	case CmdSubmitJob:
-		return decoded(body, func(c SubmitJob) any { return s.applySubmit(idx, []proto.JobDefinition{c.Definition}) }), true
+		return decoded(body, func(c SubmitJob) any {
+			return s.applySubmit(idx, []proto.JobDefinition{c.Definition}, map[string][]proto.Concern{c.Definition.ID: c.Concerns})
+		}), true
 	case CmdSubmitBatch:
-		return decoded(body, func(c SubmitBatch) any { return s.applySubmit(idx, c.Definitions) }), true
+		return decoded(body, func(c SubmitBatch) any { return s.applySubmit(idx, c.Definitions, c.Concerns) }), true
 	case CmdCancelJobs:
 		return decoded(body, func(c CancelJobs) any { return s.applyCancel(idx, c) }), true
 	case CmdLeaseGrant:
@@ -122,7 +124,7 @@ func decode(b []byte, v any) error {
 
 // applySubmit stores new jobs. The whole batch is checked first so a batch is applied
 // entirely or not at all.
-func (s *State) applySubmit(idx uint64, defs []proto.JobDefinition) any {
+func (s *State) applySubmit(idx uint64, defs []proto.JobDefinition, concerns map[string][]proto.Concern) any {
 	s.mu.Lock()
 	seen := make(map[string]bool, len(defs))
 	for i := range defs {
@@ -151,6 +153,10 @@ func (s *State) applySubmit(idx uint64, defs []proto.JobDefinition) any {
 		}
 		if d.Options.Warm {
 			j.Warm = &proto.WarmStatus{Phase: proto.WarmPhasePrecopy}
+		}
+		if c := concerns[d.ID]; len(c) > 0 {
+			j.Concerns = c
+			j.Warnings = proto.ValidationResult{Concerns: c}.Warnings()
 		}
 		s.insert(j)
 		created = append(created, j)

@@ -96,11 +96,16 @@ var (
 // SubmitJob adds a job. The leader stamps ID, CreatedAt and the default max attempts.
 type SubmitJob struct {
 	Definition proto.JobDefinition `json:"definition"`
+	// Concerns are the pre-flight validation's findings (none critical): the job keeps
+	// them, and its warnings start with the warning ones.
+	Concerns []proto.Concern `json:"concerns,omitempty"`
 }
 
 // SubmitBatch adds several jobs in one entry (schedules expanding a glob, bulk submits).
 type SubmitBatch struct {
 	Definitions []proto.JobDefinition `json:"definitions"`
+	// Concerns by job id, as SubmitJob's.
+	Concerns map[string][]proto.Concern `json:"concerns,omitempty"`
 }
 
 // CancelJobs cancels pending jobs at once and marks running ones for their agent.

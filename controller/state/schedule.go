@@ -50,6 +50,11 @@ type ScheduleFired struct {
 	Jobs     []proto.JobDefinition `json:"jobs,omitempty"`
 	Error    string                `json:"error,omitempty"`
 	At       time.Time             `json:"at"`
+	// Concerns by job id: the pre-flight findings of the jobs created (none critical).
+	Concerns map[string][]proto.Concern `json:"concerns,omitempty"`
+	// Refused are the VMs the firing did not create a job for, because validation found a
+	// critical concern; the run's outcome names them.
+	Refused []proto.ValidationResult `json:"refused,omitempty"`
 }
 
 // ScheduleRunResult is the response of an applied ScheduleFired.
@@ -220,7 +225,7 @@ func (s *State) applyScheduleFired(idx uint64, c ScheduleFired) any {
 	}
 	if len(c.Jobs) > 0 {
 		// Creates every job or none (duplicate ids are refused before anything changes).
-		if r, isErr := s.applySubmit(idx, c.Jobs).(error); isErr {
+		if r, isErr := s.applySubmit(idx, c.Jobs, c.Concerns).(error); isErr {
 			return r
 		}
 	}
@@ -252,9 +257,15 @@ func (s *State) applyScheduleFired(idx uint64, c ScheduleFired) any {
 	ev := proto.ScheduleEvent{ScheduleID: c.ID, Event: proto.ScheduleTriggered, Run: ns.RunCount, Manual: c.Manual, JobIDs: ids, Time: c.At}
 	events := []Event{{Kind: EventScheduleTriggered, Schedule: &ev, Index: idx}}
 	sw.runsTriggered++
+	// Pre-flight validation refused some VMs: the run goes on with the others, and the
+	// schedule shows which VMs were left out and why.
+	ns.LastRunRefused = c.Refused
 	if c.Error != "" || len(c.Jobs) == 0 {
 		msg := c.Error
-		if msg == "" {
+		switch {
+		case msg == "" && len(c.Refused) > 0:
+			msg = refusedMessage(c.Refused)
+		case msg == "":
 			msg = "the run created no jobs"
 		}
 		ns.FailedRuns++
@@ -390,3 +401,12 @@ func (s *State) ScheduleRunCounters() (triggered, successful, failed uint64) {
 // ScheduleSignal is signalled (without blocking apply) whenever a schedule changes, so the
 // leader's scheduler re-reads next_run at once.
 func (s *State) ScheduleSignal() <-chan struct{} { return s.sw.scheduleCh }
+
+// refusedMessage says which VMs validation refused, in one line.
+func refusedMessage(rs []proto.ValidationResult) string {
+	parts := make([]string, 0, len(rs))
+	for _, r := range rs {
+		parts = append(parts, r.VMPath+": "+r.Criticals())
+	}
+	return fmt.Sprintf("pre-flight validation refused %d VM(s): %s", len(rs), strings.Join(parts, "; "))
+}

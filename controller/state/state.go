@@ -44,8 +44,11 @@ type State struct {
 	// (JobDefinition.VCenterKey): what placement and pending reasons need, without a scan.
 	running   map[string]int
 	runningVC map[string]int
-	nextSeq   uint64
-	nodes     map[string]NodeInfo
+	// runningHostDisks counts the disks of running jobs per source ESXi host
+	// (JobDefinition.SourceHostKey): placement's per-host limit.
+	runningHostDisks map[string]int
+	nextSeq          uint64
+	nodes            map[string]NodeInfo
 	// agentCtl holds the cordoned and draining agents (agentctl.go).
 	agentCtl map[string]AgentControl
 	// counters are cluster-wide totals kept by apply (agentctl.go), under mu.
@@ -83,6 +86,7 @@ func (s *State) reset() {
 	s.byVMPath = make(map[string][]*entry)
 	s.running = make(map[string]int)
 	s.runningVC = make(map[string]int)
+	s.runningHostDisks = make(map[string]int)
 	s.nextSeq = 0
 	s.nodes = make(map[string]NodeInfo)
 	s.agentCtl = make(map[string]AgentControl)
@@ -175,6 +179,13 @@ func (s *State) countRunning(j *proto.Job, d int) {
 	}
 	add(s.running, j.Agent)
 	add(s.runningVC, j.Definition.VCenterKey())
+	if k := j.Definition.SourceHostKey(); k != "" {
+		if n := s.runningHostDisks[k] + d*j.Definition.SourceHost.Disks; n > 0 {
+			s.runningHostDisks[k] = n
+		} else {
+			delete(s.runningHostDisks, k)
+		}
+	}
 }
 
 func idx(m map[string]*btree.BTreeG[*entry], key string) *btree.BTreeG[*entry] {
@@ -238,6 +249,14 @@ func (s *State) RunningPerVCenter() map[string]int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return maps.Clone(s.runningVC)
+}
+
+// RunningDisksPerHost returns the disks of running jobs per source ESXi host
+// (JobDefinition.SourceHostKey): a copy, one entry per host with running jobs.
+func (s *State) RunningDisksPerHost() map[string]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return maps.Clone(s.runningHostDisks)
 }
 
 // Jobs calls fn for every job with the given status in submission order (oldest first)

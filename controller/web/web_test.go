@@ -21,6 +21,7 @@ import (
 	"github.com/hypersdk/hypersdk/agent/membership"
 	"github.com/hypersdk/hypersdk/controller"
 	"github.com/hypersdk/hypersdk/controller/api"
+	"github.com/hypersdk/hypersdk/controller/state"
 	"github.com/hypersdk/hypersdk/controller/web"
 	"github.com/hypersdk/hypersdk/proto"
 	"github.com/hypersdk/hypersdk/shared/client"
@@ -241,6 +242,16 @@ func TestDashboardLive(t *testing.T) {
 	total := int64(40 << 30)
 	agent.Progress(t, lease, proto.Progress{Stage: proto.StageConversion, PercentComplete: 25, CurrentBytes: total / 4, TotalBytes: total, BytesPerSecond: 180 << 20, ETASeconds: 171})
 	populate(t, cl, follower.URL())
+	// A job stored with what pre-flight validation found (the submit path with the vCenter's
+	// answer already in: these test jobs name no real vCenter).
+	warned := fleettest.JobBody("DC0/vm/usb-dongle-host")
+	warned.ID, warned.CreatedAt, warned.Options.MaxAttempts = "job-with-concerns", time.Now().UTC(), 3
+	if _, err := leader.Node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: warned, Concerns: []proto.Concern{
+		{ID: "device.usb_passthrough", Category: proto.ConcernWarning, Message: "usb-dongle-host has USB devices of its ESXi host", Fix: "attach the device to the KVM host"},
+		{ID: "firmware.efi_nvram", Category: proto.ConcernInfo, Message: "usb-dongle-host boots with UEFI"},
+	}})); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := chromedp.Do(ctx, chromedp.Navigate(follower.URL()+"/ui/")); err != nil {
 		t.Fatal(err)
@@ -252,6 +263,10 @@ func TestDashboardLive(t *testing.T) {
 		`[%s].every(n => document.querySelector('.agent-card[data-agent="' + n + '"] .agent-state')?.textContent === 'alive')`,
 		`"`+strings.Join(agents, `","`)+`"`))
 	waitJS(t, ctx, 10*time.Second, "the job at 25%", fill+` === 25`)
+	waitJS(t, ctx, 10*time.Second, "a job's validation concerns",
+		`(e => e && !e.hidden && e.textContent === 'validation: 1 warning, 1 info' && e.title.includes('fix: attach the device'))`+
+			`(document.querySelector('tr[data-job-id="job-with-concerns"] .concerns'))`)
+	waitJS(t, ctx, 10*time.Second, "no concerns line on a job without any", `!!`+row+` && `+row+`.querySelector('.concerns').hidden`)
 	waitJS(t, ctx, 10*time.Second, "vddk on the card of the agent whose VDDK loads, only there",
 		`document.querySelector('.agent-card[data-agent="kvm-ui-2"] .methods').textContent.startsWith('vddk · ') && `+
 			`!document.querySelector('.agent-card[data-agent="kvm-ui-1"] .methods').textContent.includes('vddk')`)

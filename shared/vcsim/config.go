@@ -158,6 +158,9 @@ type Config struct {
 	// ChangedAreasPerCall is the most areas one QueryChangedDiskAreas answer holds
 	// (default 1024); the caller pages through the rest.
 	ChangedAreasPerCall int
+	// Shapes are extra VMs, after the VMs ones, with what pre-flight validation looks at
+	// (shapes.go).
+	Shapes []Shape
 }
 
 // GuestLinux is the bootable guest Config.Guest can put on the first disk.
@@ -268,6 +271,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, configErr("write rate must be between 0 and 4096 MiB/s")
 	case c.ChangedAreasPerCall < 1:
 		return c, configErr("changed areas per call must be at least 1")
+	}
+	if err := validateShapes(c.Shapes, c.DisksPerVM); err != nil {
+		return c, err
 	}
 	switch c.Fill.Mode {
 	case FillNone, FillZero, FillRandom:

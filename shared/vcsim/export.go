@@ -44,6 +44,10 @@ type exportDisk struct {
 // each disk is available as a stream-optimized VMDK at its device URL.
 func (v *simVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasFault {
 	body := new(methods.ExportVmBody)
+	if f := v.sim.takeBusy(v.Self.Value); f != nil {
+		body.Fault_ = simulator.Fault("Failed to allocate memory for NFC export session: host busy", f)
+		return body
+	}
 	if st := v.Runtime.PowerState; st != types.VirtualMachinePowerStatePoweredOff {
 		body.Fault_ = simulator.Fault("", &types.InvalidPowerState{
 			RequestedState: types.VirtualMachinePowerStatePoweredOff,

@@ -95,6 +95,7 @@ type Sim struct {
 	mu             sync.Mutex
 	ignoreShutdown map[string]bool      // VM moref → guest ignores ShutdownGuest
 	poweredOff     map[string]time.Time // VM moref → last power-off (PoweredOffAt)
+	exportBusy     map[string]int       // VM moref → ExportVm calls left to refuse (busy.go)
 
 	closeOnce sync.Once
 	tmpDir    string
@@ -270,7 +271,20 @@ func (s *Sim) build(ctx context.Context) error {
 		}
 		s.VMs = append(s.VMs, vm)
 	}
+	for k, sh := range s.cfg.Shapes {
+		vm, err := s.createVM(ctx, s.cfg.VMs+k, folders.VmFolder, pool, host, ds, dsName, nicBacking)
+		if err == nil {
+			vm, err = s.shapeVM(ctx, c, vm, sh)
+		}
+		if err != nil {
+			return err
+		}
+		s.VMs = append(s.VMs, vm)
+	}
 	if err := s.fillDisks(ctx); err != nil {
+		return err
+	}
+	if err := s.powerOnShapes(ctx, c); err != nil {
 		return err
 	}
 	if s.cfg.PowerOn {

@@ -45,7 +45,10 @@ type Config struct {
 	// Dialer makes every connection to the server (nil: a plain dialer). The controller
 	// passes one whose Control hook enforces its outbound policy (shared/netpolicy).
 	Dialer *net.Dialer
-	Logger *slog.Logger
+	// BusyRetryDelay is the first wait before asking a busy ESXi host again for an export
+	// (doubled each time, busyRetries times; default 5 s).
+	BusyRetryDelay time.Duration
+	Logger         *slog.Logger
 }
 
 // DefaultConfig has a keep-alive well inside vCenter's 30-minute idle session timeout.
@@ -70,6 +73,8 @@ type Client struct {
 
 	mu      sync.Mutex
 	dcPaths map[string]string // datastore name → datacenter inventory path (dcPath)
+
+	busyDelay time.Duration
 }
 
 // Connect checks the server's certificate against the configuration, then logs in.
@@ -90,7 +95,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Username == "" || cfg.Password == "" {
 		return nil, fmt.Errorf("%w: user name and password are required", ErrBadCredentials)
 	}
-	c := &Client{u: u, host: u.Hostname(), log: cfg.Logger.With("vcenter", u.Host), dcPaths: map[string]string{}}
+	c := &Client{u: u, host: u.Hostname(), log: cfg.Logger.With("vcenter", u.Host), dcPaths: map[string]string{}, busyDelay: cfg.BusyRetryDelay}
 
 	hostport := u.Host
 	if u.Port() == "" {

@@ -20,6 +20,8 @@ var (
 	ErrUnreachable = errors.New("vCenter unreachable")
 	// ErrVMNotFound: no VM at the given inventory path.
 	ErrVMNotFound = errors.New("VM not found")
+	// ErrAmbiguous: an inventory path (or glob) names several VMs where one is needed.
+	ErrAmbiguous = errors.New("path matches several VMs")
 	// ErrNotFound: another inventory object (datacenter, datastore) does not exist.
 	ErrNotFound = errors.New("not found")
 	// ErrShutdownTimeout: the guest did not power off within the shutdown timeout.

@@ -50,8 +50,13 @@ type ExportDevice struct {
 	SSLThumbprint string
 }
 
-// ExportVM opens an export lease on a powered-off VM and waits until it is ready.
+// ExportVM opens an export lease on a powered-off VM and waits until it is ready. A host
+// that refuses for lack of NFC resources (busy.go) is asked again, with back-off.
 func (c *Client) ExportVM(ctx context.Context, vm *VM) (*Export, error) {
+	return retryBusy(ctx, c, vm.Path, func() (*Export, error) { return c.exportVM(ctx, vm) })
+}
+
+func (c *Client) exportVM(ctx context.Context, vm *VM) (*Export, error) {
 	lease, err := vm.obj.Export(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("vsphere: export %s (the VM must be powered off): %w", vm.Path, err)

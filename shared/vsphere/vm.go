@@ -47,7 +47,7 @@ func (c *Client) FindVM(ctx context.Context, p string) (*VM, error) {
 		case isNotFound(err):
 			return nil, fmt.Errorf("%w: %s on %s", ErrVMNotFound, p, c.u.Host)
 		case errors.As(err, &mf):
-			return nil, fmt.Errorf("vsphere: %q matches several VMs; give one inventory path", p)
+			return nil, fmt.Errorf("vsphere: %q: %w; give one inventory path", p, ErrAmbiguous)
 		}
 		return nil, fmt.Errorf("vsphere: find VM %s: %w", p, err)
 	}
@@ -155,9 +155,11 @@ type VMInfo struct {
 	NICs           []NIC  `json:"nics"`
 	HasSnapshots   bool   `json:"has_snapshots"`
 	// ChangeTracking: changed-block tracking is on (config.changeTrackingEnabled).
-	ChangeTracking bool   `json:"change_tracking"`
-	Host           string `json:"host"`
-	Datacenter     string `json:"datacenter"`
+	ChangeTracking bool `json:"change_tracking"`
+	// Checks are what pre-flight validation looks at (checks.go).
+	Checks     Checks `json:"checks"`
+	Host       string `json:"host"`
+	Datacenter string `json:"datacenter"`
 	// DatacenterPath is the datacenter's inventory path without the leading "/"
 	// ("DC0", "Folder/DC1"): the dcPath of datastore URLs.
 	DatacenterPath string `json:"datacenter_path"`
@@ -199,13 +201,16 @@ type NIC struct {
 
 // VMInfo reads the VM's hardware and placement in a few round trips.
 func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
-	var m mo.VirtualMachine
-	if err := c.collector().RetrieveOne(ctx, vm.Ref, []string{"name", "config", "runtime", "guest", "summary", "snapshot"}, &m); err != nil {
-		if isManagedObjectNotFound(err) {
-			return nil, fmt.Errorf("%w: %s (removed)", ErrVMNotFound, vm.Path)
-		}
-		return nil, fmt.Errorf("vsphere: read %s: %w", vm.Path, err)
+	infos, err := c.VMInfos(ctx, []*VM{vm})
+	if err != nil {
+		return nil, err
 	}
+	return infos[0], nil
+}
+
+// vmInfoOf builds a VM's VMInfo from its properties (vmProperties); names caches host
+// names and datacenters across the VMs of one VMInfos call.
+func (c *Client) vmInfoOf(ctx context.Context, vm *VM, m mo.VirtualMachine, names *infoNames) (*VMInfo, error) {
 	if m.Config == nil {
 		return nil, fmt.Errorf("vsphere: %s has no configuration (inaccessible or orphaned VM)", vm.Path)
 	}
@@ -236,6 +241,7 @@ func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
 		info.IPAddress = m.Guest.IpAddress
 	}
 
+	info.Checks = checksOf(&m)
 	devices := object.VirtualDeviceList(m.Config.Hardware.Device)
 	for _, d := range devices {
 		switch x := d.(type) {
@@ -251,16 +257,13 @@ func (c *Client) VMInfo(ctx context.Context, vm *VM) (*VMInfo, error) {
 	}
 
 	if m.Runtime.Host != nil {
-		var h mo.HostSystem
-		if err := c.collector().RetrieveOne(ctx, *m.Runtime.Host, []string{"name"}, &h); err == nil {
-			info.Host = h.Name
-		}
+		info.Host = names.hosts[*m.Runtime.Host]
 	}
-	dcName, dcPath, err := c.datacenterOf(ctx, vm.Ref)
+	dc, err := names.datacenter(ctx, c, vm.Ref, m.Parent)
 	if err != nil {
 		return nil, err
 	}
-	info.Datacenter, info.DatacenterPath = dcName, dcPath
+	info.Datacenter, info.DatacenterPath = dc[0], dc[1]
 	return info, nil
 }
 

@@ -192,7 +192,7 @@
     if (tr) return tr;
     const fill = el('span', { class: 'fill' });
     tr = el('tr', { 'data-job-id': id },
-      el('td', { class: 'vm' }, el('div', { class: 'vm-path' }), el('div', { class: 'sub job-id' })),
+      el('td', { class: 'vm' }, el('div', { class: 'vm-path' }), el('div', { class: 'sub job-id' }), el('div', { class: 'sub concerns', hidden: '' })),
       el('td', {}, el('span', { class: 'badge status' })),
       el('td', { class: 'stage' }, el('div', { class: 'stage-text' }), el('div', { class: 'sub warm', hidden: '' })),
       el('td', { class: 'progress-col' },
@@ -205,6 +205,19 @@
       el('td', { class: 'age' }));
     tbody.append(tr);
     return tr;
+  }
+
+  // What pre-flight validation found at submit: a count per category, each concern (and
+  // its fix) in the title.
+  function renderConcerns(e, cs) {
+    e.hidden = cs.length === 0;
+    const n = (cat) => cs.filter((c) => c.category === cat).length;
+    const parts = [];
+    if (n('warning')) parts.push(n('warning') + (n('warning') > 1 ? ' warnings' : ' warning'));
+    if (n('info')) parts.push(n('info') + ' info');
+    setText(e, parts.length ? 'validation: ' + parts.join(', ') : '');
+    e.className = 'sub concerns' + (n('warning') ? ' warn' : '');
+    e.title = cs.map((c) => c.category + ' ' + c.id + ': ' + c.message + (c.fix ? '\nfix: ' + c.fix : '')).join('\n');
   }
 
   function renderJobs() {
@@ -222,6 +235,7 @@
       setText($('.vm-path', tr), j.definition.name || j.definition.vm_path);
       $('.vm-path', tr).title = j.definition.vm_path || '';
       setText($('.job-id', tr), j.definition.id);
+      renderConcerns($('.concerns', tr), j.concerns || []);
       const badge = $('.status', tr);
       setText(badge, j.status + (j.cancel_requested && j.status === 'running' ? ' (cancelling)' : ''));
       badge.className = 'badge status st-' + j.status;
