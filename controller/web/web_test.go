@@ -246,6 +246,8 @@ func TestDashboardLive(t *testing.T) {
 	// answer already in: these test jobs name no real vCenter).
 	warned := fleettest.JobBody("DC0/vm/usb-dongle-host")
 	warned.ID, warned.CreatedAt, warned.Options.MaxAttempts = "job-with-concerns", time.Now().UTC(), 3
+	// Pinned to a host that never asks, so it stays pending and no test agent leases it.
+	warned.Options.TargetAgent = "kvm-ui-absent"
 	if _, err := leader.Node.Apply(state.MustEncode(state.CmdSubmitJob, state.SubmitJob{Definition: warned, Concerns: []proto.Concern{
 		{ID: "device.usb_passthrough", Category: proto.ConcernWarning, Message: "usb-dongle-host has USB devices of its ESXi host", Fix: "attach the device to the KVM host"},
 		{ID: "firmware.efi_nvram", Category: proto.ConcernInfo, Message: "usb-dongle-host boots with UEFI"},
