@@ -348,7 +348,7 @@ func (e *migrationEnv) cancelAndCheck(t *testing.T, id string, vm int) {
 }
 
 // TestE2ERetryAfterKilledAgent: the agent is SIGKILLed in the middle of the copy; the
-// controller expires the lease (TTL 2 s), the restarted agent leases attempt 2, replaces
+// controller expires the lease (TTL 5 s), the restarted agent leases attempt 2, replaces
 // the partial files of attempt 1 and ends with exactly one domain.
 //
 // With a join token (issue 18): the agent enrols its own credential, keeps it in its
@@ -357,7 +357,7 @@ func TestE2ERetryAfterKilledAgent(t *testing.T) {
 	t.Parallel()
 	const join = "e2e-join-token-0123456789abcdef"
 	e := newMigrationEnv(t, vcsim.Config{VMs: 1, DisksPerVM: 2, DiskSize: 64 * mib, Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}},
-		2*time.Second, 1, agentSetup{joinToken: join})
+		5*time.Second, 1, agentSetup{joinToken: join}) // 2 s fenced the restarted agent on a loaded machine: attempt 3
 	th := harness.StartThrottle(t, e.sim.URL.Host, 2<<20)
 	id := harness.Submit(t, e.ctl, e.job(0, th.Addr, proto.Options{ConversionMethod: "https"}))
 	if j := waitCopying(t, e, id); j.Attempt != 1 {
