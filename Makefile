@@ -69,7 +69,7 @@ chaos: setup build ## Long fault runs: chaos, partitions, broken transfers, rest
 		| grep --line-buffered -v 'TLS handshake error' | tee chaos.out
 
 .PHONY: packages
-packages: build ## Build the agent and controller .deb and .rpm packages into dist/
+packages: build ## Build the agent, controller and cli (hyperctl) .deb and .rpm packages into dist/
 	$(GO) run ./packaging/cmd/mkpkg -root . -bin bin -out dist -version "$(VERSION)"
 
 .PHONY: screenshot

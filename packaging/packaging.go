@@ -1,5 +1,5 @@
-// Package packaging builds the .deb and .rpm packages of the agent and the controller
-// with nfpm as a library, from the nfpm configurations in packaging/nfpm (usable with the
+// Package packaging builds the .deb and .rpm packages of the agent, the controller and the
+// command line client (hyperctl) with nfpm as a library, from the nfpm configurations in packaging/nfpm (usable with the
 // nfpm command too), the systemd units in packaging/systemd, the default configurations in
 // packaging/config and the maintainer scripts in packaging/scripts.
 package packaging
@@ -20,7 +20,7 @@ import (
 
 // Packages and formats built by default.
 var (
-	Packages = []string{"hypersdk-agent", "hypersdk-controller"}
+	Packages = []string{"hypersdk-agent", "hypersdk-controller", "hypersdk-cli"}
 	Formats  = []string{"deb", "rpm"}
 )
 
@@ -106,6 +106,11 @@ func Build(opts Options) ([]string, error) {
 		cfg, err := nfpm.ParseFileWithEnvMapping(filepath.Join(root, "packaging", "nfpm", name+".yaml"), func(k string) string { return env[k] })
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", name, err)
+		}
+		// nfpm expands the environment in depends, replaces and the like, but not in the
+		// deb-only breaks (hypersdk-cli breaks older controllers that still ship hyperctl).
+		for i, b := range cfg.Deb.Breaks {
+			cfg.Deb.Breaks[i] = os.Expand(b, func(k string) string { return env[k] })
 		}
 		for _, format := range opts.Formats {
 			p, err := build(cfg, format, root, stage, opts)

@@ -1,5 +1,5 @@
-// Command mkpkg builds the .deb and .rpm packages of hypersdk-agent and
-// hypersdk-controller (make packages).
+// Command mkpkg builds the .deb and .rpm packages of hypersdk-agent,
+// hypersdk-controller and hypersdk-cli (make packages).
 package main
 
 import (
