@@ -161,7 +161,7 @@ var (
 	buildErr  error
 )
 
-// buildPackages builds the four packages once per test binary from the binaries of
+// buildPackages builds the six packages once per test binary from the binaries of
 // make build (bin/, or $HYPERSDK_BIN).
 func buildPackages(t *testing.T) built {
 	t.Helper()
@@ -184,8 +184,10 @@ func buildPackages(t *testing.T) built {
 		for _, p := range paths {
 			name := filepath.Base(p)
 			pkg := "hypersdk-agent"
-			if strings.HasPrefix(name, "hypersdk-controller") {
-				pkg = "hypersdk-controller"
+			for _, n := range []string{"hypersdk-controller", "hypersdk-cli"} {
+				if strings.HasPrefix(name, n) {
+					pkg = n
+				}
 			}
 			if strings.HasSuffix(p, ".deb") {
 				buildRes.deb[pkg] = p
@@ -237,23 +239,37 @@ func TestDeb(t *testing.T) {
 	cases := []struct {
 		pkg     string
 		files   []string
+		absent  []string // owned by another package: installing both must not conflict
 		depends []string
-		conf    []string
+		fields  []string // other control fields
+		conf    []string // nil: no conffiles and no maintainer scripts
 	}{
 		{
 			pkg: "hypersdk-agent",
 			files: []string{"./usr/bin/hypersdk-agent", "./lib/systemd/system/hypersdk-agent.service", "./etc/hypersdk/agent.yaml",
 				"./etc/hypersdk/agent.env", "./var/lib/hypersdk/storage/", "./usr/share/doc/hypersdk-agent/README.md",
 				"./etc/logrotate.d/hypersdk-agent", "./usr/share/doc/hypersdk-agent/storage-dir.conf"},
+			absent:  []string{"./usr/bin/hyperctl"},
 			depends: []string{"qemu-utils", "nbdkit", "libvirt0"},
+			fields:  []string{"Suggests: guestfs-tools, hypersdk-cli"},
 			conf:    []string{"/etc/hypersdk/agent.yaml", "/etc/hypersdk/agent.env"},
 		},
 		{
 			pkg: "hypersdk-controller",
-			files: []string{"./usr/bin/hypersdk-controller", "./usr/bin/hyperctl", "./lib/systemd/system/hypersdk-controller.service",
+			files: []string{"./usr/bin/hypersdk-controller", "./lib/systemd/system/hypersdk-controller.service",
 				"./etc/hypersdk/controller.yaml", "./var/lib/hypersdk/controller/", "./usr/share/hypersdk/grafana/hypersdk.json"},
+			absent:  []string{"./usr/bin/hyperctl"},
 			depends: []string{"libc6"},
+			fields:  []string{"Recommends: hypersdk-cli"},
 			conf:    []string{"/etc/hypersdk/controller.yaml"},
+		},
+		{
+			pkg:     "hypersdk-cli",
+			files:   []string{"./usr/bin/hyperctl", "./usr/share/doc/hypersdk-cli/README.md"},
+			absent:  []string{"./usr/bin/hypersdk-", "./lib/systemd/", "./etc/"},
+			depends: []string{"libc6"},
+			// Controllers before the split shipped /usr/bin/hyperctl: dpkg hands it over on upgrade.
+			fields: []string{"Replaces: hypersdk-controller (<< 1.4.2+git7.gdeadbee)", "Breaks: hypersdk-controller (<< 1.4.2+git7.gdeadbee)"},
 		},
 	}
 	for _, tc := range cases {
@@ -262,11 +278,27 @@ func TestDeb(t *testing.T) {
 			if !strings.HasSuffix(deb, "_1.4.2+git7.gdeadbee-1_amd64.deb") {
 				t.Fatalf("file name %s", deb)
 			}
-			mustContain(t, "dpkg-deb -c", run(t, "dpkg-deb", "-c", deb), tc.files...)
-			fields := run(t, "dpkg-deb", "-f", deb, "Package", "Version", "Architecture", "Depends", "Maintainer", "Description")
+			listing := run(t, "dpkg-deb", "-c", deb)
+			mustContain(t, "dpkg-deb -c", listing, tc.files...)
+			for _, a := range tc.absent {
+				if strings.Contains(listing, " "+a) {
+					t.Fatalf("%s ships %s:\n%s", tc.pkg, a, listing)
+				}
+			}
+			fields := run(t, "dpkg-deb", "-f", deb, "Package", "Version", "Architecture", "Depends", "Recommends", "Suggests", "Replaces", "Breaks", "Maintainer", "Description")
 			mustContain(t, "control fields", fields, "Package: "+tc.pkg, "Version: 1.4.2+git7.gdeadbee-1", "Architecture: amd64")
 			mustContain(t, "Depends", fields, tc.depends...)
+			mustContain(t, "control fields", fields, tc.fields...)
 			info := run(t, "dpkg-deb", "-I", deb)
+			if tc.conf == nil {
+				// A client only: nothing to configure, no user, no service.
+				for _, script := range []string{"preinst", "postinst", "prerm", "postrm", "conffiles"} {
+					if strings.Contains(info, " "+script) {
+						t.Fatalf("%s has a %s:\n%s", tc.pkg, script, info)
+					}
+				}
+				return
+			}
 			mustContain(t, "maintainer scripts", info, "preinst", "postinst", "prerm", "postrm", "conffiles")
 			mustContain(t, "conffiles", run(t, "dpkg-deb", "-I", deb, "conffiles"), tc.conf...)
 			postinst := run(t, "dpkg-deb", "-I", deb, "postinst")
@@ -335,9 +367,10 @@ func TestRPM(t *testing.T) {
 	}{
 		{"hypersdk-agent", []string{"/usr/bin/hypersdk-agent", "/lib/systemd/system/hypersdk-agent.service", "/etc/hypersdk/agent.yaml", "/var/lib/hypersdk/storage"},
 			[]string{"qemu-img", "nbdkit", "libvirt-libs"}, []string{"/etc/hypersdk/agent.yaml", "/etc/hypersdk/agent.env"}},
-		{"hypersdk-controller", []string{"/usr/bin/hypersdk-controller", "/usr/bin/hyperctl", "/lib/systemd/system/hypersdk-controller.service",
+		{"hypersdk-controller", []string{"/usr/bin/hypersdk-controller", "/lib/systemd/system/hypersdk-controller.service",
 			"/etc/hypersdk/controller.yaml", "/usr/share/hypersdk/grafana/hypersdk.json"},
 			[]string{"glibc"}, []string{"/etc/hypersdk/controller.yaml"}},
+		{"hypersdk-cli", []string{"/usr/bin/hyperctl", "/usr/share/doc/hypersdk-cli/README.md"}, []string{"glibc"}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.pkg, func(t *testing.T) {
@@ -347,9 +380,20 @@ func TestRPM(t *testing.T) {
 			}
 			mustContain(t, "rpm -qpl", run(t, "rpm", "-qpl", p), tc.files...)
 			mustContain(t, "rpm -qpR", run(t, "rpm", "-qpR", p), tc.requires...)
+			mustContain(t, "rpm -qpi", run(t, "rpm", "-qpi", p), "Name        : "+tc.pkg, "Architecture: x86_64")
+			switch tc.pkg {
+			case "hypersdk-cli":
+				if scripts := strings.TrimSpace(run(t, "rpm", "-qp", "--scripts", p)); scripts != "" {
+					t.Fatalf("the cli package has scriptlets:\n%s", scripts)
+				}
+				return
+			case "hypersdk-controller":
+				mustContain(t, "rpm --recommends", run(t, "rpm", "-qp", "--recommends", p), "hypersdk-cli")
+			case "hypersdk-agent":
+				mustContain(t, "rpm --suggests", run(t, "rpm", "-qp", "--suggests", p), "hypersdk-cli")
+			}
 			mustContain(t, "rpm -qpc", run(t, "rpm", "-qpc", p), tc.conf...)
 			mustContain(t, "rpm --scripts", run(t, "rpm", "-qp", "--scripts", p), "preinstall", "postinstall", "preuninstall", "postuninstall", "useradd")
-			mustContain(t, "rpm -qpi", run(t, "rpm", "-qpi", p), "Name        : "+tc.pkg, "Architecture: x86_64")
 		})
 	}
 }
@@ -454,6 +498,78 @@ func TestInstallAgentDeb(t *testing.T) {
 	if hadEtc != nil {
 		if _, err := os.Stat("/etc/hypersdk"); err == nil {
 			t.Fatal("/etc/hypersdk left behind by the purge")
+		}
+	}
+}
+
+// TestPackagesShareNoFile: no two packages own the same file (directories may be shared), so
+// the controller, the agent and the cli install side by side on one host in any order.
+func TestPackagesShareNoFile(t *testing.T) {
+	need(t, "dpkg-deb")
+	b := buildPackages(t)
+	if len(b.deb) != 3 {
+		t.Fatalf("want three .deb packages, got %v", b.deb)
+	}
+	owner := map[string]string{}
+	for pkg, deb := range b.deb {
+		for _, line := range strings.Split(strings.TrimSpace(run(t, "dpkg-deb", "-c", deb)), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 6 || strings.HasPrefix(f[0], "d") {
+				continue
+			}
+			path := f[5]
+			if other, ok := owner[path]; ok {
+				t.Fatalf("%s is in both %s and %s: installing both fails", path, other, pkg)
+			}
+			owner[path] = pkg
+		}
+	}
+	if owner["./usr/bin/hyperctl"] != "hypersdk-cli" {
+		t.Fatalf("/usr/bin/hyperctl is owned by %q", owner["./usr/bin/hyperctl"])
+	}
+}
+
+// TestInstallCLIDeb installs the cli package alone with dpkg (an operator's laptop: none of
+// the daemons' dependencies), runs the installed hyperctl, and purges the package.
+func TestInstallCLIDeb(t *testing.T) {
+	need(t, "dpkg")
+	if os.Geteuid() != 0 {
+		t.Skip("installing a package needs root")
+	}
+	b := buildPackages(t)
+	lockInstall(t)
+	for _, pkg := range []string{"hypersdk-cli", "hypersdk-controller"} {
+		if exec.Command("dpkg", "-s", pkg).Run() == nil {
+			t.Skipf("%s is installed on this machine already: not touching it", pkg)
+		}
+	}
+	if _, err := os.Stat("/usr/bin/hyperctl"); err == nil {
+		t.Skip("/usr/bin/hyperctl exists outside a package: not overwriting it")
+	}
+	_, hadEtc := os.Stat("/etc/hypersdk")
+	t.Cleanup(func() { _ = exec.Command("dpkg", "--purge", "hypersdk-cli").Run() })
+
+	run(t, "dpkg", "-i", b.deb["hypersdk-cli"])
+	mustContain(t, "dpkg -L", run(t, "dpkg", "-L", "hypersdk-cli"), "/usr/bin/hyperctl", "/usr/share/doc/hypersdk-cli/README.md")
+	st, err := os.Stat("/usr/bin/hyperctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode() != 0o755 {
+		t.Fatalf("/usr/bin/hyperctl mode %v", st.Mode())
+	}
+	// --help needs no controller and exits 0.
+	mustContain(t, "hyperctl --help", run(t, "/usr/bin/hyperctl", "--help"), "hyperctl")
+	if hadEtc != nil {
+		if _, err := os.Stat("/etc/hypersdk"); err == nil {
+			t.Fatal("the cli package created /etc/hypersdk")
+		}
+	}
+
+	run(t, "dpkg", "--purge", "hypersdk-cli")
+	for _, p := range []string{"/usr/bin/hyperctl", "/usr/share/doc/hypersdk-cli/README.md"} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Fatalf("%s is still there after dpkg --purge", p)
 		}
 	}
 }
