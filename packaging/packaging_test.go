@@ -386,6 +386,7 @@ func TestRPM(t *testing.T) {
 				if scripts := strings.TrimSpace(run(t, "rpm", "-qp", "--scripts", p)); scripts != "" {
 					t.Fatalf("the cli package has scriptlets:\n%s", scripts)
 				}
+				mustContain(t, "rpm --conflicts", run(t, "rpm", "-qp", "--conflicts", p), "hypersdk-controller < 1.4.2+git7.gdeadbee")
 				return
 			case "hypersdk-controller":
 				mustContain(t, "rpm --recommends", run(t, "rpm", "-qp", "--recommends", p), "hypersdk-cli")
