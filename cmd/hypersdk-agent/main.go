@@ -56,6 +56,7 @@ func run(args []string) error {
 	o.Int("max-jobs", &cfg.MaxJobs, "jobs run at the same time (default 2)")
 	o.String("default-network", &cfg.DefaultNetwork, "libvirt network for NICs whose VMware network is not mapped (default \"default\")")
 	o.String("vddk-libdir", &cfg.Transfer.VDDKLibDir, "where VMware's VDDK is unpacked (DIR/lib64/libvixDiskLib.so.8), for the vddk method (config transfer.vddk_libdir)")
+	o.Float("min-free-storage-mb", func(mb float64) { cfg.MinFreeStorage = uint64(max(mb, 0) * (1 << 20)) }, "free MiB in the storage dir below which the agent is unhealthy and takes no work (config min_free_storage in bytes; default 1024)")
 	o.String("attempt-log", &cfg.AttemptLog, "append one JSON line per job attempt start and end to this file")
 	o.String("guest-conversion", &cfg.GuestConversion, "what jobs that do not set options.guest_conversion get: auto (virt-v2v when installed) or off")
 	o.String("virt-probe-file", &cfg.VirtProbeFile, "cache of the virtualisation decision for this boot of the host (default <storage-dir>/.virt-probe.json)")
