@@ -137,10 +137,11 @@ func (t *Transferer) VDDKDelta(ctx context.Context, src VDDKSource, out Output, 
 }
 
 // coalesceGap is the largest run of unchanged bytes between two changed areas that a
-// delta copy reads and writes anyway, to copy both areas in one read instead of two.
-// A request to VDDK (a round trip to ESXi's NFC server, one per connection at a time)
-// costs more than reading this much more in it; the gap is never more than one piece.
-const coalesceGap = 1 << 20
+// delta copy reads and writes anyway, to copy both areas in one read instead of two. It
+// is about what a link carries in one request's round trip (1 Gbit/s at 2 ms to ESXi's
+// NFC server): a request costs a round trip, one per connection at a time, while a
+// larger gap would cost more in bytes than the request it saves.
+const coalesceGap = 256 << 10
 
 // coalesceAreas merges changed areas that lie in the same piece (a range aligned to
 // piece, piece bytes long: what the copier reads in one request) and are at most gap

@@ -10,7 +10,7 @@ func TestCoalesceAreas(t *testing.T) {
 		K     = int64(1 << 10)
 		M     = int64(1 << 20)
 		piece = 2 * M
-		gap   = M
+		gap   = coalesceGap
 		disk  = 16 * M
 	)
 	r := func(off, n int64) DiskRange { return DiskRange{off, n} }
@@ -23,8 +23,8 @@ func TestCoalesceAreas(t *testing.T) {
 		{"none", nil, nil, 0},
 		{"one", []DiskRange{r(64*K, 64*K)}, []DiskRange{r(64*K, 64*K)}, 1},
 		{"adjacent", []DiskRange{r(0, 64*K), r(64*K, 64*K)}, []DiskRange{r(0, 128*K)}, 1},
-		{"small gaps in one piece", []DiskRange{r(0, 64*K), r(512*K, 64*K), r(M+512*K, 64*K)},
-			[]DiskRange{r(0, M+576*K)}, 1},
+		{"small gaps in one piece", []DiskRange{r(0, 64*K), r(192*K, 64*K), r(512*K, 64*K)},
+			[]DiskRange{r(0, 576*K)}, 1},
 		{"gap exactly the limit", []DiskRange{r(0, 64*K), r(64*K+gap, 64*K)}, []DiskRange{r(0, 128*K+gap)}, 1},
 		{"gap over the limit", []DiskRange{r(0, 64*K), r(64*K+gap+512, 64*K)},
 			[]DiskRange{r(0, 64*K), r(64*K+gap+512, 64*K)}, 2},
@@ -40,9 +40,9 @@ func TestCoalesceAreas(t *testing.T) {
 		{"long area then a near one", []DiskRange{r(M, 4*M), r(5*M+256*K, 64*K)},
 			[]DiskRange{r(M, 4*M+320*K)}, 3},
 		{"contained", []DiskRange{r(0, M), r(128*K, 64*K)}, []DiskRange{r(0, M)}, 1},
-		{"unsorted", []DiskRange{r(512*K, 64*K), r(0, 64*K)}, []DiskRange{r(0, 576*K)}, 1},
-		{"at the disk's end", []DiskRange{r(disk-M, 64*K), r(disk-64*K, 64*K)}, []DiskRange{r(disk-M, M)}, 1},
-		{"last sector", []DiskRange{r(disk-M, 512), r(disk-512, 512)}, []DiskRange{r(disk-M, M)}, 1},
+		{"unsorted", []DiskRange{r(256*K, 64*K), r(0, 64*K)}, []DiskRange{r(0, 320*K)}, 1},
+		{"at the disk's end", []DiskRange{r(disk-256*K, 64*K), r(disk-64*K, 64*K)}, []DiskRange{r(disk-256*K, 256*K)}, 1},
+		{"last sector", []DiskRange{r(disk-128*K, 512), r(disk-512, 512)}, []DiskRange{r(disk-128*K, 128*K)}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.in)
