@@ -1,8 +1,16 @@
 package transfer
 
 import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/hypersdk/hypersdk/test/fakevddk"
 )
 
 func TestCoalesceAreas(t *testing.T) {
@@ -107,5 +115,107 @@ func TestDeltaConnections(t *testing.T) {
 		if got := deltaConnections(tc.configured, tc.pieces); got != tc.want {
 			t.Errorf("deltaConnections(%d, %d) = %d, want %d", tc.configured, tc.pieces, got, tc.want)
 		}
+	}
+}
+
+// TestVDDKDelta: a first copy, then changes on the disk (data, data overwritten with
+// zeros, near areas that coalesce, a long area, the disk's last sector) copied as a delta
+// into the same image: byte-identical, every read within the reader's limit, fewer reads
+// than areas, progress in the areas' bytes.
+func TestVDDKDelta(t *testing.T) {
+	const size = 64 << 20
+	for _, format := range []string{FormatQcow2, FormatRaw} {
+		t.Run(format, func(t *testing.T) {
+			f := newVDDKFixture(t, fakevddk.Standard, size, 0.5)
+			out := filepath.Join(f.dir, "out."+format)
+			if _, err := f.xfer.VDDK(context.Background(), f.source(), Output{Path: out, Format: format}); err != nil {
+				t.Fatal(err)
+			}
+			const K = 1 << 10
+			areas := []DiskRange{
+				{1 << 20, 64 * K}, {1<<20 + 192*K, 64 * K}, {1<<20 + 448*K, 128 * K}, // near: one read
+				{8 << 20, 64 * K},            // data overwritten with zeros
+				{20<<20 + 512, 5<<20 + 1024}, // long, across pieces, sector-aligned only
+				{40 << 20, 64 * K},           // in the hole
+				{size - 512, 512},            // the last sector
+			}
+			disk, err := os.OpenFile(f.flat, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := mrand.New(mrand.NewPCG(1, 2))
+			for i, a := range areas {
+				b := make([]byte, a.Length)
+				if i != 3 {
+					for j := range b {
+						b[j] = byte(rng.Uint32())
+					}
+				}
+				if _, err := disk.WriteAt(b, a.Offset); err != nil {
+					t.Fatal(err)
+				}
+			}
+			disk.Close()
+			before := len(f.fake.ReadStats().Reads)
+			var prog progressLog
+			var total int64
+			for _, a := range areas {
+				total += a.Length
+			}
+			res, err := f.xfer.VDDKDelta(context.Background(), f.source(), Output{Path: out, Format: format, Progress: prog.fn}, areas)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imagesIdentical(t, f.flat, out, format)
+			prog.check(t, total)
+			reads := f.fake.ReadStats().Reads[before:]
+			for _, r := range reads {
+				if r.Len > vddkMaxRead {
+					t.Errorf("a read of %d bytes", r.Len)
+				}
+			}
+			// 1 for the near three, 1, 3 for the long one (in 3 pieces of 2 MiB), 1, 1.
+			if len(reads) != 7 {
+				t.Errorf("%d reads for %d areas, want 7: %+v", len(reads), len(areas), reads)
+			}
+			if res.SourceBytes < total || res.SourceBytes > total+2*coalesceGap {
+				t.Errorf("read %d bytes for %d changed", res.SourceBytes, total)
+			}
+			// Twice the default (4), but no more than the reads.
+			if !strings.Contains(f.logs.String(), "delta=true capacity=67108864 transport=nbdssl connections=7") {
+				t.Error("the delta did not open a connection per read")
+			}
+			f.checkClean(filepath.Join(f.dir, "none"))
+		})
+	}
+}
+
+// BenchmarkVDDKDelta: a delta of 656 scattered 64 KiB areas (41 MiB, the warm benchmark's
+// cutover) through the fake, with the configured connections (4) and with a delta's (8),
+// side by side.
+func BenchmarkVDDKDelta(b *testing.B) {
+	const size = 1 << 30
+	f := newVDDKFixture(b, fakevddk.Standard, size, 0.5)
+	f.xfer = New(Config{Logger: discardLogger(), TempDir: f.dir, VDDKReader: f.xfer.cfg.VDDKReader})
+	out := filepath.Join(f.dir, "out.qcow2")
+	if _, err := f.xfer.VDDK(context.Background(), f.source(), Output{Path: out, Format: FormatQcow2}); err != nil {
+		b.Fatal(err)
+	}
+	rng := mrand.New(mrand.NewPCG(3, 4))
+	var areas []DiskRange
+	for _, g := range rng.Perm(size / (64 << 10))[:656] {
+		areas = append(areas, DiskRange{int64(g) * 64 << 10, 64 << 10})
+	}
+	b.SetBytes(656 * 64 << 10)
+	for _, conns := range []int{2, 4} { // a delta opens twice as many
+		b.Run(fmt.Sprintf("connections=%d", 2*conns), func(b *testing.B) {
+			src := f.source()
+			src.Connections = conns
+			for b.Loop() {
+				if _, err := f.xfer.VDDKDelta(context.Background(), src, Output{Path: out, Format: FormatQcow2}, areas); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
