@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -94,7 +95,8 @@ func (t *Transferer) VDDKDelta(ctx context.Context, src VDDKSource, out Output, 
 		return nil, cmp.Or(o.err, werr)
 	}
 	d := o.d
-	defer d.close()
+	closeReader := sync.OnceFunc(d.close)
+	defer closeReader()
 	capacity := d.Capacity()
 	if size != capacity {
 		w.Abort()
@@ -114,11 +116,16 @@ func (t *Transferer) VDDKDelta(ctx context.Context, src VDDKSource, out Output, 
 	err = t.copyPieces(ctx, log, d, w, merged, piece, max(workers, 1), lims, &st, true, func(n int64) {
 		tracker.Update(int64(float64(done.Add(n)) * scale))
 	})
+	// Every read is done: the reader ends (VDDK's exit, the process) while the image is
+	// flushed and closed, both on the cutover's path.
+	readerClosed := make(chan struct{})
+	go func() { closeReader(); close(readerClosed) }()
 	if err == nil {
 		err = w.Finish()
 	} else {
 		w.Abort()
 	}
+	<-readerClosed
 	if err != nil {
 		if cerr := ctxErr(ctx, "delta copy"); cerr != nil {
 			return nil, cerr
