@@ -227,7 +227,12 @@ func (j *job) deltaRound(ctx context.Context, stage string, n int, disks []vsphe
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
 		}
-		read.Add(res.SourceBytes)
+		if full[i] {
+			read.Add(res.SourceBytes)
+		} else {
+			// The changed bytes: the copy reads the small gaps between near areas too.
+			read.Add(sizes[i])
+		}
 		return nil
 	})
 	if err != nil {

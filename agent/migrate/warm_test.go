@@ -196,8 +196,13 @@ func TestWarmMigration(t *testing.T) {
 			st := f.fake.ReadStats()
 			full := fakevddk.AllocatedBytes(mustData(t, vm.Disks[0].FlatPath), 64<<10, size)
 			writes, _ := f.sim.GuestWrites(vm.Name)
-			if read := st.BytesRead(""); read > 2*full+2*writes[0].Bytes+2*writes[1].Bytes+4*mib {
-				t.Errorf("read %d bytes in all: more than a full copy and the changes", read)
+			// The changes are read with what lies between near ones (up to 256 KiB per
+			// changed 64 KiB grain, transfer.coalesceGap).
+			changed := writes[0].Bytes + writes[1].Bytes
+			if read := st.BytesRead(""); read > 2*full+6*changed+4*mib {
+				t.Errorf("read %d bytes in all: more than a full copy (%d) and the changes (%d)", read, full, changed)
+			} else {
+				t.Logf("read %d bytes in all: full copies of %d, %d bytes changed", read, full, changed)
 			}
 			if writes[0].Bytes == 0 {
 				t.Error("the guest wrote nothing while the job ran")

@@ -126,7 +126,7 @@ func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Res
 	var st copyStats
 	t.buffers.begin()
 	defer t.buffers.end()
-	err = t.copyPieces(ctx, log, src, w, ext, piece, workers, lims, &st, func(n int64) { tracker.Update(done.Add(n)) })
+	err = t.copyPieces(ctx, log, src, w, ext, piece, workers, lims, &st, false, func(n int64) { tracker.Update(done.Add(n)) })
 	if err == nil {
 		err = w.Finish()
 	} else {
@@ -172,9 +172,12 @@ type spanned interface{ setSpan(size int64) }
 
 // copyPieces runs the workers over ext until everything is written or the first error.
 // Each worker takes a span (a power of two multiple of the piece, up to copySpan, small
-// enough for every worker to get one) and copies its pieces in order.
+// enough for every worker to get one) and copies its pieces in order. overwrite is the
+// delta copy's mode (delta.go): every byte of a piece is written, zeros too, since the
+// image already holds data that a zero area must replace; a first copy (overwrite false)
+// leaves zero blocks out of its fresh sparse image.
 func (t *Transferer) copyPieces(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, ext []DiskRange, piece, workers int,
-	lims limits, st *copyStats, progress func(int64)) error {
+	lims limits, st *copyStats, overwrite bool, progress func(int64)) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// Spans small enough that every worker gets some of a small disk.
@@ -207,7 +210,7 @@ func (t *Transferer) copyPieces(ctx context.Context, log *slog.Logger, src DiskS
 			for sp := range spans {
 				for off := sp.Offset; off < sp.Offset+sp.Length && ctx.Err() == nil; {
 					end := min(sp.Offset+sp.Length, (off/p+1)*p)
-					if err := t.copyPiece(ctx, log, src, w, DiskRange{off, end - off}, lims, st); err != nil {
+					if err := t.copyPiece(ctx, log, src, w, DiskRange{off, end - off}, lims, st, overwrite); err != nil {
 						cancel(err)
 						break
 					}
@@ -238,8 +241,8 @@ feed:
 }
 
 // copyPiece reads one piece (with retries) into a pooled buffer and writes its non-zero
-// blocks.
-func (t *Transferer) copyPiece(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, p DiskRange, lims limits, st *copyStats) error {
+// blocks, or all of it when overwrite.
+func (t *Transferer) copyPiece(ctx context.Context, log *slog.Logger, src DiskSource, w imageWriter, p DiskRange, lims limits, st *copyStats, overwrite bool) error {
 	buf, err := t.buffers.get(ctx)
 	if err != nil {
 		return err
@@ -249,7 +252,14 @@ func (t *Transferer) copyPiece(ctx context.Context, log *slog.Logger, src DiskSo
 	if err := t.readPiece(ctx, log, src, b, p.Offset, lims, st); err != nil {
 		return err
 	}
-	n, err := writeNonZero(w, b, p.Offset)
+	var n int64
+	if overwrite {
+		if err = w.WriteAt(b, p.Offset); err == nil {
+			n = p.Length
+		}
+	} else {
+		n, err = writeNonZero(w, b, p.Offset)
+	}
 	st.written.Add(n)
 	if err != nil {
 		return fmt.Errorf("writing %d bytes at %d: %w", len(b), p.Offset, err)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"io"
 	"log/slog"
 	"net"
@@ -116,7 +117,7 @@ func startVDDKFleet(b *testing.B, dir string, sim *vcsim.Sim, password string) (
 		return harness.GetJSON(ctl.URL()+"/cluster", &cl) == 200 && cl.Leader.ID == "c1"
 	})
 	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
-		"--max-jobs", "1", "--log-level", "warn", "--vddk-libdir", libdir)
+		"--max-jobs", "1", "--log-level", cmp.Or(os.Getenv("HYPERSDK_BENCH_AGENT_LOG"), "warn"), "--vddk-libdir", libdir)
 	return ctl, agent, fake
 }
 
