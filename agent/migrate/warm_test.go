@@ -473,7 +473,9 @@ func TestWarmKeepsCopyAfterRetryableFailure(t *testing.T) {
 		t.Fatalf("attempt 2: %v", out.err)
 	}
 	sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
-	if read := f.fake.ReadStats().BytesRead(""); read-before > 6*mib || rec2.lastReport().status.FullCopy != "" {
+	// A full copy reads the 12 MiB allocated; a resume reads what the writer changed (1 MiB/s,
+	// longer on a loaded machine) plus the gaps the delta coalesces with it.
+	if read := f.fake.ReadStats().BytesRead(""); read-before > 10*mib || rec2.lastReport().status.FullCopy != "" {
 		t.Errorf("attempt 2 read %d bytes (full_copy %q): want a resume", read-before, rec2.lastReport().status.FullCopy)
 	}
 }
