@@ -79,13 +79,7 @@ func TestReadYourWritesOnEveryNode(t *testing.T) {
 func TestRestartedNodeNeverServesAnEmptyCluster(t *testing.T) {
 	nodes := controller.StartTestCluster(t, 3)
 	leader := controller.Leader(nodes)
-	var victim *controller.Controller
-	for _, c := range nodes {
-		if c != leader {
-			victim = c
-			break
-		}
-	}
+	victim := controller.Follower(nodes, leader)
 	const jobs = 400
 	for i := 0; i < jobs; i++ {
 		code, out := post(t, nodes[i%3].URL()+"/jobs/submit", jobBody(fmt.Sprintf("DC0/vm/r-%d", i)))

@@ -84,6 +84,16 @@ func Leader(nodes []*Controller) *Controller {
 	return nil
 }
 
+// Follower returns the first of the given nodes that is not leader (nil if none).
+func Follower(nodes []*Controller, leader *Controller) *Controller {
+	for _, c := range nodes {
+		if c != nil && c != leader {
+			return c
+		}
+	}
+	return nil
+}
+
 // WaitFor polls cond until it holds or fails the test after timeout (the one
 // implementation is testutil.WaitFor; this name saves tests an import).
 var WaitFor = testutil.WaitFor

@@ -715,13 +715,7 @@ func TestAgentIdentityCommands(t *testing.T) {
 func TestSubmitWatchThroughFollower(t *testing.T) {
 	nodes := controller.StartTestCluster(t, 3)
 	leader := controller.Leader(nodes)
-	var follower *controller.Controller
-	for _, n := range nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
+	follower := controller.Follower(nodes, leader)
 	// A follower that just joined reads 503 until it has caught up once (tested in
 	// controller/freshness_test.go); read-your-writes is about a node that serves reads.
 	controller.WaitFor(t, 10*time.Second, "the follower caught up", func() bool { return follower.Node.Sync().CaughtUp })
