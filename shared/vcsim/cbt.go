@@ -51,6 +51,8 @@ type vmDisks struct {
 	// epoch counts the stamps handed out; writes record epoch+1.
 	epoch  uint32
 	writer *guestWriter
+	// paused holds the guest writer (PauseGuest) without stopping it.
+	paused bool
 }
 
 func (st *vmDisks) writeEpoch() uint32 {

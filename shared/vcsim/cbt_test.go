@@ -376,7 +376,7 @@ func TestNestedSnapshots(t *testing.T) {
 }
 
 // TestGuestWriter: a powered-on VM's guest writes at the configured rate until the VM is
-// powered off, and not after.
+// powered off, and not after, nor while it is paused.
 func TestGuestWriter(t *testing.T) {
 	s := startSim(t, vcsim.Config{DiskSize: 16 << 20, PowerOn: true, WriteRate: 8})
 	c := connect(t, s)
@@ -395,6 +395,31 @@ func TestGuestWriter(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Paused, it writes nothing; resumed, it writes again.
+	if err := s.PauseGuest("vm-1", true); err != nil {
+		t.Fatal(err)
+	}
+	p1, _ := s.GuestWrites("vm-1")
+	time.Sleep(200 * time.Millisecond) // ten writer ticks
+	if p2, _ := s.GuestWrites("vm-1"); p2[0].Bytes != p1[0].Bytes {
+		t.Fatalf("the paused guest wrote: %d then %d bytes", p1[0].Bytes, p2[0].Bytes)
+	}
+	if err := s.PauseGuest("vm-1", false); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if w, _ := s.GuestWrites("vm-1"); w[0].Bytes > p1[0].Bytes {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resumed guest wrote nothing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := s.PauseGuest("no-such-vm", true); err == nil {
+		t.Fatal("PauseGuest of an unknown VM: no error")
+	}
+
 	task, err := v.vm.PowerOff(v.ctx())
 	if err != nil {
 		t.Fatal(err)

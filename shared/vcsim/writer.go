@@ -86,6 +86,13 @@ func (s *Sim) runWriter(st *vmDisks, w *guestWriter, rng *rand.Rand) {
 			b := buf[:d.grainLen(g)]
 			fillRandom(rng, b)
 			st.mu.Lock()
+			if st.paused {
+				// No write lands after PauseGuest returns, and a pause does not turn
+				// into a burst afterwards either.
+				st.mu.Unlock()
+				budget = 0
+				break
+			}
 			err := d.writeAt(b, g*grain, st.writeEpoch())
 			st.mu.Unlock()
 			if err != nil {
@@ -235,6 +242,19 @@ func (s *Sim) GuestWrites(name string) ([]DiskWrites, error) {
 		out[i] = DiskWrites{Bytes: d.written, Writes: d.writes, Ranges: d.ranges(func(g int64) bool { return d.dirty[g] })}
 	}
 	return out, nil
+}
+
+// PauseGuest holds (or, with paused false, resumes) the guest writer of the named VM:
+// tests that count what a round copies hold it while they measure.
+func (s *Sim) PauseGuest(name string, paused bool) error {
+	st, err := s.trackedVM(name)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.paused = paused
+	return nil
 }
 
 // WriteGuest writes p at off of disk i of the named VM as its guest would (through the
