@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -153,7 +154,7 @@ func vddkEnv(libdir string) []string {
 type vddkDisk struct {
 	c    *vddk.Client
 	srv  *child
-	conn *os.File
+	conn io.Closer
 	logs *vddkLogs
 	src  VDDKSource
 }
@@ -217,6 +218,11 @@ func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Log
 		conn.Close()
 		return nil, err
 	}
+	sock, err := vddk.SocketConn(conn)
+	if err != nil {
+		srv.stop()
+		return nil, fmt.Errorf("%w: %v", ErrTool, err)
+	}
 	logs := &vddkLogs{log: log, secrets: []string{src.Password}}
 	transports := src.Transports
 	if transports == "" {
@@ -226,13 +232,13 @@ func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Log
 	if conns <= 0 {
 		conns = t.cfg.VDDKConnections
 	}
-	c, err := vddk.Open(conn, vddk.OpenRequest{
+	c, err := vddk.Open(sock, vddk.OpenRequest{
 		Libdir: src.Libdir, Server: src.Server, Port: src.Port, User: src.User, Password: src.Password,
 		Thumbprint: src.Thumbprint, VMXSpec: "moref=" + src.VMMoref, Snapshot: src.Snapshot, File: src.File,
 		Transports: transports, Connections: conns, MaxRead: vddkMaxRead,
 	}, logs.line)
 	if err != nil {
-		conn.Close()
+		sock.Close()
 		srv.stop()
 		if cerr := ctxErr(ctx, "transfer"); cerr != nil {
 			return nil, cerr
@@ -241,7 +247,7 @@ func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Log
 	}
 	log.Info("vddk disk open", "capacity", c.Info.Capacity, "transport", c.Info.TransportMode, "connections", c.Info.Connections,
 		"library", c.Info.LibraryPath, "query_allocated", c.Info.QueryAllocated)
-	return &vddkDisk{c: c, srv: srv, conn: conn, logs: logs, src: src}, nil
+	return &vddkDisk{c: c, srv: srv, conn: sock, logs: logs, src: src}, nil
 }
 
 // vddkOpenError turns a failed OPEN into what the operator must do.

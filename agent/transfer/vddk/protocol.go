@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 )
 
 // The agent and its reader process talk over a socketpair (the reader's fd 3) in frames:
@@ -64,22 +66,33 @@ func readHeader(r io.Reader) (header, error) {
 	return h, nil
 }
 
-// writeFrame writes one frame; the caller serialises writers.
+// writeFrame writes one frame; the caller serialises writers. On a socket (SocketConn)
+// the header and payload leave in one writev: system calls, not bytes, are what a delta
+// of many small reads costs (most of all in a VM, where each one traps).
 func writeFrame(w io.Writer, typ byte, id uint32, payload ...[]byte) error {
 	var n uint64
 	for _, p := range payload {
 		n += uint64(len(p))
 	}
 	h := header{typ: typ, id: id, n: n}.encode()
-	bufs := make([][]byte, 0, 1+len(payload))
+	bufs := make(net.Buffers, 0, 1+len(payload))
 	bufs = append(bufs, h[:])
 	bufs = append(bufs, payload...)
-	for _, b := range bufs {
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
+	_, err := bufs.WriteTo(w)
+	return err
+}
+
+// SocketConn turns one end of the agent–reader socketpair into a net.Conn, taking f over
+// (f is closed). Its reads and writes go through Go's network poller, so a goroutine
+// waiting for the other side parks instead of holding a thread in a blocking read (each
+// of which hands its processor to another thread: futex calls on every request).
+func SocketConn(f *os.File) (net.Conn, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("vddk reader socket: %w", err)
 	}
-	return nil
+	return c, nil
 }
 
 func writeJSON(w io.Writer, typ byte, id uint32, v any) error {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -62,7 +63,12 @@ func Main(args []string) int {
 			fmt.Fprintln(os.Stderr, "vddk-reader: fd 3 (the agent's socket) is not open")
 			return 2
 		}
-		return serve(f)
+		conn, err := SocketConn(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vddk-reader: fd 3 (the agent's socket):", err)
+			return 2
+		}
+		return serve(conn)
 	}
 	fmt.Fprintln(os.Stderr, "usage: vddk-reader probe DIR | vddk-reader serve (started by hypersdk-agent)")
 	return 2
@@ -97,7 +103,6 @@ func vddkLog(level int, msg string) {
 
 // server is the reader side of one disk.
 type server struct {
-	w       *bufio.Writer
 	conn    io.ReadWriter
 	wmu     sync.Mutex // one frame at a time on the socket
 	secrets []string
@@ -116,10 +121,8 @@ type request struct {
 func (s *server) send(typ byte, id uint32, payload ...[]byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if err := writeFrame(s.w, typ, id, payload...); err != nil {
-		return err
-	}
-	return s.w.Flush()
+	// Straight to the socket: one writev per frame, the payload not copied on the way.
+	return writeFrame(s.conn, typ, id, payload...)
 }
 
 func (s *server) sendJSON(typ byte, id uint32, v any) error {
@@ -143,13 +146,13 @@ func (s *server) note(format string, args ...any) {
 	_ = s.sendJSON(frameLog, 0, LogLine{Level: LevelAgent, Msg: fmt.Sprintf(format, args...)})
 }
 
-func serve(conn *os.File) int {
+func serve(conn net.Conn) int {
 	defer conn.Close()
 	// VDDK calls abort() on internal errors. Taking SIGABRT away from the Go runtime lets
 	// the process die of it plainly ("signal: aborted" for the agent) instead of the
 	// runtime's dump of every goroutine and register.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGABRT)
-	s := &server{conn: conn, w: bufio.NewWriterSize(conn, 64<<10)}
+	s := &server{conn: conn}
 	h, err := readHeader(conn)
 	if err != nil || h.typ != frameOpen {
 		fmt.Fprintf(os.Stderr, "vddk-reader: expected OPEN from the agent: %v\n", err)

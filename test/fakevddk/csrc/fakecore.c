@@ -84,10 +84,32 @@ int fake_load_config(struct fake_config *c, char *err, size_t errlen) {
   return 0;
 }
 
+/* The stats file stays open and the pid is read once: a Read costs the fake one write
+ * here, not open, getpid, write and close (system calls are what a delta of many small
+ * reads spends its time on, and the fake stands for a library that keeps no such log). */
+static int stats_fd = -1;
+static int stats_pid;
+
+static int stats_open(const struct fake_config *c) {
+  int fd = __atomic_load_n(&stats_fd, __ATOMIC_ACQUIRE);
+  if (fd >= 0) return fd;
+  fd = open(c->stats, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return -1;
+  __atomic_store_n(&stats_pid, (int)getpid(), __ATOMIC_RELAXED);
+  int none = -1;
+  if (!__atomic_compare_exchange_n(&stats_fd, &none, fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    close(fd); /* another thread opened it first */
+    fd = none;
+  }
+  return fd;
+}
+
 void fake_stat(const struct fake_config *c, const char *fmt, ...) {
   if (c->stats[0] == 0) return;
+  int fd = stats_open(c);
+  if (fd < 0) return;
   char line[8192];
-  int n = snprintf(line, sizeof line, "pid=%d ", (int)getpid());
+  int n = snprintf(line, sizeof line, "pid=%d ", __atomic_load_n(&stats_pid, __ATOMIC_RELAXED));
   va_list ap;
   va_start(ap, fmt);
   n += vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
@@ -95,11 +117,8 @@ void fake_stat(const struct fake_config *c, const char *fmt, ...) {
   if (n > (int)sizeof line - 2) n = sizeof line - 2;
   line[n++] = '\n';
   /* One write with O_APPEND: lines of concurrent readers never interleave. */
-  int fd = open(c->stats, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return;
   ssize_t w = write(fd, line, n);
   (void)w;
-  close(fd);
 }
 
 /* parse_descriptor reads one text descriptor: its single extent (file name, kind, size in
