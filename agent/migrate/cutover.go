@@ -10,10 +10,9 @@ import (
 	"github.com/hypersdk/hypersdk/shared/vsphere"
 )
 
-// cutover stops the source VM and copies its last changes; the domain is defined next
-// (Run), and the downtime counted from the power-off to the domain defined. The last
-// snapshot is removed after the definition, by cleanup: nothing the domain needs waits
-// for it.
+// cutover stops the source VM and copies its last changes, from the powered-off disks
+// themselves (cutoverCopy); the domain is defined next (Run), and the downtime counted
+// from the power-off to the domain defined.
 func (j *job) cutover(ctx context.Context) error {
 	w := j.warm
 	now := time.Now()
@@ -41,13 +40,49 @@ func (j *job) cutover(ctx context.Context) error {
 			j.log.Info("CD-ROMs removed from the source VM", "count", n)
 		}
 	}
-	copied, err := j.copyRound(ctx, proto.StageCutover, w.status.Rounds+1)
+	copied, err := j.cutoverCopy(ctx, w.status.Rounds+1)
 	if err != nil {
 		return err
 	}
 	j.log.Info("cutover: last changes copied", "bytes", copied, "since_power_off", time.Since(w.offAt).Round(time.Millisecond))
-	// The images now hold the VM as it was at power-off: a later attempt only defines.
+	// The images now hold the VM as it was at power-off. The change ids stay the last
+	// round's: a later attempt (this agent lost before the domain is defined) copies the
+	// same areas again from the powered-off disks, which changes nothing in the images.
 	return j.record(ctx)
+}
+
+// cutoverCopy copies the last changes from the powered-off VM's disks themselves, without
+// a snapshot: a VM that is off cannot change, vSphere answers QueryChangedDiskAreas for it
+// without one, and VDDK reads its disks as for a cold job. A snapshot would add its
+// creation and its removal (seconds each on a real vCenter) to the downtime for nothing.
+// The VM must still be off when the copy ends: powered on meanwhile (by someone else),
+// its disks may have changed under the copy, and the cutover fails rather than define
+// a domain from them.
+func (j *job) cutoverCopy(ctx context.Context, n int) (int64, error) {
+	info, err := j.client.VMInfo(ctx, j.vm)
+	if err != nil {
+		return 0, err
+	}
+	disks := make([]vsphere.SnapshotDisk, len(info.Disks))
+	for i, d := range info.Disks {
+		disks[i] = vsphere.SnapshotDisk{Key: d.Key, CapacityBytes: d.CapacityBytes, File: d.File}
+	}
+	if err := j.matchWarmDisks(disks); err != nil {
+		return 0, err
+	}
+	copied, err := j.copyChanges(ctx, proto.StageCutover, n, nil, disks)
+	if err != nil {
+		return 0, err
+	}
+	st, err := j.client.PowerState(ctx, j.vm)
+	if err != nil {
+		return 0, err
+	}
+	if st != "poweredOff" {
+		return 0, fmt.Errorf("%w: %s was powered on (%s) during the cutover's copy: its disks may have changed under it; "+
+			"shut it down and ask for the cutover again", ErrUnsupportedVM, j.info.Name, st)
+	}
+	return copied, nil
 }
 
 // stopSource shuts the guest down and powers the VM off if it does not stop within the

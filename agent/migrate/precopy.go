@@ -137,26 +137,39 @@ func (j *job) copyRound(ctx context.Context, stage string, n int) (int64, error)
 	if err != nil {
 		return 0, err
 	}
-	first := w.disks[0].changeID == ""
-	var copied int64
-	if first {
-		copied, err = j.fullRound(ctx, stage, n, disks)
-	} else {
-		copied, err = j.deltaRound(ctx, stage, n, disks)
-	}
+	copied, err := j.copyChanges(ctx, stage, n, j.snapshot, disks)
 	if err != nil {
 		return 0, err
 	}
 	for i, d := range disks {
 		w.disks[i].changeID = d.ChangeID
 	}
-	w.status.ChangedBytes = copied
-	j.log.Info("warm round copied", "round", n, "stage", stage, "bytes", copied, "full", first)
 	return copied, nil
 }
 
-// fullRound copies every allocated block of every disk at the snapshot into new images.
-func (j *job) fullRound(ctx context.Context, stage string, n int, disks []vsphere.SnapshotDisk) (int64, error) {
+// copyChanges copies into the images what changed since their change ids (everything, when
+// they have none yet) as of snap, or, with snap nil, from the powered-off VM's disks as
+// they are (the cutover). disks are matched to the warm disks.
+func (j *job) copyChanges(ctx context.Context, stage string, n int, snap *vsphere.Snapshot, disks []vsphere.SnapshotDisk) (int64, error) {
+	w := j.warm
+	first := w.disks[0].changeID == ""
+	var copied int64
+	var err error
+	if first {
+		copied, err = j.fullRound(ctx, stage, n, snap, disks)
+	} else {
+		copied, err = j.deltaRound(ctx, stage, n, snap, disks)
+	}
+	if err != nil {
+		return 0, err
+	}
+	w.status.ChangedBytes = copied
+	j.log.Info("warm round copied", "round", n, "stage", stage, "bytes", copied, "full", first, "snapshot", snap != nil)
+	return copied, nil
+}
+
+// fullRound copies every allocated block of every disk at snap into new images.
+func (j *job) fullRound(ctx context.Context, stage string, n int, snap *vsphere.Snapshot, disks []vsphere.SnapshotDisk) (int64, error) {
 	sizes := make([]int64, len(disks))
 	var total int64
 	for i, d := range disks {
@@ -168,7 +181,7 @@ func (j *job) fullRound(ctx context.Context, stage string, n int, disks []vspher
 	agg := j.copyProgress(stage, msg, sizes)
 	var read atomic.Int64
 	err := transfer.Parallel(ctx, j.p.cfg.MaxParallelDisks, disks, func(ctx context.Context, i int, d vsphere.SnapshotDisk) error {
-		res, err := j.p.xfer.VDDK(ctx, j.vddkSource(d.File, j.snapshot), j.output(i, agg))
+		res, err := j.p.xfer.VDDK(ctx, j.vddkSource(d.File, snap), j.output(i, agg))
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)
 		}
@@ -185,15 +198,16 @@ func (j *job) fullRound(ctx context.Context, stage string, n int, disks []vspher
 	return read.Load(), nil
 }
 
-// deltaRound copies into the images the areas each disk changed since its change id.
-func (j *job) deltaRound(ctx context.Context, stage string, n int, disks []vsphere.SnapshotDisk) (int64, error) {
+// deltaRound copies into the images the areas each disk changed since its change id, up
+// to snap (nil: up to now, which vSphere answers only for a powered-off VM).
+func (j *job) deltaRound(ctx context.Context, stage string, n int, snap *vsphere.Snapshot, disks []vsphere.SnapshotDisk) (int64, error) {
 	w := j.warm
 	areas := make([][]transfer.DiskRange, len(disks))
 	sizes := make([]int64, len(disks))
 	full := make([]bool, len(disks))
 	var total int64
 	for i, d := range disks {
-		got, err := j.client.ChangedAreas(ctx, j.vm, j.snapshot, d.Key, d.CapacityBytes, w.disks[i].changeID)
+		got, err := j.client.ChangedAreas(ctx, j.vm, snap, d.Key, d.CapacityBytes, w.disks[i].changeID)
 		switch {
 		case errors.Is(err, vsphere.ErrChangeTracking):
 			// Tracking was reset (disabled and enabled again, a storage move): the change id
@@ -220,9 +234,9 @@ func (j *job) deltaRound(ctx context.Context, stage string, n int, disks []vsphe
 		var res *transfer.Result
 		var err error
 		if full[i] {
-			res, err = j.p.xfer.VDDK(ctx, j.vddkSource(d.File, j.snapshot), j.output(i, agg))
+			res, err = j.p.xfer.VDDK(ctx, j.vddkSource(d.File, snap), j.output(i, agg))
 		} else {
-			res, err = j.p.xfer.VDDKDelta(ctx, j.vddkSource(d.File, j.snapshot), j.output(i, agg), areas[i])
+			res, err = j.p.xfer.VDDKDelta(ctx, j.vddkSource(d.File, snap), j.output(i, agg), areas[i])
 		}
 		if err != nil {
 			return fmt.Errorf("disk %d (%s): %w", i, d.File, err)

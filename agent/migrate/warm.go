@@ -26,8 +26,9 @@ import (
 //     (its PR #1184, after filesystem corruption): record the change ids, remove the old
 //     snapshot, then create the next one; at most one snapshot of ours exists at a time.
 //  2. cutover (cutover.go), at cutover_at or when an operator asks: the guest is shut
-//     down (powered off after shutdown_timeout_seconds), a last snapshot and round, then
-//     the domain is defined as for a cold job. Downtime is power-off → domain defined.
+//     down (powered off after shutdown_timeout_seconds), the last changes are copied from
+//     the powered-off disks (no snapshot: nothing can change them now), then the domain is
+//     defined as for a cold job. Downtime is power-off → domain defined.
 //
 // After each round the state that lets a later attempt go on (which agent has the images,
 // where, and the change id each holds its disk as of) is replicated with the job, so an
@@ -340,22 +341,33 @@ func (j *job) snapshotRound(ctx context.Context, n int) ([]vsphere.SnapshotDisk,
 	if err != nil {
 		return nil, err
 	}
-	if len(disks) != len(j.warm.disks) {
-		return nil, fmt.Errorf("%w: the snapshot has %d disks, the VM had %d (a disk was added or removed during the migration)",
-			ErrUnsupportedVM, len(disks), len(j.warm.disks))
+	if err := j.matchWarmDisks(disks); err != nil {
+		return nil, err
 	}
 	for i, d := range disks {
-		w := j.warm.disks[i]
-		if d.Key != w.key || d.CapacityBytes != w.capacity {
-			return nil, fmt.Errorf("%w: disk %d changed during the migration (key %d → %d, %d → %d bytes)",
-				ErrUnsupportedVM, i, w.key, d.Key, w.capacity, d.CapacityBytes)
-		}
 		if d.ChangeID == "" {
 			return nil, fmt.Errorf("%w: the snapshot of %s has no change id for disk %d: changed block tracking is not active on it",
 				vsphere.ErrChangeTracking, j.info.Name, i)
 		}
 	}
 	return disks, nil
+}
+
+// matchWarmDisks checks that disks (a snapshot's, or the VM's at the cutover) are the
+// warm disks: the same number, keys and sizes.
+func (j *job) matchWarmDisks(disks []vsphere.SnapshotDisk) error {
+	if len(disks) != len(j.warm.disks) {
+		return fmt.Errorf("%w: the VM has %d disks now, %d when the migration started (a disk was added or removed during the migration)",
+			ErrUnsupportedVM, len(disks), len(j.warm.disks))
+	}
+	for i, d := range disks {
+		w := j.warm.disks[i]
+		if d.Key != w.key || d.CapacityBytes != w.capacity {
+			return fmt.Errorf("%w: disk %d changed during the migration (key %d → %d, %d → %d bytes)",
+				ErrUnsupportedVM, i, w.key, d.Key, w.capacity, d.CapacityBytes)
+		}
+	}
+	return nil
 }
 
 // removeRoundSnapshot removes the round's snapshot once its change ids are recorded.

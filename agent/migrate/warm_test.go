@@ -246,6 +246,12 @@ func checkForkliftOrder(t *testing.T, jobID string, reports []warmReport) {
 			if len(r.snapshots) != 0 {
 				t.Errorf("report %d (%s, round %d): snapshots %q, want none between rounds", i, st.Phase, st.Rounds, r.snapshots)
 			}
+		case st.Phase == proto.WarmPhaseCutover || st.Phase == proto.WarmPhaseDone:
+			// The cutover copies from the powered-off disks: no snapshot at all, so none
+			// to take or remove while the VM is down.
+			if len(r.snapshots) != 0 {
+				t.Errorf("report %d (%s after the power-off): snapshots %q, want none", i, st.Phase, r.snapshots)
+			}
 		}
 	}
 	if rounds < 3 || betweens < 2 {
@@ -278,6 +284,43 @@ func TestWarmCutoverAtInThePast(t *testing.T) {
 		t.Errorf("warm status %+v: want one round, then the cutover by cutover_at", last)
 	}
 	sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
+}
+
+// TestWarmCutoverRefusesAVMPoweredOnMeanwhile: the cutover copies from the powered-off
+// disks without a snapshot, so a VM powered on again during that copy (by someone else)
+// may have changed under it: the cutover fails saying so and defines nothing.
+func TestWarmCutoverRefusesAVMPoweredOnMeanwhile(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, vcsim.Config{VMs: 1, DiskSize: 16 * mib, PowerOn: true, WriteRate: 1,
+		Fill: vcsim.Fill{Mode: vcsim.FillRandom, Fraction: 0.5}}, fakevddk.Standard)
+	past := time.Now().Add(-time.Hour)
+	rec := newWarmRecorder(f, "agent-a")
+	var once sync.Once
+	rec.onUpdate = func(p proto.Progress) {
+		// The cutover's copy reports its start before it reads: power the VM on right then
+		// (this runs in the copy's goroutine, so the copy waits for it).
+		if p.Stage == proto.StageCutover && strings.HasPrefix(p.Message, "round ") {
+			once.Do(func() {
+				f.withVM(0, func(ctx context.Context, c *vsphere.Client, v *vsphere.VM) error {
+					task, err := v.Object().PowerOn(ctx)
+					if err == nil {
+						err = task.Wait(ctx)
+					}
+					return err
+				})
+			})
+		}
+	}
+	out := wait(t, f.runWarm(context.Background(), f.lease("job-warm-on", 0, proto.Options{Warm: true, CutoverAt: &past}), rec), 2*time.Minute)
+	if out.err == nil || !strings.Contains(out.err.Error(), "was powered on") || !strings.Contains(out.err.Error(), "during the cutover") {
+		t.Fatalf("Run: %v, want the cutover refused for a VM powered on meanwhile", out.err)
+	}
+	if _, err := harness.Virsh("dominfo", f.sim.VMs[0].Name); err == nil {
+		t.Error("a domain was defined from disks that may have changed")
+	}
+	if n := f.snapshots(0); n != 0 {
+		t.Errorf("%d snapshots left", n)
+	}
 }
 
 // TestWarmRefusesSnapshotsWithoutTracking: a VM with snapshots and tracking off cannot be

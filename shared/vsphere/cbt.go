@@ -95,15 +95,20 @@ type Area struct {
 }
 
 // ChangedAreas asks vSphere which areas of the disk (deviceKey, capacity bytes) changed
-// between changeID and the snapshot ("*": every allocated area). vSphere answers a part of
+// between changeID and the snapshot ("*": every allocated area), or, with snap nil, up to
+// now: vSphere answers that only for a powered-off VM. vSphere answers a part of
 // the disk per call (startOffset, length); the next call starts where the answer ends,
 // until the end of the disk. The areas are sorted, merged and within the disk.
 func (c *Client) ChangedAreas(ctx context.Context, vm *VM, snap *Snapshot, deviceKey int32, capacity int64, changeID string) ([]Area, error) {
 	var out []Area
-	ref := snap.Ref
+	var ref *types.ManagedObjectReference
+	if snap != nil {
+		r := snap.Ref
+		ref = &r
+	}
 	for off := int64(0); off < capacity; {
 		res, err := methods.QueryChangedDiskAreas(ctx, c.vim, &types.QueryChangedDiskAreas{
-			This: vm.Ref, Snapshot: &ref, DeviceKey: deviceKey, StartOffset: off, ChangeId: changeID,
+			This: vm.Ref, Snapshot: ref, DeviceKey: deviceKey, StartOffset: off, ChangeId: changeID,
 		})
 		if err != nil {
 			if strings.Contains(err.Error(), "changeId") {
