@@ -222,5 +222,6 @@ func (j *job) vddkSource(file string, snap *vsphere.Snapshot) transfer.VDDKSourc
 	if snap != nil {
 		src.Snapshot = snap.Moref()
 	}
+	src.Readers = j.readers // started ahead for the cutover (nil otherwise)
 	return src
 }

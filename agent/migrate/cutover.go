@@ -21,6 +21,13 @@ func (j *job) cutover(ctx context.Context) error {
 	if err := j.record(ctx); err != nil {
 		return err
 	}
+	// The VDDK readers of the last copy start while the guest shuts down: a process's
+	// start would otherwise be downtime. They wait for their disks until the copy.
+	j.readers = j.p.xfer.StartVDDKReaders(ctx, j.p.cfg.VDDKLibDir, len(w.disks))
+	defer func() {
+		j.readers.Close()
+		j.readers = nil
+	}()
 	if err := j.stopSource(ctx); err != nil {
 		return err
 	}

@@ -256,6 +256,8 @@ type job struct {
 	info     *vsphere.VMInfo
 	method   string
 	snapshot *vsphere.Snapshot
+	// readers are VDDK reader processes started ahead for a warm cutover's copy.
+	readers  *transfer.ReaderPool
 	dir      string
 	disks    []string // output image paths, in VM disk order
 	format   string

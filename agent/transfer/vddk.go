@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -37,6 +38,8 @@ type VDDKSource struct {
 	Transports string
 	// Connections per disk (default Config.VDDKConnections).
 	Connections int
+	// Readers, when set, holds reader processes started ahead (StartVDDKReaders).
+	Readers *ReaderPool
 }
 
 func (s VDDKSource) validate() error {
@@ -198,8 +201,19 @@ func (l *vddkLogs) tail() string {
 	return "; VDDK's last messages: " + strings.Join(l.last, " | ")
 }
 
-// openVDDK starts a reader process for src and opens the disk in it.
-func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Logger) (*vddkDisk, error) {
+// readerProc is a started reader process that has not been sent its OPEN yet.
+type readerProc struct {
+	sock net.Conn
+	srv  *child
+}
+
+func (r *readerProc) stop() {
+	r.sock.Close() // the reader, waiting for its OPEN, exits
+	r.srv.stop()
+}
+
+// startReader starts a reader process for VDDK in libdir; it waits for its OPEN.
+func (t *Transferer) startReader(ctx context.Context, libdir string, log *slog.Logger) (*readerProc, error) {
 	argv, err := t.vddkReader("serve")
 	if err != nil {
 		return nil, err
@@ -211,7 +225,7 @@ func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Log
 	conn, theirs := os.NewFile(uintptr(fds[0]), "vddk-reader"), os.NewFile(uintptr(fds[1]), "vddk-agent")
 	srv, err := startChild(ctx, log, "vddk-reader", argv, nil, func(cmd *exec.Cmd) {
 		cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the reader
-		cmd.Env = vddkEnv(src.Libdir)
+		cmd.Env = vddkEnv(libdir)
 	})
 	theirs.Close() // the reader holds it now: its exit must end our reads
 	if err != nil {
@@ -223,6 +237,79 @@ func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Log
 		srv.stop()
 		return nil, fmt.Errorf("%w: %v", ErrTool, err)
 	}
+	return &readerProc{sock: sock, srv: srv}, nil
+}
+
+// ReaderPool holds VDDK reader processes started before the disks they will read can be
+// opened: a warm cutover starts them while the guest shuts down, since a process's start
+// (the agent's binary, its runtime) is most of a delta copy's fixed cost and would
+// otherwise be downtime. A VDDKSource with the pool takes one instead of starting its
+// own; Close stops those nobody took. A nil pool holds nothing.
+type ReaderPool struct {
+	libdir string
+	mu     sync.Mutex
+	procs  []*readerProc
+}
+
+// StartVDDKReaders starts up to n reader processes for VDDK in libdir (fewer if some fail
+// to start: the sources then start their own, and the failure shows there).
+func (t *Transferer) StartVDDKReaders(ctx context.Context, libdir string, n int) *ReaderPool {
+	p := &ReaderPool{libdir: libdir}
+	for range n {
+		r, err := t.startReader(ctx, libdir, t.log)
+		if err != nil {
+			t.log.Warn("could not start a VDDK reader ahead of the copy", "err", err)
+			break
+		}
+		p.procs = append(p.procs, r)
+	}
+	return p
+}
+
+// take hands out a started reader for libdir (nil: none left, or another libdir).
+func (p *ReaderPool) take(libdir string) *readerProc {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.procs) == 0 || libdir != p.libdir {
+		return nil
+	}
+	r := p.procs[len(p.procs)-1]
+	p.procs = p.procs[:len(p.procs)-1]
+	return r
+}
+
+// Close stops the readers nobody took.
+func (p *ReaderPool) Close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	procs := p.procs
+	p.procs = nil
+	p.mu.Unlock()
+	for _, r := range procs {
+		r.stop()
+	}
+}
+
+// openVDDK opens the disk of src in a reader process: one of src.Readers, else a new one.
+func (t *Transferer) openVDDK(ctx context.Context, src VDDKSource, log *slog.Logger) (*vddkDisk, error) {
+	rp := src.Readers.take(src.Libdir)
+	if rp == nil || rp.srv.exited() {
+		if rp != nil {
+			rp.stop()
+		}
+		var err error
+		if rp, err = t.startReader(ctx, src.Libdir, log); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("vddk reader started ahead of the copy", "pid", rp.srv.cmd.Process.Pid)
+	}
+	sock, srv := rp.sock, rp.srv
 	logs := &vddkLogs{log: log, secrets: []string{src.Password}}
 	transports := src.Transports
 	if transports == "" {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -442,4 +443,62 @@ func BenchmarkVDDKTransfer(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestVDDKReaderPool: readers started ahead (a warm cutover starts them while the guest
+// shuts down) are the ones a copy uses; one whose process died is replaced by a new one;
+// Close stops those nobody took, and nothing is left.
+func TestVDDKReaderPool(t *testing.T) {
+	t.Parallel()
+	f := newVDDKFixture(t, fakevddk.Standard, 8<<20, 0.5)
+	ctx := withTimeout(t, 2*time.Minute)
+	pool := f.xfer.StartVDDKReaders(ctx, f.libdir, 3)
+	started := map[int]bool{}
+	for _, r := range pool.procs {
+		started[r.srv.cmd.Process.Pid] = true
+	}
+	if len(started) != 3 {
+		t.Fatalf("%d readers started, want 3", len(started))
+	}
+	// One of them dies before it is used: the copy that takes it starts its own.
+	dead := pool.procs[len(pool.procs)-1]
+	dead.srv.stop()
+
+	readPids := func(from int) map[int]bool {
+		pids := map[int]bool{}
+		for _, r := range f.fake.ReadStats().Reads[from:] {
+			pids[r.Pid] = true
+		}
+		return pids
+	}
+	for i, wantPooled := range []bool{false, true} {
+		before := len(f.fake.ReadStats().Reads)
+		src := f.source()
+		src.Readers = pool
+		out := filepath.Join(f.dir, "out"+strconv.Itoa(i)+".qcow2")
+		if _, err := f.xfer.VDDK(ctx, src, Output{Path: out, Format: FormatQcow2}); err != nil {
+			t.Fatal(err)
+		}
+		imagesIdentical(t, f.flat, out, FormatQcow2)
+		pids := readPids(before)
+		if len(pids) != 1 {
+			t.Fatalf("copy %d read from %d processes, want one reader", i, len(pids))
+		}
+		for pid := range pids {
+			if started[pid] != wantPooled {
+				t.Errorf("copy %d read in pid %d: pooled %v, want %v", i, pid, started[pid], wantPooled)
+			}
+		}
+	}
+	if n := len(pool.procs); n != 1 {
+		t.Fatalf("%d readers left in the pool, want 1", n)
+	}
+	// Another libdir does not take a reader of this one.
+	if r := pool.take(t.TempDir()); r != nil {
+		t.Error("a reader of another VDDK directory was handed out")
+	}
+	pool.Close()
+	var nilPool *ReaderPool
+	nilPool.Close() // no readers: nothing to do, no panic
+	f.checkClean(filepath.Join(f.dir, "none"))
 }
