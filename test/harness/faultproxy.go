@@ -50,8 +50,8 @@ type Fault struct {
 }
 
 // FaultProxy is a TCP proxy that forwards to a target and injects faults into the server
-// → client direction: a rate limit for every connection, and queued one-shot faults
-// (reset, truncate, stall) that fire at a byte offset. TLS passes through untouched (the
+// → client direction: a rate limit for each connection (StartLink), and queued one-shot
+// faults (reset, truncate, stall) that fire at a byte offset. TLS passes through untouched (the
 // client sees the server's certificate), so a fault can cut or delay bytes but never
 // alter them undetected: what a broken network does to an HTTPS transfer.
 //
@@ -62,6 +62,7 @@ type FaultProxy struct {
 	ln   net.Listener
 	dial func(ctx context.Context) (net.Conn, error)
 	rate atomic.Int64
+	sent atomic.Int64
 	wg   sync.WaitGroup
 
 	mu      sync.Mutex
@@ -94,9 +95,12 @@ func StartLoopbackFaultProxy(t testing.TB, target string) *FaultProxy {
 	})
 }
 
-// SetRate limits every connection, open ones included, to bytesPerSecond from the server
-// to the client (0: unlimited).
+// SetRate limits each connection, open ones included, to bytesPerSecond from the server
+// to the client (0: unlimited): n connections together carry up to n times the rate.
 func (p *FaultProxy) SetRate(bytesPerSecond int64) { p.rate.Store(bytesPerSecond) }
+
+// Sent is how many bytes the proxy has forwarded from the server to its clients.
+func (p *FaultProxy) Sent() int64 { return p.sent.Load() }
 
 // Inject queues faults; each fires once, in order.
 func (p *FaultProxy) Inject(f ...Fault) {
@@ -216,6 +220,17 @@ func (p *FaultProxy) serve(c net.Conn) {
 		}
 	}()
 	var sent int64
+	var pace pacer
+	// write forwards b to the client at the connection's rate.
+	write := func(b []byte) error {
+		if err := pace.wait(p.rate.Load(), len(b)); err != nil {
+			return err
+		}
+		n, err := c.Write(b)
+		sent += int64(n)
+		p.sent.Add(int64(n))
+		return err
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := up.Read(buf)
@@ -223,10 +238,9 @@ func (p *FaultProxy) serve(c net.Conn) {
 			if f, ok := p.due(sent, int64(n)); ok {
 				// Forward what comes before the fault's offset, then apply it.
 				head := max(0, f.After-sent)
-				if _, err := c.Write(buf[:head]); err != nil {
+				if err := write(buf[:head]); err != nil {
 					return
 				}
-				sent += head
 				switch f.Kind {
 				case FaultReset:
 					reset(c)
@@ -250,19 +264,11 @@ func (p *FaultProxy) serve(c net.Conn) {
 						return
 					}
 				}
-				rest := buf[head:n]
-				if _, err := c.Write(rest); err != nil {
+				if err := write(buf[head:n]); err != nil {
 					return
 				}
-				sent += int64(len(rest))
-			} else {
-				if rate := p.rate.Load(); rate > 0 {
-					time.Sleep(time.Duration(float64(n) / float64(rate) * float64(time.Second)))
-				}
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-				sent += int64(n)
+			} else if err := write(buf[:n]); err != nil {
+				return
 			}
 		}
 		if rerr != nil {
