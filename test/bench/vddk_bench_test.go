@@ -4,12 +4,9 @@ import (
 	"cmp"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +22,7 @@ import (
 // https method (nbdkit curl → qemu-img over loopback TLS to the simulator), three
 // interleaved rounds each, medians reported. Also reported: what each method read from
 // the source: VixDiskLib_Read bytes (the fake's stats) for vddk, bytes the server sent
-// (TLS, through a counting TCP proxy) for https, against the disk's allocated bytes.
+// (TLS, counted by a TCP proxy, harness.FaultProxy) for https, against the disk's allocated bytes.
 func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 	skipUnlessBench(b)
 	harness.RequireLibvirt(b)
@@ -41,16 +38,16 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 	}
 	allocated := fakevddk.AllocatedBytes(data, 64<<10, vm.Disks[0].Capacity)
 	harness.CleanupDomain(b, vm.Name)
-	proxy := startCountingProxy(b, sim.URL.Host)
+	proxy := harness.StartLoopbackFaultProxy(b, sim.URL.Host)
 
 	job := func(method string) (time.Duration, int64) {
 		b.Helper()
 		host := sim.URL.Host
 		if method == "https" {
-			host = proxy.addr
+			host = proxy.Addr
 		}
 		readBefore := fake.ReadStats().BytesRead("")
-		sentBefore := proxy.sent.Load()
+		sentBefore := proxy.Sent()
 		def := proto.JobDefinition{
 			VMPath: vm.Path,
 			Source: proto.Source{Type: "vsphere", VCenterURL: "https://" + host + "/sdk", Username: "admin", Password: password,
@@ -70,7 +67,7 @@ func BenchmarkVDDKvsHTTPS1GiB(b *testing.B) {
 		}
 		_ = os.RemoveAll(filepath.Join(agent.StorageDir, id))
 		if method == "https" {
-			return wall, proxy.sent.Load() - sentBefore
+			return wall, proxy.Sent() - sentBefore
 		}
 		return wall, fake.ReadStats().BytesRead("") - readBefore
 	}
@@ -119,44 +116,4 @@ func startVDDKFleet(b *testing.B, dir string, sim *vcsim.Sim, password string) (
 	agent := harness.StartAgentEnv(b, []string{fake.Env()}, dir, "bench-agent", []*harness.Controller{ctl},
 		"--max-jobs", "1", "--log-level", cmp.Or(os.Getenv("HYPERSDK_BENCH_AGENT_LOG"), "warn"), "--vddk-libdir", libdir)
 	return ctl, agent, fake
-}
-
-// countingProxy forwards TCP to a target and counts the bytes the target sends.
-type countingProxy struct {
-	addr string
-	sent atomic.Int64
-}
-
-func startCountingProxy(b *testing.B, target string) *countingProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := &countingProxy{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				s, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer s.Close()
-				go func() { _, _ = io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
-				n, _ := io.Copy(c, s)
-				p.sent.Add(n)
-			}()
-		}
-	}()
-	return p
 }
