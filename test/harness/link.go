@@ -30,8 +30,8 @@ type pacer struct {
 	bps int64
 }
 
-// pacerMinBurst is at least one read of the proxy's buffer, so one wait covers it.
-const pacerMinBurst = 64 << 10
+// pacerMinBurst is one read of the proxy's buffer, so one wait covers it.
+const pacerMinBurst = proxyReadSize
 
 // wait blocks until n more bytes fit in the rate bps (0: unlimited); the rate may change
 // between calls (FaultProxy.SetRate applies to open connections).
