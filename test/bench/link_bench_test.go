@@ -34,8 +34,10 @@ func benchLinkRate(b *testing.B) int64 {
 // the datastore /folder URLs from it (https) and the export lease's "*" host becomes it
 // (nfc); curl reads the same URLs through it. Three rounds of curl, the https job, curl of
 // the lease URL and the nfc job, medians reported; then one VM against three at once, twice.
-// At 100 MB/s this adds about two minutes: 3 × (10.7 s curl + ~3.5 s https job + ~5.5 s
-// curl-nfc + ~6 s nfc job) + 2 × (one VM + three VMs).
+// At 100 MB/s this adds about a minute and a half (2 cores, 2026-11-30): 3 × (10.8 s curl +
+// 3.2 s https job + 5.4 s curl-nfc + 5.6 s nfc job) + 2 × (3.2 s one VM + 5.8 s three). The
+// stream-optimized VMDK the nfc steps read was converted by the loopback regime's first
+// export, as the simulator caches it: no step here pays for it.
 //
 // Each step's bytes through the link are checked against curl's of the same bytes: a job
 // that carried less has read part of the disk around the link, and its time would mean
