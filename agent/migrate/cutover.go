@@ -18,16 +18,24 @@ func (j *job) cutover(ctx context.Context) error {
 	now := time.Now()
 	w.status.Phase, w.status.CutoverStartedAt, w.status.NextRoundAt = proto.WarmPhaseCutover, &now, nil
 	j.stage(proto.StageCutover, fmt.Sprintf("cutover after %d precopy round(s): stopping %s", w.status.Rounds, j.info.Name))
-	if err := j.record(ctx); err != nil {
-		return err
-	}
-	// The VDDK readers of the last copy start while the guest shuts down: a process's
-	// start would otherwise be downtime. They wait for their disks until the copy.
+	// The VDDK readers of the last copy start first, and go on starting while the cutover
+	// is recorded and the guest shuts down: a process's start would otherwise be
+	// downtime. They wait for their disks until the copy.
 	j.readers = j.p.xfer.StartVDDKReaders(ctx, j.p.cfg.VDDKLibDir, len(w.disks))
 	defer func() {
 		j.readers.Close()
 		j.readers = nil
 	}()
+	if err := j.record(ctx); err != nil {
+		return err
+	}
+	// The disks are read before the guest stops: a disk added or removed since the
+	// precopy fails the cutover while the VM still runs, and the read is not downtime
+	// (powering off changes no disk).
+	disks, err := j.currentDisks(ctx)
+	if err != nil {
+		return err
+	}
 	if err := j.stopSource(ctx); err != nil {
 		return err
 	}
@@ -47,7 +55,7 @@ func (j *job) cutover(ctx context.Context) error {
 			j.log.Info("CD-ROMs removed from the source VM", "count", n)
 		}
 	}
-	copied, err := j.cutoverCopy(ctx, w.status.Rounds+1)
+	copied, err := j.cutoverCopy(ctx, w.status.Rounds+1, disks)
 	if err != nil {
 		return err
 	}
@@ -58,6 +66,23 @@ func (j *job) cutover(ctx context.Context) error {
 	return j.record(ctx)
 }
 
+// currentDisks reads the VM's disks as they are (their backing files: what VDDK opens
+// without a snapshot) and checks that they are the warm disks.
+func (j *job) currentDisks(ctx context.Context) ([]vsphere.SnapshotDisk, error) {
+	info, err := j.client.VMInfo(ctx, j.vm)
+	if err != nil {
+		return nil, err
+	}
+	disks := make([]vsphere.SnapshotDisk, len(info.Disks))
+	for i, d := range info.Disks {
+		disks[i] = vsphere.SnapshotDisk{Key: d.Key, CapacityBytes: d.CapacityBytes, File: d.File}
+	}
+	if err := j.matchWarmDisks(disks); err != nil {
+		return nil, err
+	}
+	return disks, nil
+}
+
 // cutoverCopy copies the last changes from the powered-off VM's disks themselves, without
 // a snapshot: a VM that is off cannot change, vSphere answers QueryChangedDiskAreas for it
 // without one, and VDDK reads its disks as for a cold job. A snapshot would add its
@@ -65,18 +90,7 @@ func (j *job) cutover(ctx context.Context) error {
 // The VM must still be off when the copy ends: powered on meanwhile (by someone else),
 // its disks may have changed under the copy, and the cutover fails rather than define
 // a domain from them.
-func (j *job) cutoverCopy(ctx context.Context, n int) (int64, error) {
-	info, err := j.client.VMInfo(ctx, j.vm)
-	if err != nil {
-		return 0, err
-	}
-	disks := make([]vsphere.SnapshotDisk, len(info.Disks))
-	for i, d := range info.Disks {
-		disks[i] = vsphere.SnapshotDisk{Key: d.Key, CapacityBytes: d.CapacityBytes, File: d.File}
-	}
-	if err := j.matchWarmDisks(disks); err != nil {
-		return 0, err
-	}
+func (j *job) cutoverCopy(ctx context.Context, n int, disks []vsphere.SnapshotDisk) (int64, error) {
 	copied, err := j.copyChanges(ctx, proto.StageCutover, n, nil, disks)
 	if err != nil {
 		return 0, err
