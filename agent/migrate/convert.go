@@ -95,7 +95,8 @@ func (j *job) copyProgress(stage, msg string, sizes []int64) *transfer.Aggregato
 }
 
 func (j *job) output(i int, agg *transfer.Aggregator) transfer.Output {
-	return transfer.Output{Path: j.disks[i], Format: j.format, Progress: agg.Disk(i), Label: j.info.Disks[i].File, Limiter: j.limiter}
+	return transfer.Output{Path: j.disks[i], Format: j.format, Progress: agg.Disk(i), Label: j.info.Disks[i].File, Limiter: j.limiter,
+		Images: j.images}
 }
 
 // trust is the transfer's TLS decision for a host of the source, matching the session's:

@@ -20,11 +20,14 @@ func (j *job) cutover(ctx context.Context) error {
 	j.stage(proto.StageCutover, fmt.Sprintf("cutover after %d precopy round(s): stopping %s", w.status.Rounds, j.info.Name))
 	// The VDDK readers of the last copy start first, and go on starting while the cutover
 	// is recorded and the guest shuts down: a process's start would otherwise be
-	// downtime. They wait for their disks until the copy.
+	// downtime. They wait for their disks until the copy, and the images for their writes.
 	j.readers = j.p.xfer.StartVDDKReaders(ctx, j.p.cfg.VDDKLibDir, len(w.disks))
+	// The images too: qemu-nbd's start on them is the longer of the two.
+	j.images = j.p.xfer.OpenImages(ctx, j.disks, j.format)
 	defer func() {
 		j.readers.Close()
-		j.readers = nil
+		j.images.Close()
+		j.readers, j.images = nil, nil
 	}()
 	if err := j.record(ctx); err != nil {
 		return err

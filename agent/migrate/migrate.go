@@ -256,8 +256,9 @@ type job struct {
 	info     *vsphere.VMInfo
 	method   string
 	snapshot *vsphere.Snapshot
-	// readers are VDDK reader processes started ahead for a warm cutover's copy.
+	// readers and images are started and opened ahead for a warm cutover's copy.
 	readers  *transfer.ReaderPool
+	images   *transfer.ImagePool
 	dir      string
 	disks    []string // output image paths, in VM disk order
 	format   string

@@ -284,9 +284,12 @@ func TestWarmCutoverAtInThePast(t *testing.T) {
 		t.Errorf("warm status %+v: want one round, then the cutover by cutover_at", last)
 	}
 	sameContent(t, f.sim.VMs[0].Disks[0].FlatPath, out.res.Disks[0], "qcow2")
-	// The cutover's copy used the reader started while the guest shut down.
-	if !strings.Contains(f.logs.String(), "vddk reader started ahead of the copy") {
-		t.Error("the cutover did not use a reader started ahead")
+	// The cutover's copy used the reader started and the image opened while the guest
+	// shut down.
+	for _, ahead := range []string{"vddk reader started ahead of the copy", "image opened ahead of the copy"} {
+		if !strings.Contains(f.logs.String(), ahead) {
+			t.Errorf("the cutover's log lacks %q", ahead)
+		}
 	}
 }
 

@@ -114,6 +114,7 @@ func (t *Transferer) Copy(ctx context.Context, src DiskSource, out Output) (*Res
 	log.Info("copy starting", "capacity", capacity, "read", toRead, "extents", len(ext), "extents_known", known,
 		"format", format, "connections", workers, "piece", piece, "cap_Bps", lims.min())
 
+	out.Images.release(out.Path) // a fresh image replaces it: nothing may hold the old one
 	w, err := t.newImageWriter(ctx, out.Path, format, capacity, log)
 	if err != nil {
 		return nil, err

@@ -83,7 +83,13 @@ func (t *Transferer) VDDKDelta(ctx context.Context, src VDDKSource, out Output, 
 		d, err := t.openVDDK(ctx, src, log)
 		openc <- opened{d, err}
 	}()
-	w, size, werr := t.openImageWriter(ctx, out.Path, format, log)
+	w, size, pooled := out.Images.take(out.Path, format)
+	var werr error
+	if pooled {
+		log.Info("image opened ahead of the copy", "format", format)
+	} else {
+		w, size, werr = t.openImageWriter(ctx, out.Path, format, log)
+	}
 	o := <-openc
 	if o.err != nil || werr != nil {
 		if o.err == nil {
@@ -203,6 +209,81 @@ func pieceCount(areas []DiskRange, piece int64) int64 {
 		n += (a.Offset+a.Length-1)/piece - a.Offset/piece + 1
 	}
 	return n
+}
+
+// ImagePool holds images the earlier rounds made, opened for writing in place before the
+// delta that writes them can start: a warm cutover opens them while the guest shuts down,
+// since starting qemu-nbd on an image is otherwise on the downtime's path. A nil pool
+// holds nothing.
+type ImagePool struct {
+	mu     sync.Mutex
+	format string
+	open   map[string]pooledImage
+}
+
+type pooledImage struct {
+	w    imageWriter
+	size int64
+}
+
+// OpenImages opens the images at paths (format raw or qcow2) for writing in place; one
+// that does not open is left out (its delta opens it, and fails there if it must).
+func (t *Transferer) OpenImages(ctx context.Context, paths []string, format string) *ImagePool {
+	p := &ImagePool{format: format, open: map[string]pooledImage{}}
+	for _, path := range paths {
+		w, size, err := t.openImageWriter(ctx, path, format, t.log)
+		if err != nil {
+			t.log.Warn("could not open an image ahead of the copy", "path", path, "err", err)
+			continue
+		}
+		p.open[path] = pooledImage{w, size}
+	}
+	return p
+}
+
+// take hands out the writer of path (false: none for it in this format).
+func (p *ImagePool) take(path, format string) (imageWriter, int64, bool) {
+	if p == nil {
+		return nil, 0, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	img, ok := p.open[path]
+	if !ok || format != p.format {
+		return nil, 0, false
+	}
+	delete(p.open, path)
+	return img.w, img.size, true
+}
+
+// release closes the writer of path if the pool still holds it.
+func (p *ImagePool) release(path string) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	img, ok := p.open[path]
+	delete(p.open, path)
+	p.mu.Unlock()
+	if ok {
+		_ = img.w.Finish() // nothing written: a clean close
+	}
+}
+
+// Close closes the writers nobody took; their images are as they were.
+func (p *ImagePool) Close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	paths := make([]string, 0, len(p.open))
+	for path := range p.open {
+		paths = append(paths, path)
+	}
+	p.mu.Unlock()
+	for _, path := range paths {
+		p.release(path)
+	}
 }
 
 // openImageWriter opens an image the earlier rounds made, for writing in place, and

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hypersdk/hypersdk/test/fakevddk"
 )
@@ -213,6 +215,73 @@ func BenchmarkVDDKDelta(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// TestImagePool: images opened ahead (a warm cutover opens them while the guest shuts
+// down) are what a delta writes through; a full copy to a path the pool holds closes the
+// pooled writer first and makes a fresh image; Close closes the rest cleanly; nothing is
+// left running.
+func TestImagePool(t *testing.T) {
+	const size = 16 << 20
+	for _, format := range []string{FormatQcow2, FormatRaw} {
+		t.Run(format, func(t *testing.T) {
+			f := newVDDKFixture(t, fakevddk.Standard, size, 0.5)
+			ctx := withTimeout(t, 2*time.Minute)
+			a, b, c := filepath.Join(f.dir, "a."+format), filepath.Join(f.dir, "b."+format), filepath.Join(f.dir, "c."+format)
+			for _, p := range []string{a, b, c} {
+				if _, err := f.xfer.VDDK(ctx, f.source(), Output{Path: p, Format: format}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The source changes: 1 MiB of new bytes at 2 MiB.
+			change := make([]byte, 1<<20)
+			rng := mrand.New(mrand.NewPCG(5, 6))
+			for i := range change {
+				change[i] = byte(rng.Uint32())
+			}
+			disk, err := os.OpenFile(f.flat, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := disk.WriteAt(change, 2<<20); err != nil {
+				t.Fatal(err)
+			}
+			disk.Close()
+
+			pool := f.xfer.OpenImages(ctx, []string{a, b, c, filepath.Join(f.dir, "missing."+format)}, format)
+			if len(pool.open) != 3 {
+				t.Fatalf("%d images open, want 3 (the missing one left out)", len(pool.open))
+			}
+			// a: the delta through the pooled writer.
+			before := strings.Count(f.logs.String(), "image opened ahead of the copy")
+			if _, err := f.xfer.VDDKDelta(ctx, f.source(), Output{Path: a, Format: format, Images: pool}, []DiskRange{{2 << 20, 1 << 20}}); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Count(f.logs.String(), "image opened ahead of the copy") != before+1 {
+				t.Error("the delta did not write through the image opened ahead")
+			}
+			imagesIdentical(t, f.flat, a, format)
+			// b: a full copy over it releases the pooled writer first.
+			if _, err := f.xfer.VDDK(ctx, f.source(), Output{Path: b, Format: format, Images: pool}); err != nil {
+				t.Fatal(err)
+			}
+			imagesIdentical(t, f.flat, b, format)
+			if _, _, ok := pool.take(b, format); ok {
+				t.Error("the pool still holds an image a full copy replaced")
+			}
+			// c: never written; Close leaves it as it was (the disk before the change).
+			pool.Close()
+			var nilPool *ImagePool
+			nilPool.Close()
+			if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", format, f.flat, c).CombinedOutput(); err == nil {
+				t.Errorf("the untouched image equals the changed disk: %s", out)
+			}
+			if out, err := exec.Command("qemu-img", "check", "-f", format, c).CombinedOutput(); err != nil && format == FormatQcow2 {
+				t.Errorf("the untouched image after Close: %v: %s", err, out)
+			}
+			waitNoProcesses(t, f.dir)
 		})
 	}
 }

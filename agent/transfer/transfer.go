@@ -184,6 +184,9 @@ type Output struct {
 	// Limiter, if set, caps this transfer together with every other one given the same
 	// limiter (a job's disks share their job's cap, options.max_mbps).
 	Limiter *Limiter
+	// Images, when set, holds existing images opened ahead for writing in place
+	// (OpenImages): a delta copy into Path takes its writer from there.
+	Images *ImagePool
 }
 
 func (o Output) format() (string, error) {
