@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -46,7 +47,11 @@ func closedByServer(c net.Conn, br *bufio.Reader, within time.Duration) error {
 	_ = c.SetReadDeadline(time.Now().Add(within))
 	_, err := br.ReadByte()
 	if err == nil {
-		return errors.New("the server sent bytes on an idle connection")
+		// Say what came: a flake here is otherwise impossible to tell apart.
+		_ = br.UnreadByte()
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		got, _ := br.Peek(min(br.Buffered()+1, 300))
+		return fmt.Errorf("the server sent bytes on an idle connection: %q", got)
 	}
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		return errors.New("still open")
@@ -99,11 +104,15 @@ func TestConnectionBounds(t *testing.T) {
 		br := bufio.NewReader(cn)
 		_ = cn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		// The server answers the broken request or just closes; either way it lets go.
+		answer := "none"
 		if resp, err := http.ReadResponse(br, nil); err == nil {
+			answer = resp.Status
 			resp.Body.Close()
+		} else {
+			answer = err.Error()
 		}
 		if err := closedByServer(cn, br, 20*time.Second); err != nil {
-			t.Fatalf("slow body: %v", err)
+			t.Fatalf("slow body (first answer: %s): %v", answer, err)
 		}
 	})
 
