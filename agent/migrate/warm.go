@@ -307,11 +307,6 @@ func (j *job) warmDefined(ctx context.Context) {
 	if err := os.Remove(filepath.Join(j.dir, markerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		j.log.Warn("could not remove the warm marker", "err", err)
 	}
-	// The cutover's snapshot is of no use any more: it goes now rather than after a boot
-	// check that may take minutes (cleanup tries again if this fails).
-	if err := j.removeRoundSnapshot(ctx); err != nil {
-		j.log.Warn("could not remove the cutover snapshot yet", "err", err)
-	}
 }
 
 // warmImagesConverting is called before guest conversion rewrites a warm job's images:

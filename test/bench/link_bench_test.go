@@ -65,7 +65,8 @@ func benchLink(b *testing.B, jb *jobBench, bps int64) {
 		},
 		// What people do by hand, through the same link: download, then convert.
 		"link-download+convert": func() time.Duration {
-			raw, qcow := filepath.Join(b.TempDir(), "flat.raw"), filepath.Join(b.TempDir(), "by-hand.qcow2")
+			tmp := b.TempDir()
+			raw, qcow := filepath.Join(tmp, "flat.raw"), filepath.Join(tmp, "by-hand.qcow2")
 			defer os.Remove(raw)
 			defer os.Remove(qcow)
 			return runTool(b, "curl", "-k", "-sS", "-f", "-o", raw, flatURL) + runTool(b, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
